@@ -1,0 +1,2 @@
+//! Kestrel's guest init (PID 1). Placeholder.
+fn main() {}

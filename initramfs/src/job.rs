@@ -1,0 +1,429 @@
+//! The job spec: what the guest init does, written by the host, read by the init.
+//!
+//! The spec is a small line-based text file. The base archive carries
+//! [`BASE_SPEC_PATH`] (modules to load); the per-run job archive carries
+//! [`JOB_SPEC_PATH`] (what to run and where its output and status go). The
+//! init reads both (base first) into one [`Spec`].
+//!
+//! Format (version 1):
+//! ```text
+//! kestrel-spec 1
+//! <key> <field> [<field>…]
+//! ```
+//! Fields are separated by one space; every byte that is not printable
+//! ASCII, and `%` and space themselves, are written as `%XX`. Unknown keys
+//! are an error: host and init are always built from the same tree.
+//!
+//! Invariant: `Spec::parse(&spec.render()) == Ok(spec)` for every `Spec`
+//! (tested below); this module has no dependencies so the static init can use
+//! it.
+
+use std::fmt;
+
+/// Where the base archive keeps its spec (modules to load).
+pub const BASE_SPEC_PATH: &str = "kestrel/base.spec";
+/// Where the per-run job archive keeps its spec.
+pub const JOB_SPEC_PATH: &str = "kestrel/job.spec";
+/// Directory in the base archive that holds packed kernel modules.
+pub const MODULES_DIR: &str = "kestrel/modules";
+/// First line of every spec file.
+pub const MAGIC: &str = "kestrel-spec 1";
+
+/// The prefix of the one line the init writes on the status channel.
+/// The full line is `KESTREL-STATUS <status>` where `<status>` is what
+/// [`Status`]'s `Display` prints.
+pub const STATUS_PREFIX: &str = "KESTREL-STATUS ";
+
+/// Where a stream of the guest command goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Dest {
+    /// `/dev/console` (the kernel console).
+    #[default]
+    Console,
+    /// A virtio-console port found by its name (`/sys/class/virtio-ports/*/name`).
+    VirtioPort(String),
+    /// A device or file path in the init's own file system, e.g. `/dev/ttyS1`.
+    Path(String),
+}
+
+/// Where the guest root of the command comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Root {
+    /// The command runs inside the initramfs itself.
+    #[default]
+    Initramfs,
+    /// A virtio-fs share with this tag, mounted read-only as the command's
+    /// root; [`Spec::writable`] paths are bound writable from the same share.
+    VirtioFs(String),
+}
+
+/// Which mode a module was packed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// Path inside the initramfs, e.g. `/kestrel/modules/fuse.ko`.
+    pub path: String,
+    /// Module parameters (`name=value` separated by spaces), may be empty.
+    pub params: String,
+}
+
+/// Everything the init needs to know. Built on the host, parsed in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Spec {
+    /// Modules to load, in this order (dependencies first).
+    pub modules: Vec<Module>,
+    /// argv of the command; `argv[0]` is the program (a path or a name
+    /// looked up in `PATH`). Empty: the init only reports status 0.
+    pub argv: Vec<String>,
+    /// Environment of the command as `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Working directory of the command (inside its root).
+    pub cwd: Option<String>,
+    /// User and group to run as (root when absent).
+    pub uid: Option<u32>,
+    /// Group to run as.
+    pub gid: Option<u32>,
+    /// The command's root.
+    pub root: Root,
+    /// Paths (absolute, inside the command root) bound writable from the share.
+    pub writable: Vec<String>,
+    /// Paths that get a fresh tmpfs.
+    pub tmpfs: Vec<String>,
+    /// Where the command's stdout goes.
+    pub stdout: Dest,
+    /// Where the command's stderr goes.
+    pub stderr: Dest,
+    /// Where the init writes the `KESTREL-STATUS` line (None: kmsg only).
+    pub status: Option<Dest>,
+}
+
+/// How the guest command ended, as reported by the init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// The command exited with this code.
+    Exit(u8),
+    /// The command was killed by this signal.
+    Signal(u8),
+    /// The init could not run the command; the text says which step failed.
+    InitError(String),
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Exit(code) => write!(f, "exit={code}"),
+            Status::Signal(sig) => write!(f, "signal={sig}"),
+            Status::InitError(what) => write!(f, "init-error={}", encode(what)),
+        }
+    }
+}
+
+impl Status {
+    /// Finds the last well-formed status line in `channel` (the bytes the
+    /// host read from the status channel). `None`: the guest never reported.
+    pub fn find_in(channel: &[u8]) -> Option<Status> {
+        let text = String::from_utf8_lossy(channel);
+        text.lines()
+            .rev()
+            .filter_map(|line| line.trim_end_matches('\r').split_once(STATUS_PREFIX))
+            .find_map(|(_, rest)| Status::parse(rest.trim()))
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        let (key, value) = s.split_once('=')?;
+        match key {
+            "exit" => value.parse().ok().map(Status::Exit),
+            "signal" => value.parse().ok().map(Status::Signal),
+            "init-error" => decode(value).ok().map(Status::InitError),
+            _ => None,
+        }
+    }
+}
+
+/// A spec that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spec line {}: {}", self.line, self.what)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        // An empty field must still be a field.
+        out.push_str("%");
+    }
+    out
+}
+
+fn decode(field: &str) -> Result<String, String> {
+    if field == "%" {
+        return Ok(String::new());
+    }
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = field
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("truncated escape in {field:?}"))?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex}"))?;
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("field {field:?} is not UTF-8"))
+}
+
+impl Dest {
+    fn render(&self) -> String {
+        match self {
+            Dest::Console => "console".to_string(),
+            Dest::VirtioPort(name) => format!("vport {}", encode(name)),
+            Dest::Path(path) => format!("path {}", encode(path)),
+        }
+    }
+
+    fn parse(fields: &[String]) -> Result<Dest, String> {
+        match fields {
+            [kind] if kind == "console" => Ok(Dest::Console),
+            [kind, name] if kind == "vport" => Ok(Dest::VirtioPort(name.clone())),
+            [kind, path] if kind == "path" => Ok(Dest::Path(path.clone())),
+            _ => Err(format!("bad destination {fields:?}")),
+        }
+    }
+}
+
+impl Spec {
+    /// Renders the spec in the text format described in the module docs.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(MAGIC);
+        out.push('\n');
+        let mut line = |key: &str, fields: &[&str]| {
+            out.push_str(key);
+            for f in fields {
+                out.push(' ');
+                out.push_str(&encode(f));
+            }
+            out.push('\n');
+        };
+        for m in &self.modules {
+            line("module", &[&m.path, &m.params]);
+        }
+        for a in &self.argv {
+            line("arg", &[a]);
+        }
+        for e in &self.env {
+            line("env", &[e]);
+        }
+        if let Some(cwd) = &self.cwd {
+            line("cwd", &[cwd]);
+        }
+        if let Some(uid) = self.uid {
+            line("uid", &[&uid.to_string()]);
+        }
+        if let Some(gid) = self.gid {
+            line("gid", &[&gid.to_string()]);
+        }
+        match &self.root {
+            Root::Initramfs => {}
+            Root::VirtioFs(tag) => line("root-virtiofs", &[tag]),
+        }
+        for w in &self.writable {
+            line("writable", &[w]);
+        }
+        for t in &self.tmpfs {
+            line("tmpfs", &[t]);
+        }
+        // Destinations carry their own sub-keyword, already encoded.
+        let mut raw = |key: &str, dest: &Dest| {
+            out.push_str(key);
+            out.push(' ');
+            out.push_str(&dest.render());
+            out.push('\n');
+        };
+        if self.stdout != Dest::Console {
+            raw("stdout", &self.stdout);
+        }
+        if self.stderr != Dest::Console {
+            raw("stderr", &self.stderr);
+        }
+        if let Some(status) = &self.status {
+            raw("status", status);
+        }
+        out
+    }
+
+    /// Parses one spec file and adds what it says to `self` (so the base
+    /// spec and the job spec can be read into one `Spec`).
+    pub fn merge_parse(&mut self, text: &str) -> Result<(), ParseError> {
+        let mut lines = text.lines().enumerate();
+        match lines.next() {
+            Some((_, first)) if first == MAGIC => {}
+            _ => {
+                return Err(ParseError {
+                    line: 1,
+                    what: format!("expected {MAGIC:?}"),
+                })
+            }
+        }
+        for (idx, raw) in lines {
+            let err = |what: String| ParseError {
+                line: idx + 1,
+                what,
+            };
+            if raw.is_empty() {
+                continue;
+            }
+            let mut parts = raw.split(' ');
+            let key = parts.next().unwrap_or_default();
+            let fields = parts.map(decode).collect::<Result<Vec<_>, _>>().map_err(err)?;
+            let one = || match fields.as_slice() {
+                [f] => Ok(f.clone()),
+                _ => Err(err(format!("{key} takes one field, got {}", fields.len()))),
+            };
+            match key {
+                "module" => match fields.as_slice() {
+                    [path, params] => self.modules.push(Module {
+                        path: path.clone(),
+                        params: params.clone(),
+                    }),
+                    _ => return Err(err("module takes a path and parameters".into())),
+                },
+                "arg" => self.argv.push(one()?),
+                "env" => self.env.push(one()?),
+                "cwd" => self.cwd = Some(one()?),
+                "uid" => self.uid = Some(one()?.parse().map_err(|_| err("bad uid".into()))?),
+                "gid" => self.gid = Some(one()?.parse().map_err(|_| err("bad gid".into()))?),
+                "root-virtiofs" => self.root = Root::VirtioFs(one()?),
+                "writable" => self.writable.push(one()?),
+                "tmpfs" => self.tmpfs.push(one()?),
+                "stdout" => self.stdout = Dest::parse(&fields).map_err(err)?,
+                "stderr" => self.stderr = Dest::parse(&fields).map_err(err)?,
+                "status" => self.status = Some(Dest::parse(&fields).map_err(err)?),
+                other => return Err(err(format!("unknown key {other:?}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses one spec file.
+    pub fn parse(text: &str) -> Result<Spec, ParseError> {
+        let mut spec = Spec::default();
+        spec.merge_parse(text)?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Spec {
+        Spec {
+            modules: vec![Module {
+                path: "/kestrel/modules/fuse.ko".into(),
+                params: String::new(),
+            }],
+            argv: vec!["sh".into(), "-c".into(), "echo 'a b' %x\n\t".into(), String::new()],
+            env: vec!["PATH=/usr/bin:/bin".into(), "ÄÖ=ü".into()],
+            cwd: Some("/work dir".into()),
+            uid: Some(1000),
+            gid: Some(100),
+            root: Root::VirtioFs("kestrel-root".into()),
+            writable: vec!["/work".into()],
+            tmpfs: vec!["/tmp".into()],
+            stdout: Dest::VirtioPort("kestrel.stdout".into()),
+            stderr: Dest::Path("/dev/ttyS2".into()),
+            status: Some(Dest::Path("/dev/ttyS1".into())),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let spec = sample();
+        let text = spec.render();
+        assert_eq!(Spec::parse(&text), Ok(spec));
+        assert_eq!(Spec::parse(&Spec::default().render()), Ok(Spec::default()));
+    }
+
+    #[test]
+    fn rendered_fields_have_no_spaces_or_newlines() {
+        let text = sample().render();
+        for line in text.lines().skip(1) {
+            let fields: Vec<_> = line.split(' ').collect();
+            assert!(fields.iter().all(|f| !f.is_empty()), "{line:?}");
+        }
+        assert_eq!(text.lines().count(), 17);
+    }
+
+    #[test]
+    fn merges_base_and_job() {
+        let base = Spec {
+            modules: sample().modules,
+            ..Spec::default()
+        };
+        let job = Spec {
+            argv: vec!["true".into()],
+            ..Spec::default()
+        };
+        let mut merged = Spec::parse(&base.render()).unwrap();
+        merged.merge_parse(&job.render()).unwrap();
+        assert_eq!(merged.modules, base.modules);
+        assert_eq!(merged.argv, job.argv);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_line_numbers() {
+        assert_eq!(Spec::parse("nope").unwrap_err().line, 1);
+        let e = Spec::parse("kestrel-spec 1\narg a\nfrobnicate x\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.what.contains("frobnicate"));
+        let e = Spec::parse("kestrel-spec 1\narg a b\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = Spec::parse("kestrel-spec 1\nuid x\n").unwrap_err();
+        assert!(e.what.contains("uid"));
+        assert!(Spec::parse("kestrel-spec 1\narg %4\n").is_err());
+        assert!(Spec::parse("kestrel-spec 1\nstdout vport\n").is_err());
+    }
+
+    #[test]
+    fn status_lines_are_found_and_garbage_ignored() {
+        for status in [
+            Status::Exit(0),
+            Status::Exit(255),
+            Status::Signal(9),
+            Status::InitError("mount /proc: EPERM\nx".into()),
+        ] {
+            let channel = format!("noise\r\n{STATUS_PREFIX}{status}\r\n");
+            assert_eq!(Status::find_in(channel.as_bytes()), Some(status));
+        }
+        assert_eq!(Status::find_in(b""), None);
+        assert_eq!(Status::find_in(b"KESTREL-STATUS exit=300\n"), None);
+        assert_eq!(Status::find_in(b"KESTREL-STATUS bogus\n"), None);
+        // The last report wins.
+        let two = format!("{STATUS_PREFIX}exit=1\n{STATUS_PREFIX}exit=3\n");
+        assert_eq!(Status::find_in(two.as_bytes()), Some(Status::Exit(3)));
+    }
+}

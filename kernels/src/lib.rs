@@ -1,0 +1,1 @@
+//! Kernel specs and the kernel cache.

@@ -1,0 +1,1 @@
+//! Kestrel's VMM. Not written yet (issue 3).

@@ -1,0 +1,1 @@
+//! Kestrel's scenarios. Not written yet (issue 5).

@@ -1,0 +1,1 @@
+//! Kestrel's virtio-fs server. Not written yet (issue 4).

@@ -1,0 +1,2 @@
+//! `cargo xtask`: Kestrel's workflow.
+fn main() {}
