@@ -1,2 +1,70 @@
-//! `cargo xtask`: Kestrel's workflow.
-fn main() {}
+//! `cargo xtask`: Kestrel's workflow — kernels, the nested rig, tests, CI.
+//!
+//! Every subcommand does its own set-up (installs QEMU, fetches kernels,
+//! builds the init) and reuses what is cached. Errors end in one line on
+//! stderr, never a backtrace.
+
+mod ci;
+mod guest;
+mod kernel;
+mod paths;
+mod qemu;
+mod rig;
+mod selftest;
+mod tools;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Kestrel's workflow", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The main job: boot the kernel with our initramfs and check the guest.
+    Test(TestArgs),
+    /// Everything CI runs: fmt, clippy, unit tests, guest boots, the rig.
+    Ci,
+    /// Fetch and list kernels in the cache.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
+    /// Run a command inside the nested rig (an L1 Linux with real KVM).
+    Rig(rig::RigArgs),
+    /// Guest boot checks with QEMU (used by `test` and `ci`).
+    Selftest(selftest::SelftestArgs),
+}
+
+/// `cargo xtask test` arguments.
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Kernel to test (e.g. debian:6.1, debian:7.2, a path to a bzImage).
+    #[arg(long, default_value = "debian:6.1")]
+    kernel: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Test(args) => selftest::run(&selftest::SelftestArgs {
+            accel: selftest::AccelArg::Tcg,
+            kernel: vec![args.kernel],
+        })
+        .map(|failed| u8::from(failed > 0)),
+        Cmd::Ci => ci::run().map(|()| 0),
+        Cmd::Kernel(cmd) => kernel::run(cmd).map(|()| 0),
+        Cmd::Rig(args) => rig::run(&args).map(|code| u8::try_from(code).unwrap_or(rig::RIG_FAILURE as u8)),
+        Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `cargo xtask ci`: what CI runs, in tiers, cheapest first.
+//!
+//! 1. static checks: `cargo fmt --check`, `cargo clippy -D warnings`;
+//! 2. kernels fetched into the cache (served from it on the next run);
+//! 3. unit tests (`cargo test --workspace`), with the real 6.1 modules
+//!    tree for the module-resolution test;
+//! 4. guest boots under QEMU TCG (no KVM needed): 6.1 and 7.2;
+//! 5. the nested rig: real KVM in L1, QEMU-KVM boots an L2 there.
+//!
+//! Every step prints its wall time; the summary at the end repeats them.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::rig::{self, RigArgs};
+use crate::selftest::{self, AccelArg, SelftestArgs};
+use crate::{guest, paths, tools};
+
+/// Runs every tier; the first failing tier stops the run.
+pub fn run() -> Result<()> {
+    let total = Instant::now();
+    let mut times: Vec<(String, f64)> = Vec::new();
+    let mut timed = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        tools::step(format!("ci: {name}"));
+        let start = Instant::now();
+        let result = f();
+        let secs = start.elapsed().as_secs_f64();
+        times.push((name.to_string(), secs));
+        tools::step(format!("ci: {name}: {} in {secs:.1} s", if result.is_ok() { "ok" } else { "FAILED" }));
+        result.with_context(|| format!("ci step `{name}` failed"))
+    };
+
+    timed("cargo fmt --check", &mut || cargo(&["fmt", "--all", "--", "--check"]))?;
+    timed("cargo clippy", &mut || {
+        cargo(&["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+    })?;
+    let mut modules_dir = None;
+    timed("kernels (debian:6.1, debian:7.2)", &mut || {
+        let k61 = guest::kernel("debian:6.1")?;
+        guest::kernel("debian:7.2")?;
+        modules_dir = k61.modules_dir.clone();
+        Ok(())
+    })?;
+    timed("unit tests", &mut || {
+        let mut cmd = cargo_cmd(&["test", "--workspace", "--quiet"]);
+        if let Some(dir) = &modules_dir {
+            cmd.env("KESTREL_TEST_MODULES_DIR", dir);
+        }
+        tools::run(&mut cmd)
+    })?;
+    timed("guest boots under QEMU TCG (6.1, 7.2)", &mut || {
+        let failed = selftest::run(&SelftestArgs {
+            accel: AccelArg::Tcg,
+            kernel: vec!["debian:6.1".into(), "debian:7.2".into()],
+        })?;
+        if failed > 0 {
+            bail!("{failed} guest check(s) failed");
+        }
+        Ok(())
+    })?;
+    timed("rig: /dev/kvm in L1 and the exit status", &mut || {
+        let code = rig::run(&rig_args(&["sh", "-c", "test -c /dev/kvm && exit 7"]))?;
+        if code != 7 {
+            bail!("`rig -- sh -c 'test -c /dev/kvm && exit 7'` exited {code}, expected 7");
+        }
+        Ok(())
+    })?;
+    timed("rig: QEMU-KVM boots in L1", &mut || {
+        let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+        let xtask = xtask.to_string_lossy().into_owned();
+        let code = rig::run(&rig_args(&[&xtask, "selftest", "--accel", "kvm", "--kernel", "debian:6.1"]))?;
+        if code != 0 {
+            bail!("the KVM guest checks in the rig failed (exit {code})");
+        }
+        Ok(())
+    })?;
+
+    eprintln!();
+    for (name, secs) in &times {
+        eprintln!("{secs:8.1} s  {name}");
+    }
+    eprintln!("{:8.1} s  total", total.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn rig_args(cmd: &[&str]) -> RigArgs {
+    RigArgs {
+        cpus: 2,
+        memory: 4096,
+        timeout: 1800,
+        silence: 600,
+        console: false,
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn cargo_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(paths::workspace()).args(args);
+    cmd
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    tools::run(&mut cargo_cmd(args))
+}

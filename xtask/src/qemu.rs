@@ -1,0 +1,334 @@
+//! Runs one QEMU guest that boots a kernel into our initramfs, and collects
+//! what it reported: the status line (COM2), the kernel log (COM1), and the
+//! command's stdout/stderr (virtio-console ports, when asked for).
+//!
+//! Every channel is a Unix socket we listen on *before* QEMU starts (QEMU
+//! connects as a client), so there is no start-up race and no polling: a
+//! reader thread per channel reports activity on one event channel, and a
+//! waiter thread reports QEMU's exit. The supervisor loop enforces the wall
+//! clock timeout and the silence watchdog (no byte on any channel for too
+//! long: design.md §1 saw L1 freeze with no output).
+//!
+//! Invariant: `run()` returns only after QEMU has exited and every reader
+//! thread has been joined; nothing of the guest outlives it.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kestrel_initramfs::job::Status;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation (works everywhere, slow).
+    Tcg,
+    /// Hardware KVM; QEMU fails instead of falling back to TCG.
+    Kvm,
+}
+
+/// Where a guest output stream goes while the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// Kept in memory and returned in [`Outcome`].
+    Capture,
+    /// Copied to our stdout as it arrives (not kept).
+    Stdout,
+    /// Copied to our stderr as it arrives (not kept).
+    Stderr,
+}
+
+/// A vhost-user-fs device backed by an already listening server socket.
+#[derive(Debug, Clone)]
+pub struct VhostUserFs {
+    /// The server's socket path.
+    pub socket: PathBuf,
+    /// The virtio-fs tag the guest mounts.
+    pub tag: String,
+}
+
+/// One guest to boot.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub accel: Accel,
+    /// `-cpu` model, e.g. `EPYC,+svm,+npt` or `host`.
+    pub cpu_model: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+    /// Share guest memory through a memfd (vhost-user needs it).
+    pub shared_memory: bool,
+    pub fs: Option<VhostUserFs>,
+    /// Sinks of the `kestrel.stdout` / `kestrel.stderr` virtio-console ports;
+    /// `None`: no virtio-serial device at all.
+    pub ports: Option<(Sink, Sink)>,
+    /// Echo the kernel log to stderr as it arrives (it is captured anyway).
+    pub echo_console: bool,
+    pub timeout: Duration,
+    /// Kill the guest after this long without a byte on any channel.
+    pub silence: Duration,
+}
+
+/// How QEMU ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// QEMU exited by itself.
+    Exited(Option<i32>),
+    /// We killed it at the wall-clock timeout.
+    Timeout,
+    /// We killed it after `silence` without output.
+    Silent,
+}
+
+/// What a guest run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The status the init reported; `None`: the guest died or never got there.
+    pub status: Option<Status>,
+    pub end: End,
+    /// The kernel log (COM1).
+    pub console: Vec<u8>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// QEMU's own stderr (warnings, errors).
+    pub qemu_log: String,
+    pub wall: Duration,
+}
+
+impl Outcome {
+    /// The kernel printed a panic.
+    pub fn panicked(&self) -> bool {
+        contains(&self.console, b"Kernel panic - not syncing")
+    }
+
+    /// The last `n` lines of the kernel log.
+    pub fn console_tail(&self, n: usize) -> String {
+        let text = String::from_utf8_lossy(&self.console);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// One line saying how the guest ended, for error messages.
+    pub fn describe(&self) -> String {
+        match (&self.status, &self.end) {
+            (Some(status), _) => format!("guest reported {status}"),
+            (None, End::Timeout) => "guest timed out without reporting a status".into(),
+            (None, End::Silent) => "guest went silent and was killed".into(),
+            (None, End::Exited(_)) if self.panicked() => "guest kernel panicked".into(),
+            (None, End::Exited(code)) => {
+                format!("guest died without reporting a status (QEMU exit {code:?})")
+            }
+        }
+    }
+}
+
+/// Does `haystack` contain `needle`?
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+enum Event {
+    Activity,
+    Exited(ExitStatus),
+}
+
+struct Channel {
+    path: PathBuf,
+    reader: JoinHandle<Vec<u8>>,
+}
+
+fn listen(dir: &Path, name: &str, sink: Sink, echo: bool, events: &Sender<Event>) -> Result<Channel> {
+    let path = dir.join(name);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("could not listen on {}", path.display()))?;
+    let events = events.clone();
+    let reader = std::thread::Builder::new()
+        .name(format!("qemu-{name}"))
+        .spawn(move || read_channel(listener, sink, echo, events))
+        .context("could not start a reader thread")?;
+    Ok(Channel { path, reader })
+}
+
+fn read_channel(listener: UnixListener, sink: Sink, echo: bool, events: Sender<Event>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Ok((mut stream, _)) = listener.accept() else {
+        return kept;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let bytes = &buf[..n];
+        // Output errors (a closed pipe on our side) must not stop the
+        // guest's channel from draining.
+        match sink {
+            Sink::Capture => kept.extend_from_slice(bytes),
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes).and_then(|()| out.flush());
+            }
+            Sink::Stderr => {
+                let _ = std::io::stderr().lock().write_all(bytes);
+            }
+        }
+        if echo {
+            let _ = std::io::stderr().lock().write_all(bytes);
+        }
+        let _ = events.send(Event::Activity);
+    }
+    kept
+}
+
+impl Channel {
+    /// Joins the reader. QEMU has exited, so a connected reader sees EOF;
+    /// one still in `accept` (QEMU never connected) is woken by connecting
+    /// to it ourselves.
+    fn finish(self) -> Vec<u8> {
+        if !self.reader.is_finished() {
+            let _ = UnixStream::connect(&self.path);
+        }
+        self.reader.join().unwrap_or_default()
+    }
+}
+
+impl Guest {
+    /// Boots the guest, waits for it to end, and returns what it reported.
+    /// Errors are ours (QEMU missing, sockets); a guest that fails is an
+    /// `Outcome`, not an error.
+    pub fn run(&self, qemu: &Path) -> Result<Outcome> {
+        let dir = tempfile::Builder::new()
+            .prefix("kestrel-qemu-")
+            .tempdir()
+            .context("could not create a temporary directory")?;
+        let (tx, rx) = channel();
+        let console = listen(dir.path(), "console.sock", Sink::Capture, self.echo_console, &tx)?;
+        let status = listen(dir.path(), "status.sock", Sink::Capture, false, &tx)?;
+        let ports = match self.ports {
+            Some((out, err)) => Some((
+                listen(dir.path(), "stdout.sock", out, false, &tx)?,
+                listen(dir.path(), "stderr.sock", err, false, &tx)?,
+            )),
+            None => None,
+        };
+        let qemu_log_path = dir.path().join("qemu.log");
+        let qemu_log = std::fs::File::create(&qemu_log_path).context("could not create qemu.log")?;
+
+        let mut cmd = Command::new(qemu);
+        cmd.args(self.args(&console.path, &status.path, ports.as_ref().map(|(o, e)| (&o.path, &e.path))))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(qemu_log);
+        let start = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("could not start {}", qemu.display()))?;
+        let pid = child.id();
+        let waiter_tx = tx.clone();
+        let waiter = std::thread::Builder::new()
+            .name("qemu-wait".into())
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    let _ = waiter_tx.send(Event::Exited(status));
+                }
+            })
+            .context("could not start the waiter thread")?;
+        drop(tx);
+
+        let deadline = start + self.timeout;
+        let mut last_activity = Instant::now();
+        let end = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break End::Timeout;
+            }
+            let silence_left = self.silence.saturating_sub(now - last_activity);
+            if silence_left.is_zero() {
+                break End::Silent;
+            }
+            match rx.recv_timeout(silence_left.min(deadline - now)) {
+                Ok(Event::Activity) => last_activity = Instant::now(),
+                Ok(Event::Exited(status)) => break End::Exited(status.code()),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break End::Exited(None),
+            }
+        };
+        if !matches!(end, End::Exited(_)) {
+            kill(pid);
+        }
+        let _ = waiter.join();
+        let wall = start.elapsed();
+
+        let console = console.finish();
+        let status_bytes = status.finish();
+        let (stdout, stderr) = match ports {
+            Some((out, err)) => (out.finish(), err.finish()),
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Outcome {
+            status: Status::find_in(&status_bytes),
+            end,
+            console,
+            stdout,
+            stderr,
+            qemu_log: std::fs::read_to_string(&qemu_log_path).unwrap_or_default(),
+            wall,
+        })
+    }
+
+    fn args(&self, console: &Path, status: &Path, ports: Option<(&PathBuf, &PathBuf)>) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        match self.accel {
+            Accel::Tcg => push(&["-accel", "tcg,thread=multi"]),
+            Accel::Kvm => push(&["-accel", "kvm"]),
+        }
+        let memory = format!("{}M", self.memory_mib);
+        push(&[
+            "-M", "pc", "-cpu", &self.cpu_model, "-smp", &self.cpus.to_string(), "-m", &memory,
+            "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+        ]);
+        if self.shared_memory {
+            let backend = format!("memory-backend-memfd,id=mem,size={memory},share=on");
+            push(&["-object", &backend, "-numa", "node,memdev=mem"]);
+        }
+        push(&["-kernel", &self.kernel.to_string_lossy(), "-initrd", &self.initrd.to_string_lossy()]);
+        push(&["-append", &self.append]);
+        let con = format!("socket,id=con,path={}", console.display());
+        let st = format!("socket,id=status,path={}", status.display());
+        push(&["-chardev", &con, "-serial", "chardev:con", "-chardev", &st, "-serial", "chardev:status"]);
+        if let Some((out, err)) = ports {
+            let out = format!("socket,id=out,path={}", out.display());
+            let err = format!("socket,id=err,path={}", err.display());
+            push(&[
+                "-device", "virtio-serial-pci,id=vser",
+                "-chardev", &out, "-device", "virtserialport,chardev=out,name=kestrel.stdout",
+                "-chardev", &err, "-device", "virtserialport,chardev=err,name=kestrel.stderr",
+            ]);
+        }
+        if let Some(fs) = &self.fs {
+            let chardev = format!("socket,id=fs,path={}", fs.socket.display());
+            let device = format!("vhost-user-fs-pci,chardev=fs,tag={}", fs.tag);
+            push(&["-chardev", &chardev, "-device", &device]);
+        }
+        a
+    }
+}
+
+fn kill(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill has no memory-safety preconditions. The pid is our child,
+    // which the waiter thread has not reaped yet (it reports the exit before
+    // we get here otherwise), so it cannot name another process.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}

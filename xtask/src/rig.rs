@@ -1,0 +1,251 @@
+//! `cargo xtask rig -- CMD…`: real KVM one level down.
+//!
+//! This machine's `/dev/kvm` cannot boot Linux (design.md §1). The rig boots
+//! an "L1" Linux under QEMU TCG with an emulated AMD SVM CPU, loads
+//! `kvm-amd` there, shares the host's `/` into it over virtio-fs, and runs
+//! CMD inside L1 — where `/dev/kvm` is the real Linux KVM.
+//!
+//! Invariants:
+//! - Inside L1, CMD sees the host's `/` read-only at the same paths; only
+//!   the workspace, the target dir and the kernel cache are writable; `/tmp`,
+//!   `/run`, `/var/tmp` are fresh tmpfs. CMD runs as root in the directory
+//!   the rig was started from, with the host's environment (filtered) plus
+//!   `KESTREL_RIG=1`.
+//! - CMD's stdout/stderr reach ours as they arrive (virtio-console ports);
+//!   its exit status comes back on its own channel (COM2), never scraped.
+//! - A frozen L1 (no output for `--silence` seconds) is killed and reported
+//!   as a rig failure, not as CMD's verdict.
+
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kestrel_initramfs::job::{Dest, Root, Spec, Status};
+
+use crate::guest::{self, BaseSpec};
+use crate::qemu::{Accel, End, Guest, Sink, VhostUserFs};
+use crate::{paths, tools};
+
+/// The kernel L1 runs (design.md §1: measured with Debian's 6.1 cloud kernel).
+pub const L1_KERNEL: &str = "debian:6.1";
+/// The virtio-fs tag of the host's root inside L1.
+const ROOT_TAG: &str = "kestrel-root";
+/// What L1 needs: virtio-fs for the host tree, virtio-console for CMD's
+/// output, KVM for the tests.
+const L1_MODULES: &[&str] = &["virtio_pci", "virtiofs", "virtio_console", "kvm_amd"];
+/// The L1 CPU: EPYC with SVM and nested paging (`-cpu max` is 1.5–2× slower).
+const L1_CPU: &str = "EPYC,+svm,+npt";
+/// Exit code for a rig failure (L1 died, froze, or could not run CMD).
+pub const RIG_FAILURE: i32 = 125;
+
+/// `cargo xtask rig` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RigArgs {
+    /// vCPUs of L1 (QEMU runs them on separate host threads).
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Memory of L1 in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub memory: u32,
+    /// Wall-clock limit for the whole L1 run, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+    /// Kill L1 after this many seconds without any output.
+    #[arg(long, default_value_t = 600)]
+    pub silence: u64,
+    /// Show L1's kernel log on stderr while it runs.
+    #[arg(long)]
+    pub console: bool,
+    /// The command to run inside L1.
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// Runs CMD in L1 and returns the exit code for our process.
+pub fn run(args: &RigArgs) -> Result<i32> {
+    if args.cpus == 0 || args.memory < 512 {
+        bail!("the rig needs at least 1 vCPU and 512 MiB (got --cpus {} --memory {})", args.cpus, args.memory);
+    }
+    let qemu = tools::ensure_qemu()?;
+    let kernel = guest::kernel(L1_KERNEL)?;
+    let base = guest::base_initramfs(&BaseSpec {
+        name: "rig-l1",
+        kernel: &kernel,
+        modules: L1_MODULES,
+        executables: &[],
+    })?;
+
+    let cache_dir = kestrel_kernels::Cache::default_dir()?;
+    let writable = writable_paths(&[paths::workspace(), paths::target_dir(), cache_dir])?;
+    let cwd = std::env::current_dir().context("the current directory is not readable")?;
+    let spec = Spec {
+        argv: args.cmd.clone(),
+        env: rig_env(),
+        cwd: Some(cwd.to_string_lossy().into_owned()),
+        root: Root::VirtioFs(ROOT_TAG.into()),
+        writable,
+        tmpfs: vec!["/tmp".into(), "/run".into(), "/var/tmp".into()],
+        stdout: Dest::VirtioPort("kestrel.stdout".into()),
+        stderr: Dest::VirtioPort("kestrel.stderr".into()),
+        status: Some(Dest::Path("/dev/ttyS1".into())),
+        ..Spec::default()
+    };
+    let run_dir = tempfile::Builder::new()
+        .prefix("kestrel-rig-")
+        .tempdir()
+        .context("could not create a temporary directory")?;
+    let initrd = run_dir.path().join("initrd.cpio");
+    guest::initrd_with_job(&base, &spec, &initrd)?;
+
+    let fs_socket = run_dir.path().join("fs.sock");
+    let mut virtiofsd = start_virtiofsd(&fs_socket, &run_dir.path().join("virtiofsd.log"))?;
+    let l1 = Guest {
+        accel: Accel::Tcg,
+        cpu_model: L1_CPU.into(),
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        kernel: kernel.image.clone(),
+        initrd,
+        append: "console=ttyS0 quiet loglevel=4 panic=-1".into(),
+        shared_memory: true,
+        fs: Some(VhostUserFs {
+            socket: fs_socket,
+            tag: ROOT_TAG.into(),
+        }),
+        ports: Some((Sink::Stdout, Sink::Stderr)),
+        echo_console: args.console,
+        timeout: Duration::from_secs(args.timeout),
+        silence: Duration::from_secs(args.silence),
+    };
+    tools::step(format!(
+        "rig: booting L1 ({}, {} vCPUs, {} MiB) to run `{}`",
+        kernel.release,
+        args.cpus,
+        args.memory,
+        args.cmd.join(" ")
+    ));
+    let outcome = l1.run(&qemu);
+    let _ = virtiofsd.kill();
+    let _ = virtiofsd.wait();
+    let outcome = outcome?;
+
+    let code = match &outcome.status {
+        Some(Status::Exit(code)) => i32::from(*code),
+        Some(Status::Signal(sig)) => 128 + i32::from(*sig),
+        Some(Status::InitError(what)) => {
+            eprintln!("rig failure: L1's init could not run the command: {what}");
+            RIG_FAILURE
+        }
+        None => {
+            let why = match outcome.end {
+                End::Timeout => format!("L1 did not finish within {} s (--timeout)", args.timeout),
+                End::Silent => format!("L1 printed nothing for {} s and was killed (--silence)", args.silence),
+                End::Exited(_) => outcome.describe(),
+            };
+            eprintln!("rig failure: {why}; the last lines of L1's kernel log:");
+            eprintln!("{}", outcome.console_tail(30));
+            let qemu_errors: Vec<&str> = outcome
+                .qemu_log
+                .lines()
+                .filter(|l| !l.contains("TCG doesn't support requested feature"))
+                .collect();
+            if !qemu_errors.is_empty() {
+                eprintln!("QEMU said:\n{}", qemu_errors.join("\n"));
+            }
+            RIG_FAILURE
+        }
+    };
+    tools::step(format!("rig: L1 ended after {:.1} s, exit code {code}", outcome.wall.as_secs_f64()));
+    Ok(code)
+}
+
+/// The host paths CMD may write, created if missing, nested ones dropped.
+fn writable_paths(paths: &[PathBuf]) -> Result<Vec<String>> {
+    let mut canon = Vec::new();
+    for p in paths {
+        std::fs::create_dir_all(p).with_context(|| format!("could not create {}", p.display()))?;
+        canon.push(p.canonicalize().with_context(|| format!("could not resolve {}", p.display()))?);
+    }
+    canon.sort();
+    canon.dedup();
+    let outer: Vec<&PathBuf> = canon
+        .iter()
+        .filter(|p| !canon.iter().any(|q| q != *p && p.starts_with(q)))
+        .collect();
+    Ok(outer.iter().map(|p| p.to_string_lossy().into_owned()).collect())
+}
+
+/// The host environment CMD gets: what tools and tests read, not the rest.
+fn rig_env() -> Vec<String> {
+    const KEEP: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "CI"];
+    const KEEP_PREFIX: &[&str] = &["LC_", "RUST_", "CARGO", "KESTREL_"];
+    let mut env: Vec<String> = std::env::vars()
+        .filter(|(k, _)| KEEP.contains(&k.as_str()) || KEEP_PREFIX.iter().any(|p| k.starts_with(p)))
+        .filter(|(k, _)| k != "KESTREL_RIG")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push("KESTREL_RIG=1".into());
+    env.sort();
+    env
+}
+
+/// Starts Debian's virtiofsd on a socket we already listen on, so QEMU can
+/// connect at once (no start-up race, virtme-ng #418).
+fn start_virtiofsd(socket: &Path, log: &Path) -> Result<Child> {
+    use std::os::fd::AsRawFd;
+    let listener = UnixListener::bind(socket).with_context(|| format!("could not listen on {}", socket.display()))?;
+    let fd = listener.as_raw_fd();
+    let log = std::fs::File::create(log).context("could not create the virtiofsd log")?;
+    let mut cmd = Command::new(tools::VIRTIOFSD);
+    cmd.arg(format!("--fd={fd}"))
+        .args(["-o", "source=/", "-o", "sandbox=chroot", "-o", "cache=auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls fcntl, which is async-signal-safe; it clears FD_CLOEXEC on the
+    // listening socket so virtiofsd inherits it under the same number.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("could not start {}", tools::VIRTIOFSD))?;
+    // The child owns its copy now; ours closes when `listener` drops.
+    drop(listener);
+    Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_writable_paths_collapse_to_the_outer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("ws");
+        let b = a.join("target");
+        let c = dir.path().join("cache");
+        let got = writable_paths(&[a.clone(), b, c.clone(), a.clone()]).unwrap();
+        let want: Vec<String> = [a, c]
+            .iter()
+            .map(|p| p.canonicalize().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let mut want = want;
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn rig_env_marks_the_rig_and_drops_unrelated_variables() {
+        let env = rig_env();
+        assert!(env.contains(&"KESTREL_RIG=1".to_string()));
+        assert!(env.iter().all(|e| !e.starts_with("SSH_") && !e.starts_with("OLDPWD=")));
+    }
+}
