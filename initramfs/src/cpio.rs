@@ -66,6 +66,9 @@ pub enum ArchiveError {
     /// Writing the archive failed.
     #[error("writing the archive: {0}")]
     Write(#[source] io::Error),
+    /// Reading an archive back failed (it is truncated or not newc).
+    #[error("reading the archive: {0}")]
+    Read(#[source] io::Error),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -518,10 +521,10 @@ pub fn read_entries(bytes: &[u8]) -> Result<(Vec<ReadEntry>, usize), ArchiveErro
     let mut cursor = io::Cursor::new(bytes);
     let mut entries = Vec::new();
     loop {
-        let mut reader = newc::Reader::new(&mut cursor).map_err(ArchiveError::Write)?;
+        let mut reader = newc::Reader::new(&mut cursor).map_err(ArchiveError::Read)?;
         let e = reader.entry();
         if e.is_trailer() {
-            reader.finish().map_err(ArchiveError::Write)?;
+            reader.finish().map_err(ArchiveError::Read)?;
             break;
         }
         let mut entry = ReadEntry {
@@ -532,8 +535,8 @@ pub fn read_entries(bytes: &[u8]) -> Result<(Vec<ReadEntry>, usize), ArchiveErro
             uid_gid_mtime: (e.uid(), e.gid(), e.mtime()),
             rdev: (e.rdev_major(), e.rdev_minor()),
         };
-        io::Read::read_to_end(&mut reader, &mut entry.data).map_err(ArchiveError::Write)?;
-        reader.finish().map_err(ArchiveError::Write)?;
+        io::Read::read_to_end(&mut reader, &mut entry.data).map_err(ArchiveError::Read)?;
+        reader.finish().map_err(ArchiveError::Read)?;
         entries.push(entry);
     }
     let end = usize::try_from(cursor.position()).unwrap_or(bytes.len());

@@ -271,7 +271,7 @@ impl<'a> Elf<'a> {
         segs.iter()
             .filter(|s| s.kind == PT_LOAD)
             .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
-            .map(|s| s.offset + (vaddr - s.vaddr))
+            .and_then(|s| s.offset.checked_add(vaddr - s.vaddr))
             .ok_or_else(|| malformed(format!("address {vaddr:#x} is in no loaded segment")))
     }
 
@@ -285,7 +285,11 @@ impl<'a> Elf<'a> {
         let mut entries = Vec::new();
         let mut strtab = None;
         for i in 0..dynseg.filesz / entsize {
-            let off = dynseg.offset + i * entsize;
+            let off = dynseg
+                .offset
+                .checked_add(i * entsize)
+                .ok_or_else(|| malformed("dynamic section offset overflows"))?;
+            self.bytes(off, entsize)?;
             let tag = self.word(off)?;
             let val = self.word(off + entsize / 2)?;
             match tag {
@@ -833,6 +837,15 @@ pub(crate) mod tests {
         // Every truncation and many single-byte corruptions must not panic.
         for len in 0..good.len() {
             if let Ok(elf) = Elf::parse(&good[..len]) {
+                let _ = elf.interpreter();
+                let _ = elf.dynamic();
+                let _ = elf.section(".modinfo");
+            }
+        }
+        for i in 0..good.len() - 8 {
+            let mut bad = good.clone();
+            bad[i..i + 8].fill(0xff);
+            if let Ok(elf) = Elf::parse(&bad) {
                 let _ = elf.interpreter();
                 let _ = elf.dynamic();
                 let _ = elf.section(".modinfo");

@@ -375,6 +375,43 @@ mod tests {
         }
     }
 
+    /// The base image for the rig's L1 on a real Debian 6.1 cloud tree.
+    #[test]
+    fn real_tree_base_image() {
+        let Some(dir) = std::env::var_os("KESTREL_TEST_MODULES_DIR") else {
+            eprintln!("skipped real_tree_base_image: KESTREL_TEST_MODULES_DIR is unset");
+            return;
+        };
+        let tmp = TempDir::new("image-real");
+        let mut image = base(&tmp, &modules_tree());
+        image.modules_dir = Some(PathBuf::from(dir));
+        image.modules = ["virtio_pci", "virtio_console", "virtiofs", "kvm-amd"]
+            .map(String::from)
+            .to_vec();
+        let start = std::time::Instant::now();
+        let bytes = image.build().unwrap();
+        eprintln!(
+            "real base archive (4 modules + deps, nproc + libs): {} bytes in {:?}",
+            bytes.len(),
+            start.elapsed()
+        );
+        if let Some(out) = std::env::var_os("KESTREL_TEST_DUMP_BASE") {
+            write_if_changed(Path::new(&out), &bytes).unwrap();
+        }
+        let (_, spec) = image.archive().unwrap();
+        let names: Vec<_> = spec.modules.iter().map(|m| m.path.as_str()).collect();
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|p| p.ends_with(&format!("/{n}.ko")))
+                .unwrap()
+        };
+        assert!(
+            pos("kvm") < pos("kvm_amd") && pos("fuse") < pos("virtiofs"),
+            "{names:?}"
+        );
+    }
+
     #[test]
     fn missing_modules_dir_and_missing_init_are_errors() {
         let tmp = TempDir::new("image-errors");

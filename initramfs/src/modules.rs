@@ -108,6 +108,18 @@ fn read_text(path: &Path) -> Result<Option<String>, ModuleError> {
     }
 }
 
+/// A path from modules.dep: relative to `dir`, or (old depmod) absolute
+/// under some `/lib/modules/<version>/`, which is re-rooted at `dir` so a
+/// tree unpacked elsewhere still works.
+fn dep_path(dir: &Path, path: &str) -> PathBuf {
+    if let Some((_, rest)) = path.split_once("/lib/modules/") {
+        if let Some((_, inside)) = rest.split_once('/') {
+            return dir.join(inside);
+        }
+    }
+    dir.join(path)
+}
+
 /// Module files under `dir`, recursively, in sorted order; symlinks (such
 /// as `build` and `source`) are not followed.
 fn scan(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ModuleError> {
@@ -142,7 +154,7 @@ impl ModulesDir {
                 let Some((path, deps)) = line.split_once(':') else {
                     continue;
                 };
-                let path = dir.join(path.trim());
+                let path = dep_path(&dir, path.trim());
                 let deps = deps.split_whitespace().map(module_name).collect();
                 modules
                     .entry(module_name(&path.to_string_lossy()))
@@ -601,6 +613,16 @@ mod tests {
         assert!(matches!(e, ModuleError::Decompress { .. }), "{e}");
         let e = pack_modules(&mut archive, &dir, &["right"]).unwrap_err();
         assert!(matches!(e, ModuleError::Decompress { .. }), "{e}");
+    }
+
+    #[test]
+    fn absolute_dep_paths_are_rerooted() {
+        let d = Path::new("/tmp/tree");
+        assert_eq!(
+            dep_path(d, "/lib/modules/5.4.0/kernel/fs/fuse/fuse.ko"),
+            d.join("kernel/fs/fuse/fuse.ko")
+        );
+        assert_eq!(dep_path(d, "kernel/x.ko"), d.join("kernel/x.ko"));
     }
 
     #[test]
