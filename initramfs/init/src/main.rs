@@ -1,2 +1,116 @@
-//! Kestrel's guest init (PID 1). Placeholder.
-fn main() {}
+//! Kestrel's guest init (PID 1): mounts the basics, reads the job spec,
+//! loads modules, opens the output and status channels, prepares the
+//! command's root, runs the command, reports one `KESTREL-STATUS` line and
+//! powers the VM off.
+//!
+//! Invariants: the init never exits and never unwinds (every failure, a
+//! panic included, becomes `Status::InitError` and a power-off); it writes
+//! at most one status line per boot. `main` below is the boot script; each
+//! step lives in its own module.
+
+mod dest;
+mod error;
+mod kmsg;
+mod modules;
+mod mounts;
+mod report;
+mod root;
+mod run;
+mod spec;
+mod sys;
+#[cfg(test)]
+mod testdir;
+
+use std::fs::File;
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+
+use kestrel_initramfs::job::Status;
+
+use crate::error::InitError;
+
+fn main() {
+    if sys::getpid() != 1 {
+        // Mounting over /dev and kill(-1) are only fine inside a guest.
+        eprintln!("kestrel-init: must run as PID 1 inside a Kestrel guest");
+        std::process::exit(2);
+    }
+    report::install_panic_hook();
+    let status = boot().unwrap_or_else(|e| {
+        kmsg::error(&e.to_string());
+        Status::InitError(e.to_string())
+    });
+    run::kill_remaining();
+    sys::sync();
+    report::report(&status);
+    report::power_off();
+}
+
+/// The boot script, up to the command's end.
+fn boot() -> Result<Status, InitError> {
+    // 1. The basics; /dev first: the log lives there.
+    let dev = mounts::mount_one(&mounts::DEV, Path::new("/"));
+    ensure_std_fds();
+    if let Err(e) = kmsg::open() {
+        // Nowhere to log this but the report.
+        dev?;
+        return Err(InitError::os("open /dev/kmsg", &e));
+    }
+    kmsg::info(concat!("starting ", env!("CARGO_PKG_VERSION")));
+    dev?;
+    mounts::mount_table(mounts::EARLY, Path::new("/"))?;
+    mounts::make_dev_links()?;
+
+    // 2. The job.
+    let spec = spec::load(Path::new("/"))?;
+
+    // 3. Modules; the uevent listener for virtio ports must predate them.
+    let mut dests = dest::Dests::new(&spec);
+    let loaded = modules::load_all(&spec.modules);
+    if loaded.is_err() {
+        dests.stop_waiting();
+    }
+
+    // 4. Destinations; status first, so later failures reach the host
+    //    (even a module failure, when the status channel does not need it).
+    match spec
+        .status
+        .as_ref()
+        .map(|d| dests.open(d, "status"))
+        .transpose()
+    {
+        Ok(channel) => report::set_channel(channel.map(Into::into)),
+        Err(e) => {
+            // Reported on the fallback channel; a module failure is the likelier cause.
+            kmsg::error(&e.to_string());
+            loaded?;
+            return Err(e);
+        }
+    }
+    loaded?;
+    let streams = run::Streams {
+        stdin: File::open("/dev/null").map_err(|e| InitError::os("open /dev/null", &e))?,
+        stdout: dests.open(&spec.stdout, "stdout")?,
+        stderr: dests.open(&spec.stderr, "stderr")?,
+    };
+
+    // 5. The command's root.
+    let root = root::prepare(&spec)?;
+
+    // 6–7. Run it and reap until it exits.
+    run::run(&spec, root.as_deref(), &streams)
+}
+
+/// Makes sure descriptors 0–2 are open (on /dev/null) so files the init
+/// opens never land there: the kernel leaves them closed when the archive
+/// has no /dev/console.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        if !sys::fd_is_open(fd) {
+            // open(2) returns the lowest free descriptor, i.e. `fd`; keep it.
+            if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+                let _ = null.into_raw_fd();
+            }
+        }
+    }
+}
