@@ -1,1 +1,34 @@
-//! Kestrel's VMM. Not written yet (issue 3).
+//! Kestrel's VMM: boots a Linux kernel straight into an initramfs on KVM,
+//! with no firmware, and reports one verdict.
+//!
+//! Module map (each module's header states what it owns and its invariant):
+//! - [`layout`] — every guest address, port and IRQ.
+//! - [`kvm`] — the only user of kvm-ioctls.
+//! - [`memory`] — guest RAM.
+//! - [`boot`] — bzImage (64-bit boot protocol) and ELF (PVH) loading, e820,
+//!   command line, initrd placement, boot GDT/page tables.
+//! - [`acpi`] — RSDP/XSDT/FADT/MADT/DSDT.
+//! - [`bus`] — one device trait for port I/O and MMIO, range dispatch.
+//! - [`devices`] — UARTs and their sinks, i8042, probe port, virtio hook.
+//! - [`vcpu`] — vCPU state and threads.
+//! - [`vm`] — `Config` → `Vm` → `Outcome`.
+//! - [`verdict`] — verdict, exit code, final line.
+//! - [`cli`], [`doctor`] — the `kestrel` command's front end.
+
+pub mod acpi;
+pub mod boot;
+pub mod bus;
+pub mod cli;
+pub mod devices;
+pub mod doctor;
+pub mod event;
+pub mod kvm;
+pub mod layout;
+pub mod log;
+pub mod memory;
+pub mod vcpu;
+pub mod verdict;
+pub mod vm;
+
+#[cfg(test)]
+mod testutil;

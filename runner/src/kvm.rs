@@ -1,0 +1,290 @@
+//! The one module that calls kvm-ioctls.
+//!
+//! Owns the `/dev/kvm`, VM and vCPU file descriptors and translates KVM's
+//! exits into the small [`Exit`] enum the vCPU loop handles. Invariant:
+//! every ioctl error leaves here as a [`KvmError`] naming the operation;
+//! guest memory is registered with KVM only while the `GuestMemoryMmap` that
+//! backs it is alive (the [`VmHandle`] keeps a clone).
+
+use kvm_bindings::{
+    kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{Kvm as KvmSys, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::layout;
+use crate::memory::GuestMemory;
+
+/// The KVM API version this VMM is written against (stable since 2.6.22).
+pub const KVM_API_VERSION: i32 = 12;
+/// Where KVM lives.
+pub const KVM_PATH: &str = "/dev/kvm";
+
+/// What went wrong talking to KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// No `/dev/kvm`.
+    #[error("/dev/kvm does not exist: load the kvm module (kvm_intel or kvm_amd), or run inside the nested rig with `cargo xtask rig -- …`")]
+    Missing,
+    /// `/dev/kvm` exists but this user may not open it.
+    #[error("/dev/kvm exists but this user may not open it: add the user to the `kvm` group (then log in again) or run as root")]
+    NotPermitted,
+    /// Opening `/dev/kvm` failed otherwise.
+    #[error("cannot open /dev/kvm: {0}")]
+    Open(#[source] vmm_sys_util::errno::Error),
+    /// The kernel speaks another KVM API.
+    #[error("/dev/kvm reports API version {0}, kestrel needs {KVM_API_VERSION}")]
+    ApiVersion(i32),
+    /// An ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Ioctl {
+        /// The operation.
+        what: &'static str,
+        /// The errno.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> KvmError {
+    move |source| KvmError::Ioctl { what, source }
+}
+
+/// An open `/dev/kvm`.
+pub struct Kvm {
+    sys: KvmSys,
+}
+
+impl Kvm {
+    /// Opens `/dev/kvm` and checks the API version.
+    pub fn open() -> Result<Kvm, KvmError> {
+        let sys = KvmSys::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::Missing,
+            libc::EACCES | libc::EPERM => KvmError::NotPermitted,
+            _ => KvmError::Open(e),
+        })?;
+        let version = sys.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(KvmError::ApiVersion(version));
+        }
+        Ok(Kvm { sys })
+    }
+
+    /// `KVM_GET_API_VERSION`.
+    pub fn api_version(&self) -> i32 {
+        self.sys.get_api_version()
+    }
+
+    /// `KVM_GET_SUPPORTED_CPUID`: the CPUID leaves KVM can present.
+    pub fn supported_cpuid(&self) -> Result<CpuId, KvmError> {
+        self.sys
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("GET_SUPPORTED_CPUID"))
+    }
+
+    /// `KVM_CREATE_VM`, then registers every region of `memory`.
+    pub fn create_vm(&self, memory: &GuestMemory) -> Result<VmHandle, KvmError> {
+        let fd = self.sys.create_vm().map_err(ioctl("CREATE_VM"))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host =
+                memory
+                    .get_host_address(region.start_addr())
+                    .map_err(|_| KvmError::Ioctl {
+                        what: "SET_USER_MEMORY_REGION (host address)",
+                        source: vmm_sys_util::errno::Error::new(libc::EFAULT),
+                    })?;
+            let spec = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host..host + len` is a live mmap owned by `memory`; the
+            // returned handle keeps a clone of `memory` (an Arc of the same
+            // regions), so the mapping outlives the VM that uses it.
+            unsafe { fd.set_user_memory_region(spec) }.map_err(ioctl("SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(VmHandle {
+            fd,
+            _memory: memory.clone(),
+        })
+    }
+}
+
+/// A VM file descriptor with its memory registered.
+pub struct VmHandle {
+    fd: VmFd,
+    _memory: GuestMemory,
+}
+
+impl VmHandle {
+    /// The in-kernel PIC + I/O APIC + LAPICs, and the PIT (with the speaker
+    /// port 0x61 handled in the kernel too). Must precede vCPU creation.
+    pub fn create_irqchip_and_pit(&self) -> Result<(), KvmError> {
+        self.fd
+            .set_tss_address(layout::KVM_TSS as usize)
+            .map_err(ioctl("SET_TSS_ADDR"))?;
+        self.fd
+            .set_identity_map_address(layout::KVM_IDENTITY_MAP)
+            .map_err(ioctl("SET_IDENTITY_MAP_ADDR"))?;
+        self.fd.create_irq_chip().map_err(ioctl("CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(ioctl("CREATE_PIT2"))
+    }
+
+    /// Only the TSS and identity-map pages (for VMs without an irqchip).
+    pub fn set_tss(&self) -> Result<(), KvmError> {
+        self.fd
+            .set_tss_address(layout::KVM_TSS as usize)
+            .map_err(ioctl("SET_TSS_ADDR"))?;
+        self.fd
+            .set_identity_map_address(layout::KVM_IDENTITY_MAP)
+            .map_err(ioctl("SET_IDENTITY_MAP_ADDR"))
+    }
+
+    /// Signalling `evt` raises `gsi` (edge) on the in-kernel irqchip.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), KvmError> {
+        self.fd.register_irqfd(evt, gsi).map_err(ioctl("IRQFD"))
+    }
+
+    /// `KVM_CREATE_VCPU` with this APIC id.
+    pub fn create_vcpu(&self, id: u8) -> Result<VcpuHandle, KvmError> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(ioctl("CREATE_VCPU"))?;
+        Ok(VcpuHandle { fd })
+    }
+}
+
+/// Why `KVM_RUN` returned, reduced to what the VMM acts on.
+#[derive(Debug)]
+pub enum Exit<'a> {
+    /// `in` from a port: fill the buffer.
+    IoIn(u16, &'a mut [u8]),
+    /// `out` to a port.
+    IoOut(u16, &'a [u8]),
+    /// An MMIO read: fill the buffer.
+    MmioRead(u64, &'a mut [u8]),
+    /// An MMIO write.
+    MmioWrite(u64, &'a [u8]),
+    /// `hlt` (only exits without an in-kernel LAPIC).
+    Hlt,
+    /// Triple fault (`KVM_EXIT_SHUTDOWN`).
+    Shutdown,
+    /// The guest asked for a reset (`KVM_SYSTEM_EVENT_RESET`, e.g. PSCI/ACPI).
+    Reset,
+    /// The guest asked to power off (`KVM_SYSTEM_EVENT_SHUTDOWN`).
+    PowerOff,
+    /// The guest reported a crash (`KVM_SYSTEM_EVENT_CRASH`).
+    Crash,
+    /// A signal kicked the vCPU out of the guest (`EINTR`), or
+    /// `immediate_exit` was set.
+    Interrupted,
+    /// Anything else: the vCPU cannot continue.
+    Failed(String),
+}
+
+/// A vCPU file descriptor.
+pub struct VcpuHandle {
+    fd: VcpuFd,
+}
+
+impl VcpuHandle {
+    /// `KVM_SET_CPUID2`.
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), KvmError> {
+        self.fd.set_cpuid2(cpuid).map_err(ioctl("SET_CPUID2"))
+    }
+
+    /// `KVM_SET_MSRS`; all entries must be accepted.
+    pub fn set_msrs(&self, entries: &[kvm_msr_entry]) -> Result<(), KvmError> {
+        let msrs = Msrs::from_entries(entries).map_err(|_| KvmError::Ioctl {
+            what: "SET_MSRS (too many entries)",
+            source: vmm_sys_util::errno::Error::new(libc::E2BIG),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(ioctl("SET_MSRS"))?;
+        if set != entries.len() {
+            return Err(KvmError::Ioctl {
+                what: "SET_MSRS (an MSR was refused)",
+                source: vmm_sys_util::errno::Error::new(libc::EINVAL),
+            });
+        }
+        Ok(())
+    }
+
+    /// `KVM_GET_LAPIC`.
+    pub fn lapic(&self) -> Result<kvm_lapic_state, KvmError> {
+        self.fd.get_lapic().map_err(ioctl("GET_LAPIC"))
+    }
+
+    /// `KVM_SET_LAPIC`.
+    pub fn set_lapic(&self, state: &kvm_lapic_state) -> Result<(), KvmError> {
+        self.fd.set_lapic(state).map_err(ioctl("SET_LAPIC"))
+    }
+
+    /// `KVM_SET_FPU`.
+    pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), KvmError> {
+        self.fd.set_fpu(fpu).map_err(ioctl("SET_FPU"))
+    }
+
+    /// `KVM_GET_SREGS`.
+    pub fn sregs(&self) -> Result<kvm_sregs, KvmError> {
+        self.fd.get_sregs().map_err(ioctl("GET_SREGS"))
+    }
+
+    /// `KVM_SET_SREGS`.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), KvmError> {
+        self.fd.set_sregs(sregs).map_err(ioctl("SET_SREGS"))
+    }
+
+    /// `KVM_GET_REGS`.
+    pub fn regs(&self) -> Result<kvm_regs, KvmError> {
+        self.fd.get_regs().map_err(ioctl("GET_REGS"))
+    }
+
+    /// `KVM_SET_REGS`.
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), KvmError> {
+        self.fd.set_regs(regs).map_err(ioctl("SET_REGS"))
+    }
+
+    /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns at once
+    /// with `EINTR`.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    /// `KVM_RUN` once.
+    pub fn run(&mut self) -> Exit<'_> {
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, data),
+            Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite(addr, data),
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_RESET => Exit::Reset,
+                KVM_SYSTEM_EVENT_SHUTDOWN => Exit::PowerOff,
+                KVM_SYSTEM_EVENT_CRASH => Exit::Crash,
+                other => Exit::Failed(format!("unknown system event {other}")),
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Failed(format!(
+                "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
+            )),
+            Ok(VcpuExit::InternalError) => {
+                Exit::Failed("KVM internal error (emulation failure)".to_string())
+            }
+            Ok(other) => Exit::Failed(format!("unhandled exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => Exit::Failed(format!("KVM_RUN failed: {e}")),
+        }
+    }
+}

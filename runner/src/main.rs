@@ -1,0 +1,65 @@
+//! The `kestrel` command. Exit codes: the guest command's status; 128+n
+//! for a signal; 124 timeout; 125 bad arguments, setup or VMM error; 255
+//! panic or guest died without a status. `doctor`: 0 hardware KVM, 2
+//! software KVM (use the nested rig), 1 no usable KVM.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::error::ErrorKind;
+use clap::Parser;
+use kestrel::cli::{clap_error_line, Cli, Command, RunArgs};
+use kestrel::verdict::{verdict_line, EXIT_VMM_ERROR};
+use kestrel::vm::{Config, Vm};
+use kestrel::{doctor, verdict::Verdict};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("kestrel: {}", clap_error_line(&e));
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                // One sentence: our error messages already name the cause.
+                eprintln!("kestrel: {e}");
+                ExitCode::from(EXIT_VMM_ERROR)
+            }
+        },
+        Command::Doctor => {
+            let report = doctor::run();
+            println!("kestrel doctor\n{}", report.text);
+            println!("kestrel: doctor={}", report.class.name());
+            ExitCode::from(report.class.exit_code())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let config = Config::try_from(args)?;
+    let vm = Vm::try_from(config).context("")?;
+    let outcome = vm.run();
+    match &outcome.verdict {
+        Verdict::BootFailure(why) | Verdict::VmmError(why) => eprintln!("kestrel: {why}"),
+        _ => {}
+    }
+    if outcome.verdict.shows_console() && !outcome.console_tail.is_empty() {
+        eprintln!("kestrel: last console lines:");
+        for line in &outcome.console_tail {
+            eprintln!("  | {line}");
+        }
+    }
+    eprintln!(
+        "{}",
+        verdict_line(&outcome.verdict, outcome.boot, outcome.total)
+    );
+    Ok(outcome.verdict.exit_code())
+}

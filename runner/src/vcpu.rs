@@ -1,0 +1,514 @@
+//! vCPUs: their initial state (CPUID, MSRs, LAPIC, FPU, registers for the
+//! boot entry) and one named thread each (`kestrel_vcpu N`).
+//!
+//! Each thread is an explicit state machine driven by a command channel:
+//! `Paused` (created, configured) → `Running` on [`Command::Run`] →
+//! `Exited` when the guest ends the VM, KVM fails, or the stop flag is
+//! raised. Stopping is: raise the flag, then kick the thread with
+//! [`KICK_SIGNAL`] until it reports, since a signal that lands just before
+//! `KVM_RUN` is entered would otherwise be lost.
+//! Invariants: every thread sends exactly one `VcpuStopped` and then
+//! exits; a panic inside a thread (a device bug) becomes
+//! `VcpuEnd::Failed`, never a VMM crash; only the boot vCPU gets entry
+//! registers when an in-kernel irqchip exists (APs wait for INIT/SIPI).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, CpuId};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::boot::{gdt, Entry};
+use crate::bus::Bus;
+use crate::event::{VcpuEnd, VmEvent};
+use crate::kvm::{Exit, KvmError, VcpuHandle};
+use crate::layout;
+use crate::log;
+
+/// The port and memory buses every vCPU dispatches to.
+#[derive(Debug)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// MMIO.
+    pub mmio: Bus,
+}
+
+/// Commands to a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Start running the guest.
+    Run,
+    /// Exit without running (or stop, together with the stop flag and a kick).
+    Stop,
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+/// See [`kick_signal`].
+pub const KICK_SIGNAL: &str = "SIGRTMIN";
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process: its only effect is
+/// to make `KVM_RUN` return `EINTR`.
+fn install_kick_handler() -> Result<(), KvmError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result =
+            register_signal_handler(kick_signal(), on_kick).map_err(|source| KvmError::Ioctl {
+                what: "install the vCPU kick signal handler",
+                source,
+            });
+    });
+    result
+}
+
+// ---- Initial state ----
+
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// MISC_ENABLE: fast string operations.
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRs enabled, default memory type write-back.
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+/// The MSRs every vCPU starts with.
+pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+    let msr = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    vec![
+        msr(MSR_IA32_SYSENTER_CS, 0),
+        msr(MSR_IA32_SYSENTER_ESP, 0),
+        msr(MSR_IA32_SYSENTER_EIP, 0),
+        msr(MSR_STAR, 0),
+        msr(MSR_CSTAR, 0),
+        msr(MSR_KERNEL_GS_BASE, 0),
+        msr(MSR_SYSCALL_MASK, 0),
+        msr(MSR_LSTAR, 0),
+        msr(MSR_IA32_TSC, 0),
+        msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        msr(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
+    ]
+}
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE: u32 = 0x4;
+const LEAF_PMU: u32 = 0xa;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
+/// Leaf 0xb/0x1f level types.
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+/// Bits needed to number `cpus` cores.
+fn core_id_bits(cpus: u8) -> u32 {
+    u32::from(cpus).next_power_of_two().trailing_zeros()
+}
+
+/// KVM's supported CPUID adapted for vCPU `id` of `cpus`: one package of
+/// `cpus` single-thread cores, APIC id = `id`, the hypervisor bit and the
+/// KVM signature set, no PMU.
+pub fn cpuid_for(supported: &CpuId, id: u8, cpus: u8) -> CpuId {
+    let intel = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| (e.ebx, e.edx, e.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e));
+    let apic = u32::from(id);
+    let n = u32::from(cpus);
+    let mut cpuid = supported.clone();
+    for e in cpuid.as_mut_slice() {
+        adapt_leaf(e, apic, n, core_id_bits(cpus), intel);
+    }
+    cpuid
+}
+
+fn adapt_leaf(e: &mut kvm_cpuid_entry2, apic: u32, n: u32, shift: u32, intel: bool) {
+    match e.function {
+        LEAF_FEATURES => {
+            e.ebx = (e.ebx & 0x0000_ffff) | (apic << 24) | (n << 16);
+            e.ecx |= ECX_HYPERVISOR;
+            if n > 1 {
+                e.edx |= EDX_HTT;
+            }
+        }
+        LEAF_CACHE if intel => {
+            let level = (e.eax >> 5) & 0x7;
+            let sharing = if level >= 3 { n - 1 } else { 0 };
+            e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((n - 1) << 26);
+        }
+        LEAF_PMU => {
+            (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+        }
+        LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+            e.edx = apic;
+            (e.eax, e.ebx, e.ecx) = match e.index {
+                0 => (0, 1, (LEVEL_SMT << 8) | e.index),
+                1 => (shift, n, (LEVEL_CORE << 8) | e.index),
+                _ => (0, 0, e.index),
+            };
+        }
+        LEAF_HYPERVISOR => {
+            e.eax = e.eax.max(LEAF_KVM_FEATURES);
+            let word = |i: usize| u32::from_le_bytes(KVM_SIGNATURE[i..i + 4].try_into().unwrap());
+            (e.ebx, e.ecx, e.edx) = (word(0), word(4), word(8));
+        }
+        LEAF_AMD_SIZES => {
+            e.ecx = (e.ecx & !0xf0ff) | (shift << 12) | (n - 1);
+        }
+        LEAF_AMD_TOPOLOGY => {
+            (e.eax, e.ebx, e.ecx) = (apic, apic & 0xff, 0);
+        }
+        _ => {}
+    }
+}
+
+/// Sets LINT0 to ExtINT (the PIC) and LINT1 to NMI, as firmware would.
+fn set_lint(vcpu: &VcpuHandle) -> Result<(), KvmError> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    const MODE_NMI: u32 = 4;
+    const MODE_EXTINT: u32 = 7;
+    let mut lapic = vcpu.lapic()?;
+    for (offset, mode) in [(APIC_LVT0, MODE_EXTINT), (APIC_LVT1, MODE_NMI)] {
+        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
+        let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+        for (i, b) in value.to_le_bytes().iter().enumerate() {
+            lapic.regs[offset + i] = *b as _;
+        }
+    }
+    vcpu.set_lapic(&lapic)
+}
+
+/// Everything a vCPU needs before it first runs.
+#[derive(Debug, Clone)]
+pub struct VcpuSetup<'a> {
+    /// vCPU index = APIC id.
+    pub id: u8,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// KVM's supported CPUID.
+    pub supported_cpuid: &'a CpuId,
+    /// Entry registers (None: an AP waiting for INIT/SIPI).
+    pub entry: Option<Entry>,
+    /// Whether the VM has an in-kernel LAPIC.
+    pub irqchip: bool,
+}
+
+/// Programs the initial vCPU state.
+pub fn configure(vcpu: &VcpuHandle, setup: &VcpuSetup<'_>) -> Result<(), KvmError> {
+    vcpu.set_cpuid(&cpuid_for(setup.supported_cpuid, setup.id, setup.cpus))?;
+    vcpu.set_msrs(&boot_msrs())?;
+    vcpu.set_fpu(&kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    })?;
+    if setup.irqchip {
+        set_lint(vcpu)?;
+    }
+    if let Some(entry) = setup.entry {
+        set_entry_registers(vcpu, entry)?;
+    }
+    Ok(())
+}
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_RESERVED: u64 = 1 << 1;
+
+fn set_entry_registers(vcpu: &VcpuHandle, entry: Entry) -> Result<(), KvmError> {
+    let mut sregs = vcpu.sregs()?;
+    let mut regs = kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    };
+    let protected = |sregs: &mut kvm_bindings::kvm_sregs, code: u16| {
+        sregs.gdt.base = layout::BOOT_GDT;
+        sregs.gdt.limit = (gdt::TABLE.len() * 8 - 1) as u16;
+        sregs.idt.base = layout::BOOT_IDT;
+        sregs.idt.limit = 7;
+        sregs.cs = gdt::segment(code);
+        let data = gdt::segment(gdt::DATA);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.tr = gdt::segment(gdt::TSS);
+    };
+    match entry {
+        Entry::Linux64 { rip, zero_page } => {
+            protected(&mut sregs, gdt::CODE64);
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
+            sregs.cr3 = layout::PML4;
+            sregs.cr4 = CR4_PAE;
+            sregs.efer = EFER_LME | EFER_LMA;
+            regs.rip = rip;
+            regs.rsi = zero_page;
+            regs.rsp = layout::BOOT_STACK;
+            regs.rbp = layout::BOOT_STACK;
+        }
+        Entry::Pvh { rip, start_info } => {
+            protected(&mut sregs, gdt::CODE32);
+            sregs.cr0 = CR0_PE | CR0_ET;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rip = rip;
+            regs.rbx = start_info;
+        }
+        Entry::RealMode { rip } => {
+            sregs.cs.base = 0;
+            sregs.cs.selector = 0;
+            regs.rip = rip;
+        }
+    }
+    vcpu.set_sregs(&sregs)?;
+    vcpu.set_regs(&regs)
+}
+
+// ---- The thread ----
+
+/// The thread's states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Paused,
+    Running,
+    Exited,
+}
+
+/// The VM's handle on one vCPU thread.
+pub struct VcpuThread {
+    /// vCPU index.
+    pub id: u8,
+    commands: Sender<Command>,
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl VcpuThread {
+    /// Starts the thread in `Paused`; it reports on `events`.
+    pub fn spawn(
+        id: u8,
+        vcpu: VcpuHandle,
+        buses: Arc<Buses>,
+        events: Sender<VmEvent>,
+    ) -> Result<VcpuThread, KvmError> {
+        install_kick_handler()?;
+        let (commands, inbox) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("kestrel_vcpu {id}"))
+            .spawn(move || {
+                let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_thread(vcpu, &buses, &inbox, &thread_stop)
+                }))
+                .unwrap_or_else(|_| VcpuEnd::Failed(format!("vCPU {id} thread panicked")));
+                let _ = events.send(VmEvent::VcpuStopped { id, end });
+            })
+            .map_err(|e| KvmError::Ioctl {
+                what: "spawn a vCPU thread",
+                source: vmm_sys_util::errno::Error::new(e.raw_os_error().unwrap_or(libc::EAGAIN)),
+            })?;
+        Ok(VcpuThread {
+            id,
+            commands,
+            stop,
+            join: Some(join),
+        })
+    }
+
+    /// Lets the guest run.
+    pub fn start(&self) {
+        let _ = self.commands.send(Command::Run);
+    }
+
+    /// Raises the stop flag and kicks the thread out of `KVM_RUN`. Safe to
+    /// call repeatedly; call until [`Self::finished`].
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Stop);
+        if let Some(join) = &self.join {
+            if !join.is_finished() {
+                let _ = join.kill(kick_signal());
+            }
+        }
+    }
+
+    /// Whether the thread has exited.
+    pub fn finished(&self) -> bool {
+        self.join.as_ref().is_none_or(|j| j.is_finished())
+    }
+
+    /// Joins an exited thread.
+    pub fn join(&mut self) {
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+fn run_thread(
+    mut vcpu: VcpuHandle,
+    buses: &Buses,
+    inbox: &Receiver<Command>,
+    stop: &AtomicBool,
+) -> VcpuEnd {
+    let mut state = State::Paused;
+    loop {
+        state = match state {
+            State::Paused => match inbox.recv() {
+                Ok(Command::Run) => State::Running,
+                Ok(Command::Stop) | Err(_) => return VcpuEnd::Stopped,
+            },
+            State::Running if stop.load(Ordering::SeqCst) => State::Exited,
+            State::Running => match step(&mut vcpu, buses) {
+                None => State::Running,
+                Some(end) => return end,
+            },
+            State::Exited => return VcpuEnd::Stopped,
+        };
+    }
+}
+
+/// One `KVM_RUN` and its exit. `Some` ends the thread.
+fn step(vcpu: &mut VcpuHandle, buses: &Buses) -> Option<VcpuEnd> {
+    match vcpu.run() {
+        Exit::IoIn(port, data) => {
+            buses.pio.read(u64::from(port), data);
+            None
+        }
+        Exit::IoOut(port, data) => {
+            buses.pio.write(u64::from(port), data);
+            None
+        }
+        Exit::MmioRead(addr, data) => {
+            buses.mmio.read(addr, data);
+            None
+        }
+        Exit::MmioWrite(addr, data) => {
+            buses.mmio.write(addr, data);
+            None
+        }
+        Exit::Interrupted => None,
+        Exit::Hlt => Some(VcpuEnd::Halted),
+        Exit::Shutdown => Some(VcpuEnd::TripleFault),
+        Exit::Reset | Exit::PowerOff => Some(VcpuEnd::GuestReset),
+        Exit::Crash => Some(VcpuEnd::GuestCrash),
+        Exit::Failed(why) => {
+            log::debug(format_args!("vCPU failed: {why}"));
+            Some(VcpuEnd::Failed(why))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0xffff_ffff,
+            ebx: 0xffff_ffff,
+            ecx: 0,
+            edx: 0,
+            ..Default::default()
+        }
+    }
+
+    fn supported() -> CpuId {
+        let mut vendor = leaf(0, 0);
+        (vendor.ebx, vendor.edx, vendor.ecx) = (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
+        CpuId::from_entries(&[
+            vendor,
+            leaf(1, 0),
+            leaf(4, 0),
+            kvm_cpuid_entry2 {
+                eax: 0x63, // level 3 unified cache
+                ..leaf(4, 3)
+            },
+            leaf(0xa, 0),
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0xb, 2),
+            leaf(0x4000_0000, 0),
+            leaf(0x8000_0008, 0),
+        ])
+        .unwrap()
+    }
+
+    fn get(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    #[test]
+    fn cpuid_reports_apic_id_topology_and_hypervisor() {
+        let base = supported();
+        for (id, cpus) in [(0u8, 1u8), (1, 2), (5, 6)] {
+            let c = cpuid_for(&base, id, cpus);
+            let l1 = get(&c, 1, 0);
+            assert_eq!(l1.ebx >> 24, u32::from(id));
+            assert_eq!((l1.ebx >> 16) & 0xff, u32::from(cpus));
+            assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+            assert_eq!(l1.edx & EDX_HTT != 0, cpus > 1);
+            let smt = get(&c, 0xb, 0);
+            let core = get(&c, 0xb, 1);
+            assert_eq!(
+                (smt.ebx, (smt.ecx >> 8) & 0xff, smt.edx),
+                (1, 1, u32::from(id))
+            );
+            assert_eq!((core.ebx, (core.ecx >> 8) & 0xff), (u32::from(cpus), 2));
+            assert!(1u32 << core.eax >= u32::from(cpus));
+            assert_eq!(get(&c, 0xb, 2).ecx, 2, "invalid level terminates the list");
+            assert_eq!(get(&c, 4, 0).eax >> 26, u32::from(cpus) - 1);
+            assert_eq!((get(&c, 4, 3).eax >> 14) & 0xfff, u32::from(cpus) - 1);
+            assert_eq!(get(&c, 0x8000_0008, 0).ecx & 0xff, u32::from(cpus) - 1);
+            assert_eq!(get(&c, 0xa, 0).eax, 0);
+            let hv = get(&c, 0x4000_0000, 0);
+            let mut sig = Vec::new();
+            for r in [hv.ebx, hv.ecx, hv.edx] {
+                sig.extend_from_slice(&r.to_le_bytes());
+            }
+            assert_eq!(&sig, KVM_SIGNATURE);
+        }
+    }
+
+    #[test]
+    fn msrs_enable_mtrrs_write_back() {
+        let msrs = boot_msrs();
+        let mtrr = msrs.iter().find(|m| m.index == MSR_MTRR_DEF_TYPE).unwrap();
+        assert_eq!(mtrr.data & 0xff, 6);
+        assert_ne!(mtrr.data & (1 << 11), 0);
+    }
+}

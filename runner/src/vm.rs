@@ -1,0 +1,510 @@
+//! A VM's life: [`Config`] → (validated, built in a fixed order) [`Vm`] →
+//! [`Vm::run`] → [`Outcome`].
+//!
+//! Build order (each step only uses earlier ones): validate the config,
+//! open KVM, allocate guest RAM, create the VM and register RAM, in-kernel
+//! irqchip + PIT (kernels only), devices and buses, kernel/initrd/command
+//! line, ACPI tables, vCPUs (configured, threads paused). `run` releases the
+//! vCPUs and waits for the first event that ends the VM: a reset, triple
+//! fault, crash, all vCPUs halted, a VMM failure, the wall-clock limit, or
+//! the grace period after the status line. Then every vCPU is stopped.
+//! Invariant: `run` returns only after every vCPU thread has been asked to
+//! stop and all that responded have been joined; it never panics.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::acpi;
+use crate::boot::{self, BootSpec, Entry};
+use crate::bus::{Bus, BusError, Space};
+use crate::devices::i8042::I8042;
+use crate::devices::probe::{ProbeLog, ProbePort};
+use crate::devices::serial::SerialDevice;
+use crate::devices::sinks::{ConsoleLog, ConsoleState, StatusChannel, StatusState};
+use crate::devices::{EventLine, IrqLine};
+use crate::event::{Ending, VcpuEnd, VmEvent};
+use crate::kvm::{Kvm, KvmError, VmHandle};
+use crate::layout;
+use crate::log;
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{self, Buses, VcpuSetup, VcpuThread};
+use crate::verdict::Verdict;
+
+/// Smallest guest memory accepted.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Largest guest memory accepted.
+pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
+/// After the status line, how long the guest gets to reset by itself.
+pub const STATUS_GRACE: Duration = Duration::from_secs(2);
+/// How long stopping the vCPUs may take before they are abandoned.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// Interval between kicks while stopping.
+const KICK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What the guest runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// A Linux kernel (bzImage or ELF vmlinux with PVH).
+    Kernel {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        initrd: Option<PathBuf>,
+        /// Appended to [`boot::cmdline::DEFAULT_ARGS`].
+        append: String,
+    },
+    /// A hand-written real-mode program at [`layout::RAW_GUEST_ENTRY`] on
+    /// every vCPU, without an interrupt controller (doctor probe, tests).
+    Raw {
+        /// Machine code.
+        code: Vec<u8>,
+    },
+}
+
+/// Where COM1 (the kernel console) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    /// The VMM's stderr.
+    Stderr,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Nowhere (the last lines are still kept for failure reports).
+    Discard,
+}
+
+/// Everything needed to build a VM. Plain data; validated by `Vm::try_from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// What to run.
+    pub boot: Boot,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Wall-clock limit for the whole run.
+    pub timeout: Duration,
+    /// COM1 destination.
+    pub console: Console,
+}
+
+/// A config that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("--cpus {0} is out of range: use 1 to {max}", max = layout::MAX_VCPUS)]
+    Cpus(u32),
+    /// Memory out of range.
+    #[error("--memory {0} is out of range: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} (MiB)")]
+    Memory(u64),
+    /// Zero timeout.
+    #[error("--timeout must be at least 1 second")]
+    Timeout,
+    /// Kernel or initrd unusable.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+}
+
+/// Building or running a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM refused something.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// Device placement (a layout bug).
+    #[error("internal device layout error: {0}")]
+    Bus(#[from] BusError),
+    /// The console file.
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An eventfd for an interrupt line.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+impl Config {
+    /// Checks ranges and that kernel and initrd are readable and the kernel
+    /// is a kernel.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 || self.cpus > u32::from(layout::MAX_VCPUS) {
+            return Err(ConfigError::Cpus(self.cpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        if self.timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Timeout);
+        }
+        if let Boot::Kernel { kernel, initrd, .. } = &self.boot {
+            boot::sniff(kernel)?;
+            if let Some(path) = initrd {
+                File::open(path).map_err(|source| boot::BootError::InitrdIo {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// How the VM ended.
+    pub ending: Ending,
+    /// From the start of `run` to the first byte on the status channel.
+    pub boot: Option<Duration>,
+    /// From the start of building the VM to the end of `run`.
+    pub total: Duration,
+    /// The last console lines.
+    pub console_tail: Vec<String>,
+}
+
+/// A built VM, vCPUs paused.
+pub struct Vm {
+    created: Instant,
+    timeout: Duration,
+    raw: bool,
+    vcpus: Vec<VcpuThread>,
+    events: Receiver<VmEvent>,
+    console: Arc<Mutex<ConsoleState>>,
+    status: Arc<Mutex<StatusState>>,
+    probe: ProbeLog,
+    _buses: Arc<Buses>,
+    /// The VM fd and guest RAM (KVM maps RAM by host address): must outlive
+    /// every vCPU thread, so it is leaked if a thread cannot be stopped.
+    vm: Option<VmHandle>,
+}
+
+impl TryFrom<Config> for Vm {
+    type Error = VmError;
+
+    fn try_from(config: Config) -> Result<Vm, VmError> {
+        let created = Instant::now();
+        config.validate()?;
+        let cpus = config.cpus as u8;
+        let raw = matches!(config.boot, Boot::Raw { .. });
+        let memory_bytes = config.memory_mib * layout::MIB;
+
+        let kvm = Kvm::open()?;
+        let mem = memory::create(memory_bytes)?;
+        let vm = kvm.create_vm(&mem)?;
+        if raw {
+            vm.set_tss()?;
+        } else {
+            vm.create_irqchip_and_pit()?;
+        }
+
+        let (tx, events) = std::sync::mpsc::channel();
+        let irq = |gsi: u32| -> Result<IrqLine, VmError> {
+            if raw {
+                return Ok(IrqLine::none());
+            }
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+            vm.register_irqfd(&evt, gsi)?;
+            Ok(IrqLine::new(evt))
+        };
+        let console_out: Option<Box<dyn Write + Send>> = match &config.console {
+            Console::Stderr => Some(Box::new(std::io::stderr())),
+            Console::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+                VmError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?)),
+            Console::Discard => None,
+        };
+        let (console_log, console) = ConsoleLog::new(console_out);
+        let (status_channel, status) = StatusChannel::new(tx.clone());
+        let probe = ProbeLog::default();
+
+        let mut pio = Bus::new(Space::Pio);
+        let port = |p: u16| u64::from(p);
+        pio.insert(
+            port(layout::COM1_PORT),
+            port(layout::SERIAL_PORT_LEN),
+            Arc::new(Mutex::new(SerialDevice::new(
+                irq(layout::COM1_IRQ)?,
+                console_log,
+            ))),
+        )?;
+        pio.insert(
+            port(layout::COM2_PORT),
+            port(layout::SERIAL_PORT_LEN),
+            Arc::new(Mutex::new(SerialDevice::new(
+                irq(layout::COM2_IRQ)?,
+                status_channel,
+            ))),
+        )?;
+        pio.insert(
+            port(layout::I8042_DATA_PORT),
+            port(layout::I8042_CMD_PORT - layout::I8042_DATA_PORT + 1),
+            Arc::new(Mutex::new(I8042::new(EventLine(tx.clone())))),
+        )?;
+        if raw {
+            pio.insert(
+                port(layout::PROBE_PORT),
+                1,
+                Arc::new(Mutex::new(ProbePort::new(probe.clone()))),
+            )?;
+        }
+        // The virtio-mmio slots go here (next issue); none yet.
+        let mmio = Bus::new(Space::Mmio);
+        let virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
+        let buses = Arc::new(Buses { pio, mmio });
+
+        let entry = match &config.boot {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                append,
+            } => {
+                let cmdline = boot::cmdline::build(append).map_err(boot::BootError::from)?;
+                let spec = BootSpec {
+                    kernel,
+                    initrd: initrd.as_deref(),
+                    cmdline: &cmdline,
+                    memory_bytes,
+                };
+                let entry = boot::load(&mem, &spec)?;
+                acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
+                entry
+            }
+            Boot::Raw { code } => boot::load_raw(&mem, code)?,
+        };
+
+        let supported_cpuid = kvm.supported_cpuid()?;
+        let mut vcpus = Vec::with_capacity(usize::from(cpus));
+        for id in 0..cpus {
+            let handle = vm.create_vcpu(id)?;
+            let setup = VcpuSetup {
+                id,
+                cpus,
+                supported_cpuid: &supported_cpuid,
+                entry: entry_for(id, entry),
+                irqchip: !raw,
+            };
+            vcpu::configure(&handle, &setup)?;
+            vcpus.push(VcpuThread::spawn(id, handle, buses.clone(), tx.clone())?);
+        }
+        Ok(Vm {
+            created,
+            timeout: config.timeout,
+            raw,
+            vcpus,
+            events,
+            console,
+            status,
+            probe,
+            _buses: buses,
+            vm: Some(vm),
+        })
+    }
+}
+
+/// Entry registers for vCPU `id`: the boot vCPU always; APs only for raw
+/// guests (with an irqchip they wait for INIT/SIPI).
+fn entry_for(id: u8, entry: Entry) -> Option<Entry> {
+    match entry {
+        Entry::RealMode { .. } => Some(entry),
+        _ if id == 0 => Some(entry),
+        _ => None,
+    }
+}
+
+impl Vm {
+    /// The debug-port log of a raw guest.
+    pub fn probe_log(&self) -> ProbeLog {
+        self.probe.clone()
+    }
+
+    /// Runs the guest to its end and decides the verdict.
+    pub fn run(mut self) -> Outcome {
+        let started = Instant::now();
+        for vcpu in &self.vcpus {
+            vcpu.start();
+        }
+        let ending = self.wait_for_end(started);
+        self.stop_vcpus();
+
+        let (status, first_byte) = {
+            let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            (s.status(), s.first_byte())
+        };
+        let (panicked, console_tail) = {
+            let c = self.console.lock().unwrap_or_else(PoisonError::into_inner);
+            (c.panicked(), c.tail())
+        };
+        Outcome {
+            verdict: Verdict::decide(status, &ending, panicked),
+            ending,
+            boot: first_byte.map(|t| t.saturating_duration_since(started)),
+            total: self.created.elapsed(),
+            console_tail,
+        }
+    }
+
+    fn wait_for_end(&self, started: Instant) -> Ending {
+        let mut deadline = started + self.timeout;
+        let mut timeout_ending = Ending::Timeout;
+        let mut halted = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match self.events.recv_timeout(left) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => return timeout_ending,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ending::VmmFailure("the VM's event channel closed".into())
+                }
+            };
+            match event {
+                VmEvent::ResetRequested => return Ending::Reset,
+                VmEvent::StatusReported => {
+                    let grace = Instant::now() + STATUS_GRACE;
+                    if grace < deadline {
+                        deadline = grace;
+                        timeout_ending = Ending::StatusGraceExpired;
+                    }
+                }
+                VmEvent::VcpuStopped { id, end } => match end {
+                    VcpuEnd::Stopped => {}
+                    VcpuEnd::Halted => {
+                        halted += 1;
+                        if halted == self.vcpus.len() {
+                            return Ending::Halted;
+                        }
+                    }
+                    VcpuEnd::TripleFault => return Ending::TripleFault,
+                    VcpuEnd::GuestReset => return Ending::Reset,
+                    VcpuEnd::GuestCrash => return Ending::Crash,
+                    VcpuEnd::Failed(why) => return Ending::VmmFailure(format!("vCPU {id}: {why}")),
+                },
+            }
+        }
+    }
+
+    /// Stops every vCPU: flag + repeated kicks until each thread is done.
+    fn stop_vcpus(&mut self) {
+        let limit = Instant::now() + STOP_LIMIT;
+        loop {
+            let mut running = 0;
+            for vcpu in &self.vcpus {
+                if !vcpu.finished() {
+                    vcpu.request_stop();
+                    running += 1;
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            if Instant::now() >= limit {
+                log::warn(format_args!(
+                    "{running} vCPU thread(s) did not stop within {STOP_LIMIT:?}; abandoning them"
+                ));
+                std::mem::forget(self.vm.take());
+                return;
+            }
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.join();
+        }
+        if self.raw {
+            log::debug(format_args!("raw guest stopped"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            boot: Boot::Raw { code: vec![0xf4] },
+            cpus: 1,
+            memory_mib: 64,
+            timeout: Duration::from_secs(5),
+            console: Console::Discard,
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked_with_clear_messages() {
+        let mut c = config();
+        c.cpus = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--cpus 0 is out of range: use 1 to 64"
+        );
+        c.cpus = 65;
+        assert!(matches!(c.validate(), Err(ConfigError::Cpus(65))));
+        let mut c = config();
+        c.memory_mib = 1;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--memory 1 is out of range: use 32 to 65536 (MiB)"
+        );
+        let mut c = config();
+        c.timeout = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(ConfigError::Timeout)));
+        assert!(config().validate().is_ok());
+    }
+
+    #[test]
+    fn kernel_and_initrd_must_be_usable() {
+        let mut c = config();
+        c.boot = Boot::Kernel {
+            kernel: "/etc/passwd".into(),
+            initrd: None,
+            append: String::new(),
+        };
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.starts_with("/etc/passwd is neither a bzImage"), "{msg}");
+        c.boot = Boot::Kernel {
+            kernel: "/no/such/kernel".into(),
+            initrd: None,
+            append: String::new(),
+        };
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("cannot read kernel /no/such/kernel"), "{msg}");
+    }
+
+    #[test]
+    fn only_the_boot_cpu_gets_kernel_entry_registers() {
+        let linux = Entry::Linux64 {
+            rip: 1,
+            zero_page: 2,
+        };
+        assert_eq!(entry_for(0, linux), Some(linux));
+        assert_eq!(entry_for(1, linux), None);
+        let raw = Entry::RealMode { rip: 3 };
+        assert_eq!(entry_for(3, raw), Some(raw));
+    }
+}
