@@ -285,6 +285,11 @@ fn set_entry_registers(vcpu: &VcpuHandle, entry: Entry) -> Result<(), KvmError> 
         Entry::RealMode { rip } => {
             sregs.cs.base = 0;
             sregs.cs.selector = 0;
+            // "Big real mode": flat 4 GiB data segments, so hand-written
+            // guests can reach the MMIO hole with 32-bit addresses.
+            for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs] {
+                (seg.base, seg.selector, seg.limit, seg.g) = (0, 0, 0xffff_ffff, 1);
+            }
             regs.rip = rip;
         }
     }
