@@ -167,7 +167,7 @@ fn encode(s: &str) -> String {
     }
     if out.is_empty() {
         // An empty field must still be a field.
-        out.push_str("%");
+        out.push('%');
     }
     out
 }
@@ -298,7 +298,10 @@ impl Spec {
             }
             let mut parts = raw.split(' ');
             let key = parts.next().unwrap_or_default();
-            let fields = parts.map(decode).collect::<Result<Vec<_>, _>>().map_err(err)?;
+            let fields = parts
+                .map(decode)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
             let one = || match fields.as_slice() {
                 [f] => Ok(f.clone()),
                 _ => Err(err(format!("{key} takes one field, got {}", fields.len()))),
@@ -346,7 +349,12 @@ mod tests {
                 path: "/kestrel/modules/fuse.ko".into(),
                 params: String::new(),
             }],
-            argv: vec!["sh".into(), "-c".into(), "echo 'a b' %x\n\t".into(), String::new()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'a b' %x\n\t".into(),
+                String::new(),
+            ],
             env: vec!["PATH=/usr/bin:/bin".into(), "ÄÖ=ü".into()],
             cwd: Some("/work dir".into()),
             uid: Some(1000),

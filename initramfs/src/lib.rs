@@ -8,7 +8,6 @@
 
 // job.rs is the shared contract, owned outside this host code; newer
 // clippy flags its `push_str("%")`.
-#[allow(clippy::single_char_add_str)]
 pub mod job;
 
 #[cfg(feature = "host")]

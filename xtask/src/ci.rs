@@ -28,13 +28,26 @@ pub fn run() -> Result<()> {
         let result = f();
         let secs = start.elapsed().as_secs_f64();
         times.push((name.to_string(), secs));
-        tools::step(format!("ci: {name}: {} in {secs:.1} s", if result.is_ok() { "ok" } else { "FAILED" }));
+        tools::step(format!(
+            "ci: {name}: {} in {secs:.1} s",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
         result.with_context(|| format!("ci step `{name}` failed"))
     };
 
-    timed("cargo fmt --check", &mut || cargo(&["fmt", "--all", "--", "--check"]))?;
+    timed("cargo fmt --check", &mut || {
+        cargo(&["fmt", "--all", "--", "--check"])
+    })?;
     timed("cargo clippy", &mut || {
-        cargo(&["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ])
     })?;
     let mut modules_dir = None;
     timed("kernels (debian:6.1, debian:7.2)", &mut || {
@@ -70,7 +83,14 @@ pub fn run() -> Result<()> {
     timed("rig: QEMU-KVM boots in L1", &mut || {
         let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
         let xtask = xtask.to_string_lossy().into_owned();
-        let code = rig::run(&rig_args(&[&xtask, "selftest", "--accel", "kvm", "--kernel", "debian:6.1"]))?;
+        let code = rig::run(&rig_args(&[
+            &xtask,
+            "selftest",
+            "--accel",
+            "kvm",
+            "--kernel",
+            "debian:6.1",
+        ]))?;
         if code != 0 {
             bail!("the KVM guest checks in the rig failed (exit {code})");
         }

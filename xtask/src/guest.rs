@@ -19,17 +19,24 @@ const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Resolves a kernel spec, fetching Debian kernels into the cache if needed.
 pub fn kernel(spec: &str) -> Result<Kernel> {
-    let spec = KernelSpec::parse(spec)?;
-    let cache = Cache::open_default()?;
+    let spec: KernelSpec = spec.parse()?;
+    let cache = Cache::from_env()?;
     Ok(kestrel_kernels::resolve(&spec, &cache, Fetch::Allowed)?)
 }
 
 /// Builds the static guest init (incrementally) and returns its path.
 /// Inside the rig nothing is built: L1 uses the init the host built.
 pub fn build_init() -> Result<PathBuf> {
-    let init = paths::target_dir().join(INIT_TARGET).join("release").join("kestrel-init");
+    let init = paths::target_dir()
+        .join(INIT_TARGET)
+        .join("release")
+        .join("kestrel-init");
     if std::env::var_os("KESTREL_RIG").is_some() {
-        anyhow::ensure!(init.is_file(), "{} is missing: build it on the host first", init.display());
+        anyhow::ensure!(
+            init.is_file(),
+            "{} is missing: build it on the host first",
+            init.display()
+        );
         return Ok(init);
     }
     tools::step("building the static guest init (kestrel-init)");
@@ -37,13 +44,25 @@ pub fn build_init() -> Result<PathBuf> {
     tools::run(
         Command::new(cargo)
             .current_dir(paths::workspace())
-            .args(["build", "--quiet", "--release", "--package", "kestrel-init", "--target", INIT_TARGET])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--package",
+                "kestrel-init",
+                "--target",
+                INIT_TARGET,
+            ])
             .env(
                 "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
                 "-C target-feature=+crt-static",
             ),
     )?;
-    anyhow::ensure!(init.is_file(), "cargo built kestrel-init but {} is missing", init.display());
+    anyhow::ensure!(
+        init.is_file(),
+        "cargo built kestrel-init but {} is missing",
+        init.display()
+    );
     Ok(init)
 }
 
@@ -67,9 +86,12 @@ pub fn base_initramfs(base: &BaseSpec<'_>) -> Result<PathBuf> {
         modules: base.modules.iter().map(|m| m.to_string()).collect(),
         executables: base.executables.to_vec(),
     };
-    let bytes = image
-        .build()
-        .with_context(|| format!("could not build the {} initramfs for {}", base.name, base.kernel.release))?;
+    let bytes = image.build().with_context(|| {
+        format!(
+            "could not build the {} initramfs for {}",
+            base.name, base.kernel.release
+        )
+    })?;
     let path = paths::kestrel_dir()
         .join("initramfs")
         .join(format!("{}-{}.cpio", base.name, base.kernel.release));
@@ -87,7 +109,8 @@ pub fn base_initramfs(base: &BaseSpec<'_>) -> Result<PathBuf> {
 /// Writes `base` followed by a job archive holding `spec` to `out`.
 pub fn initrd_with_job(base: &Path, spec: &Spec, out: &Path) -> Result<()> {
     let base = std::fs::read(base).with_context(|| format!("could not read {}", base.display()))?;
-    let job = kestrel_initramfs::image::job_archive(spec).context("could not build the job archive")?;
+    let job =
+        kestrel_initramfs::image::job_archive(spec).context("could not build the job archive")?;
     let bytes = kestrel_initramfs::image::concat(&base, &job);
     std::fs::write(out, bytes).with_context(|| format!("could not write {}", out.display()))
 }

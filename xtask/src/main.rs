@@ -57,7 +57,9 @@ fn main() -> ExitCode {
         .map(|failed| u8::from(failed > 0)),
         Cmd::Ci => ci::run().map(|()| 0),
         Cmd::Kernel(cmd) => kernel::run(cmd).map(|()| 0),
-        Cmd::Rig(args) => rig::run(&args).map(|code| u8::try_from(code).unwrap_or(rig::RIG_FAILURE as u8)),
+        Cmd::Rig(args) => {
+            rig::run(&args).map(|code| u8::try_from(code).unwrap_or(rig::RIG_FAILURE as u8))
+        }
         Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
     };
     match result {

@@ -144,10 +144,16 @@ struct Channel {
     reader: JoinHandle<Vec<u8>>,
 }
 
-fn listen(dir: &Path, name: &str, sink: Sink, echo: bool, events: &Sender<Event>) -> Result<Channel> {
+fn listen(
+    dir: &Path,
+    name: &str,
+    sink: Sink,
+    echo: bool,
+    events: &Sender<Event>,
+) -> Result<Channel> {
     let path = dir.join(name);
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("could not listen on {}", path.display()))?;
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("could not listen on {}", path.display()))?;
     let events = events.clone();
     let reader = std::thread::Builder::new()
         .name(format!("qemu-{name}"))
@@ -210,7 +216,13 @@ impl Guest {
             .tempdir()
             .context("could not create a temporary directory")?;
         let (tx, rx) = channel();
-        let console = listen(dir.path(), "console.sock", Sink::Capture, self.echo_console, &tx)?;
+        let console = listen(
+            dir.path(),
+            "console.sock",
+            Sink::Capture,
+            self.echo_console,
+            &tx,
+        )?;
         let status = listen(dir.path(), "status.sock", Sink::Capture, false, &tx)?;
         let ports = match self.ports {
             Some((out, err)) => Some((
@@ -220,15 +232,22 @@ impl Guest {
             None => None,
         };
         let qemu_log_path = dir.path().join("qemu.log");
-        let qemu_log = std::fs::File::create(&qemu_log_path).context("could not create qemu.log")?;
+        let qemu_log =
+            std::fs::File::create(&qemu_log_path).context("could not create qemu.log")?;
 
         let mut cmd = Command::new(qemu);
-        cmd.args(self.args(&console.path, &status.path, ports.as_ref().map(|(o, e)| (&o.path, &e.path))))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(qemu_log);
+        cmd.args(self.args(
+            &console.path,
+            &status.path,
+            ports.as_ref().map(|(o, e)| (&o.path, &e.path)),
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(qemu_log);
         let start = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("could not start {}", qemu.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {}", qemu.display()))?;
         let pid = child.id();
         let waiter_tx = tx.clone();
         let waiter = std::thread::Builder::new()
@@ -282,7 +301,12 @@ impl Guest {
         })
     }
 
-    fn args(&self, console: &Path, status: &Path, ports: Option<(&PathBuf, &PathBuf)>) -> Vec<String> {
+    fn args(
+        &self,
+        console: &Path,
+        status: &Path,
+        ports: Option<(&PathBuf, &PathBuf)>,
+    ) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         match self.accel {
@@ -291,25 +315,57 @@ impl Guest {
         }
         let memory = format!("{}M", self.memory_mib);
         push(&[
-            "-M", "pc", "-cpu", &self.cpu_model, "-smp", &self.cpus.to_string(), "-m", &memory,
-            "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+            "-M",
+            "pc",
+            "-cpu",
+            &self.cpu_model,
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &memory,
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
         ]);
         if self.shared_memory {
             let backend = format!("memory-backend-memfd,id=mem,size={memory},share=on");
             push(&["-object", &backend, "-numa", "node,memdev=mem"]);
         }
-        push(&["-kernel", &self.kernel.to_string_lossy(), "-initrd", &self.initrd.to_string_lossy()]);
+        push(&[
+            "-kernel",
+            &self.kernel.to_string_lossy(),
+            "-initrd",
+            &self.initrd.to_string_lossy(),
+        ]);
         push(&["-append", &self.append]);
         let con = format!("socket,id=con,path={}", console.display());
         let st = format!("socket,id=status,path={}", status.display());
-        push(&["-chardev", &con, "-serial", "chardev:con", "-chardev", &st, "-serial", "chardev:status"]);
+        push(&[
+            "-chardev",
+            &con,
+            "-serial",
+            "chardev:con",
+            "-chardev",
+            &st,
+            "-serial",
+            "chardev:status",
+        ]);
         if let Some((out, err)) = ports {
             let out = format!("socket,id=out,path={}", out.display());
             let err = format!("socket,id=err,path={}", err.display());
             push(&[
-                "-device", "virtio-serial-pci,id=vser",
-                "-chardev", &out, "-device", "virtserialport,chardev=out,name=kestrel.stdout",
-                "-chardev", &err, "-device", "virtserialport,chardev=err,name=kestrel.stderr",
+                "-device",
+                "virtio-serial-pci,id=vser",
+                "-chardev",
+                &out,
+                "-device",
+                "virtserialport,chardev=out,name=kestrel.stdout",
+                "-chardev",
+                &err,
+                "-device",
+                "virtserialport,chardev=err,name=kestrel.stderr",
             ]);
         }
         if let Some(fs) = &self.fs {

@@ -67,7 +67,11 @@ pub struct RigArgs {
 /// Runs CMD in L1 and returns the exit code for our process.
 pub fn run(args: &RigArgs) -> Result<i32> {
     if args.cpus == 0 || args.memory < 512 {
-        bail!("the rig needs at least 1 vCPU and 512 MiB (got --cpus {} --memory {})", args.cpus, args.memory);
+        bail!(
+            "the rig needs at least 1 vCPU and 512 MiB (got --cpus {} --memory {})",
+            args.cpus,
+            args.memory
+        );
     }
     let qemu = tools::ensure_qemu()?;
     let kernel = guest::kernel(L1_KERNEL)?;
@@ -78,7 +82,7 @@ pub fn run(args: &RigArgs) -> Result<i32> {
         executables: &[],
     })?;
 
-    let cache_dir = kestrel_kernels::Cache::default_dir()?;
+    let cache_dir = kestrel_kernels::Cache::from_env()?.root().to_path_buf();
     let writable = writable_paths(&[paths::workspace(), paths::target_dir(), cache_dir])?;
     let cwd = std::env::current_dir().context("the current directory is not readable")?;
     let spec = Spec {
@@ -142,7 +146,10 @@ pub fn run(args: &RigArgs) -> Result<i32> {
         None => {
             let why = match outcome.end {
                 End::Timeout => format!("L1 did not finish within {} s (--timeout)", args.timeout),
-                End::Silent => format!("L1 printed nothing for {} s and was killed (--silence)", args.silence),
+                End::Silent => format!(
+                    "L1 printed nothing for {} s and was killed (--silence)",
+                    args.silence
+                ),
                 End::Exited(_) => outcome.describe(),
             };
             eprintln!("rig failure: {why}; the last lines of L1's kernel log:");
@@ -158,7 +165,10 @@ pub fn run(args: &RigArgs) -> Result<i32> {
             RIG_FAILURE
         }
     };
-    tools::step(format!("rig: L1 ended after {:.1} s, exit code {code}", outcome.wall.as_secs_f64()));
+    tools::step(format!(
+        "rig: L1 ended after {:.1} s, exit code {code}",
+        outcome.wall.as_secs_f64()
+    ));
     Ok(code)
 }
 
@@ -167,7 +177,10 @@ fn writable_paths(paths: &[PathBuf]) -> Result<Vec<String>> {
     let mut canon = Vec::new();
     for p in paths {
         std::fs::create_dir_all(p).with_context(|| format!("could not create {}", p.display()))?;
-        canon.push(p.canonicalize().with_context(|| format!("could not resolve {}", p.display()))?);
+        canon.push(
+            p.canonicalize()
+                .with_context(|| format!("could not resolve {}", p.display()))?,
+        );
     }
     canon.sort();
     canon.dedup();
@@ -175,12 +188,17 @@ fn writable_paths(paths: &[PathBuf]) -> Result<Vec<String>> {
         .iter()
         .filter(|p| !canon.iter().any(|q| q != *p && p.starts_with(q)))
         .collect();
-    Ok(outer.iter().map(|p| p.to_string_lossy().into_owned()).collect())
+    Ok(outer
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
 }
 
 /// The host environment CMD gets: what tools and tests read, not the rest.
 fn rig_env() -> Vec<String> {
-    const KEEP: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "CI"];
+    const KEEP: &[&str] = &[
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "CI",
+    ];
     const KEEP_PREFIX: &[&str] = &["LC_", "RUST_", "CARGO", "KESTREL_"];
     let mut env: Vec<String> = std::env::vars()
         .filter(|(k, _)| KEEP.contains(&k.as_str()) || KEEP_PREFIX.iter().any(|p| k.starts_with(p)))
@@ -196,7 +214,8 @@ fn rig_env() -> Vec<String> {
 /// connect at once (no start-up race, virtme-ng #418).
 fn start_virtiofsd(socket: &Path, log: &Path) -> Result<Child> {
     use std::os::fd::AsRawFd;
-    let listener = UnixListener::bind(socket).with_context(|| format!("could not listen on {}", socket.display()))?;
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("could not listen on {}", socket.display()))?;
     let fd = listener.as_raw_fd();
     let log = std::fs::File::create(log).context("could not create the virtiofsd log")?;
     let mut cmd = Command::new(tools::VIRTIOFSD);
@@ -216,7 +235,9 @@ fn start_virtiofsd(socket: &Path, log: &Path) -> Result<Child> {
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("could not start {}", tools::VIRTIOFSD))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {}", tools::VIRTIOFSD))?;
     // The child owns its copy now; ours closes when `listener` drops.
     drop(listener);
     Ok(child)
@@ -246,6 +267,8 @@ mod tests {
     fn rig_env_marks_the_rig_and_drops_unrelated_variables() {
         let env = rig_env();
         assert!(env.contains(&"KESTREL_RIG=1".to_string()));
-        assert!(env.iter().all(|e| !e.starts_with("SSH_") && !e.starts_with("OLDPWD=")));
+        assert!(env
+            .iter()
+            .all(|e| !e.starts_with("SSH_") && !e.starts_with("OLDPWD=")));
     }
 }

@@ -81,7 +81,10 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "--no-install-recommends"])
         .args(packages))?;
-    step(format!("installed in {:.1} s", start.elapsed().as_secs_f64()));
+    step(format!(
+        "installed in {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
