@@ -5,7 +5,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::error::ErrorKind;
 use clap::Parser;
 use kestrel::cli::{clap_error_line, Cli, Command, RunArgs};
@@ -45,11 +44,14 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
     let config = Config::try_from(args)?;
-    let vm = Vm::try_from(config).context("")?;
+    let vm = Vm::try_from(config)?;
     let outcome = vm.run();
     match &outcome.verdict {
         Verdict::BootFailure(why) | Verdict::VmmError(why) => eprintln!("kestrel: {why}"),
         _ => {}
+    }
+    if let (Verdict::Panic, Some(line)) = (&outcome.verdict, &outcome.panic_line) {
+        eprintln!("kestrel: {}", line.trim());
     }
     if outcome.verdict.shows_console() && !outcome.console_tail.is_empty() {
         eprintln!("kestrel: last console lines:");

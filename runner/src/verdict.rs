@@ -79,9 +79,13 @@ impl Verdict {
         }
     }
 
-    /// Whether the console tail should be shown.
+    /// Whether the console tail should be shown (also on a timeout: a
+    /// silent hang is the worst kind).
     pub fn shows_console(&self) -> bool {
-        matches!(self, Verdict::Panic | Verdict::BootFailure(_))
+        matches!(
+            self,
+            Verdict::Panic | Verdict::BootFailure(_) | Verdict::Timeout
+        )
     }
 }
 

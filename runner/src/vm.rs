@@ -184,6 +184,8 @@ pub struct Outcome {
     pub total: Duration,
     /// The last console lines.
     pub console_tail: Vec<String>,
+    /// The console's panic line, if the kernel panicked.
+    pub panic_line: Option<String>,
 }
 
 /// A built VM, vCPUs paused.
@@ -357,9 +359,9 @@ impl Vm {
             let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             (s.status(), s.first_byte())
         };
-        let (panicked, console_tail) = {
+        let (panicked, panic_line, console_tail) = {
             let c = self.console.lock().unwrap_or_else(PoisonError::into_inner);
-            (c.panicked(), c.tail())
+            (c.panicked(), c.panic_line().map(str::to_string), c.tail())
         };
         Outcome {
             verdict: Verdict::decide(status, &ending, panicked),
@@ -367,6 +369,7 @@ impl Vm {
             boot: first_byte.map(|t| t.saturating_duration_since(started)),
             total: self.created.elapsed(),
             console_tail,
+            panic_line,
         }
     }
 

@@ -34,7 +34,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct ConsoleState {
     tail: VecDeque<String>,
     partial: Vec<u8>,
-    panicked: bool,
+    panic_line: Option<String>,
 }
 
 impl ConsoleState {
@@ -52,7 +52,13 @@ impl ConsoleState {
 
     /// Whether [`PANIC_MARKER`] appeared on the console.
     pub fn panicked(&self) -> bool {
-        self.panicked || String::from_utf8_lossy(&self.partial).contains(PANIC_MARKER)
+        self.panic_line.is_some() || String::from_utf8_lossy(&self.partial).contains(PANIC_MARKER)
+    }
+
+    /// The first console line with [`PANIC_MARKER`] (it may have scrolled
+    /// out of the tail behind the backtrace).
+    pub fn panic_line(&self) -> Option<&str> {
+        self.panic_line.as_deref()
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -63,7 +69,9 @@ impl ConsoleState {
                         .trim_end_matches('\r')
                         .to_string();
                     self.partial.clear();
-                    self.panicked |= line.contains(PANIC_MARKER);
+                    if self.panic_line.is_none() && line.contains(PANIC_MARKER) {
+                        self.panic_line = Some(line.clone());
+                    }
                     if self.tail.len() == TAIL_LINES {
                         self.tail.pop_front();
                     }
@@ -197,6 +205,14 @@ mod tests {
             log.write_all(&[*b]).unwrap();
         }
         assert!(state.lock().unwrap().panicked());
+        for i in 0..40 {
+            writeln!(log, "trace {i}").unwrap();
+        }
+        let state = state.lock().unwrap();
+        assert_eq!(
+            state.panic_line(),
+            Some("[    1.0] Kernel panic - not syncing: sysrq triggered crash")
+        );
     }
 
     #[test]
