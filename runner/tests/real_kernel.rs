@@ -8,7 +8,8 @@
 //! when any of that is missing; never faked.
 //!
 //! Example (from the workspace root):
-//! `cargo xtask rig -- env KESTREL_TEST_KERNEL=$HOME/.cache/kestrel/kernels/debian-6.1/root/boot/vmlinuz-6.1.0-50-cloud-amd64 cargo test -p kestrel --release --test real_kernel -- --test-threads 1`
+//! build with `cargo test -p kestrel --release --test real_kernel --no-run`, then
+//! `cargo xtask rig -- env KESTREL_TEST_KERNEL=<vmlinuz> target/release/deps/real_kernel-<hash> --test-threads 1`
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
