@@ -55,7 +55,7 @@ pub fn build_init() -> Result<PathBuf> {
             ])
             .env(
                 "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-                "-C target-feature=+crt-static",
+                "-C target-feature=+crt-static -C strip=symbols",
             ),
     )?;
     anyhow::ensure!(

@@ -1,8 +1,10 @@
 //! The command's root file system.
 //!
 //! For a virtio-fs root: the share is mounted read-write at [`HOST_DIR`],
-//! bound read-only at [`ROOT_DIR`]; the spec's writable paths are bound
-//! from the share on top, its tmpfs paths get fresh tmpfs mounts, then
+//! bound read-only at [`ROOT_DIR`]; the spec's writable paths (bound from
+//! the share) and tmpfs paths are mounted on top, shallowest first, so a
+//! writable directory inside a tmpfs path (a workspace under `/tmp`) is
+//! bound onto a directory made in that tmpfs; then
 //! [`GUEST_API`](crate::mounts::GUEST_API) is mounted inside. Invariant:
 //! every spec path is resolved inside the share; a symlink that points out
 //! of it is an error, not a mount on the initramfs.
@@ -28,7 +30,9 @@ pub fn prepare(spec: &Spec) -> Result<Option<PathBuf>, InitError> {
             if !spec.writable.is_empty() {
                 kmsg::info("writable paths ignored: the initramfs root is writable");
             }
-            mount_tmpfs_paths(Path::new("/"), &spec.tmpfs)?;
+            for path in &spec.tmpfs {
+                mount_tmpfs(Path::new("/"), path)?;
+            }
             Ok(None)
         }
         Root::VirtioFs(tag) => {
@@ -44,37 +48,54 @@ fn mount_share(tag: &str, spec: &Spec) -> Result<(), InitError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| InitError::os(format!("mkdir {}", dir.display()), &e))?;
     }
-    check_not_hidden(spec)?;
     mounts::mount_fs("virtiofs", tag, host, 0, None)?;
     mounts::bind(host, root)?;
     mounts::remount_bind_readonly(root)?;
-    for path in &spec.writable {
-        let target = resolve_inside(root, path)?;
-        let rel = target.strip_prefix(root).unwrap_or(&target);
-        mounts::bind(&host.join(rel), &target)?;
+    for (path, kind) in mount_order(spec) {
+        match kind {
+            Kind::Tmpfs => mount_tmpfs(root, path)?,
+            Kind::Writable => bind_writable(host, root, path)?,
+        }
     }
-    mount_tmpfs_paths(root, &spec.tmpfs)?;
     mounts::mount_table(mounts::GUEST_API, root)
 }
 
-/// A writable path inside a tmpfs path would be hidden by the tmpfs.
-fn check_not_hidden(spec: &Spec) -> Result<(), InitError> {
-    for w in &spec.writable {
-        if let Some(t) = spec.tmpfs.iter().find(|t| Path::new(w).starts_with(t)) {
-            return Err(InitError::msg(format!(
-                "writable path {w} is inside tmpfs path {t} and would be hidden"
-            )));
-        }
-    }
-    Ok(())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tmpfs,
+    Writable,
 }
 
-fn mount_tmpfs_paths(root: &Path, paths: &[String]) -> Result<(), InitError> {
-    for path in paths {
-        let target = resolve_inside(root, path)?;
-        mounts::mount_fs("tmpfs", "tmpfs", &target, 0, Some("mode=1777"))?;
+/// The spec's mounts, shallowest path first (a stable sort: same depth
+/// keeps tmpfs before writable), so inner mounts land on top of outer ones.
+fn mount_order(spec: &Spec) -> Vec<(&str, Kind)> {
+    let mut all: Vec<(&str, Kind)> = spec
+        .tmpfs
+        .iter()
+        .map(|p| (p.as_str(), Kind::Tmpfs))
+        .chain(spec.writable.iter().map(|p| (p.as_str(), Kind::Writable)))
+        .collect();
+    all.sort_by_key(|(p, _)| Path::new(p).components().count());
+    all
+}
+
+/// Binds the share's `path` writable over the same path in the root. The
+/// source is resolved inside the share; the target is made when an earlier
+/// tmpfs mount hides it (only fresh tmpfs directories are created).
+fn bind_writable(host: &Path, root: &Path, path: &str) -> Result<(), InitError> {
+    let source = resolve_inside(host, path)?;
+    let rel = source.strip_prefix(host).unwrap_or(&source);
+    let target = root.join(rel);
+    if !target.exists() {
+        std::fs::create_dir_all(&target)
+            .map_err(|e| InitError::os(format!("mkdir {}", target.display()), &e))?;
     }
-    Ok(())
+    mounts::bind(&source, &target)
+}
+
+fn mount_tmpfs(root: &Path, path: &str) -> Result<(), InitError> {
+    let target = resolve_inside(root, path)?;
+    mounts::mount_fs("tmpfs", "tmpfs", &target, 0, Some("mode=1777"))
 }
 
 /// `root/path` with symlinks resolved; it must exist and stay under `root`.
@@ -102,19 +123,22 @@ mod tests {
     use crate::testdir::TestDir;
 
     #[test]
-    fn writable_paths_inside_tmpfs_paths_are_rejected() {
-        let mut spec = Spec {
-            writable: vec!["/work".into(), "/tmp/out".into()],
+    fn mounts_go_shallowest_first() {
+        let spec = Spec {
+            writable: vec!["/tmp/ws/target".into(), "/work".into(), "/tmp/ws".into()],
             tmpfs: vec!["/tmp".into(), "/work/cache".into()],
             ..Spec::default()
         };
-        let e = check_not_hidden(&spec).unwrap_err().to_string();
         assert_eq!(
-            e,
-            "writable path /tmp/out is inside tmpfs path /tmp and would be hidden"
+            mount_order(&spec),
+            vec![
+                ("/tmp", Kind::Tmpfs),
+                ("/work", Kind::Writable),
+                ("/work/cache", Kind::Tmpfs),
+                ("/tmp/ws", Kind::Writable),
+                ("/tmp/ws/target", Kind::Writable),
+            ]
         );
-        spec.writable[1] = "/tmpx".into();
-        assert_eq!(check_not_hidden(&spec), Ok(()));
     }
 
     #[test]
