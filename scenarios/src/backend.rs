@@ -1,0 +1,385 @@
+//! How a scenario gets booted: the [`Backend`] trait, and [`KestrelBinary`],
+//! which drives the `kestrel` VMM through its command-line contract:
+//!
+//! ```text
+//! kestrel run [EXTRA…] --kernel SPEC --cpus N --memory MiB --timeout SECS
+//!             --console FILE [--append ARGS] -- CMD ARGS…
+//! ```
+//!
+//! The guest's stdout/stderr arrive on kestrel's; the kernel log goes to
+//! FILE; kestrel's last stderr line is
+//! `kestrel: verdict=<v> boot=<ms|-> total=<ms>`; its exit code is the
+//! command's status, 124 timeout, 125 VMM error, 255 panic/no status.
+//!
+//! Invariant: [`KestrelBinary::run`] returns only after the child exited (or
+//! was killed by the host-side watchdog) and never blocks on pipes held open
+//! by the child's own children.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::evaluate::{RunOutput, RunnerVerdict};
+
+/// One boot to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// Kernel spec or path: `debian:6.1`.
+    pub kernel: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// The runner's wall-clock limit.
+    pub timeout: Duration,
+    /// Extra kernel command line.
+    pub append: Option<String>,
+    /// The guest command (`/bin/sh -c SCRIPT` for scripts).
+    pub argv: Vec<String>,
+    /// Where the kernel log is to be written.
+    pub console_path: PathBuf,
+    /// Directory the runner starts in (the guest command's working directory).
+    pub workdir: PathBuf,
+}
+
+/// The runner could not be used at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// Something that boots a kernel and runs a command in it.
+pub trait Backend: Send + Sync {
+    /// Performs one run. `Err` only when the run could not take place; a
+    /// guest or VMM failure is an `Ok` with the runner's verdict.
+    fn run(&self, request: &RunRequest) -> Result<RunOutput, BackendError>;
+}
+
+/// The `kestrel` binary.
+#[derive(Debug, Clone)]
+pub struct KestrelBinary {
+    /// Path of the binary.
+    pub bin: PathBuf,
+    /// Arguments after `run`, before ours (`--initrd PATH`, say).
+    pub extra_args: Vec<String>,
+    /// How long past the scenario's timeout the host waits before killing
+    /// kestrel and calling it a VMM error.
+    pub grace: Duration,
+}
+
+impl KestrelBinary {
+    /// A backend for `bin` with no extra arguments and a 60 s grace.
+    pub fn new(bin: PathBuf) -> KestrelBinary {
+        KestrelBinary {
+            bin,
+            extra_args: Vec::new(),
+            grace: Duration::from_secs(60),
+        }
+    }
+
+    /// The argv after the binary's name.
+    pub fn args(&self, r: &RunRequest) -> Vec<String> {
+        let mut args = vec!["run".to_owned()];
+        args.extend(self.extra_args.iter().cloned());
+        args.extend([
+            "--kernel".to_owned(),
+            r.kernel.clone(),
+            "--cpus".to_owned(),
+            r.cpus.to_string(),
+            "--memory".to_owned(),
+            r.memory_mib.to_string(),
+            "--timeout".to_owned(),
+            r.timeout.as_secs().max(1).to_string(),
+            "--console".to_owned(),
+            r.console_path.display().to_string(),
+        ]);
+        if let Some(a) = &r.append {
+            args.push("--append".to_owned());
+            args.push(a.clone());
+        }
+        args.push("--".to_owned());
+        args.extend(r.argv.iter().cloned());
+        args
+    }
+}
+
+/// Reads a pipe to its end into a shared buffer (so a watchdog can take
+/// what arrived even if the pipe never closes).
+fn drain<R: Read + Send + 'static>(
+    mut pipe: R,
+) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buf);
+    let handle = std::thread::spawn(move || {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Ok(mut b) = sink.lock() {
+                        b.extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+        }
+    });
+    (buf, handle)
+}
+
+fn take(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    let bytes = buf
+        .lock()
+        .map(|mut b| std::mem::take(&mut *b))
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Waits for a reader thread for at most `limit`.
+fn join_within(handle: std::thread::JoinHandle<()>, limit: Duration) {
+    let start = Instant::now();
+    while !handle.is_finished() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if handle.is_finished() {
+        let _ = handle.join();
+    }
+}
+
+/// The parsed `kestrel: verdict=… boot=… total=…` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerdictLine {
+    /// The verdict.
+    pub verdict: RunnerVerdict,
+    /// Boot time, `None` for `boot=-`.
+    pub boot_ms: Option<u64>,
+    /// Total time.
+    pub total_ms: u64,
+}
+
+impl VerdictLine {
+    /// Parses one line; `None` when it is not a verdict line.
+    pub fn parse(line: &str) -> Option<VerdictLine> {
+        let rest = line.trim_end().strip_prefix("kestrel: ")?;
+        let (mut verdict, mut boot, mut total) = (None, None, None);
+        for field in rest.split_whitespace() {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "verdict" => verdict = RunnerVerdict::parse(value),
+                "boot" => {
+                    boot = Some(if value == "-" {
+                        None
+                    } else {
+                        Some(value.parse().ok()?)
+                    })
+                }
+                "total" => total = value.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(VerdictLine {
+            verdict: verdict?,
+            boot_ms: boot?,
+            total_ms: total?,
+        })
+    }
+}
+
+/// Splits kestrel's stderr into the guest's stderr and kestrel's own lines
+/// (those starting `kestrel: `), and finds the verdict line among the latter.
+pub fn split_stderr(stderr: &str) -> (String, Vec<String>, Option<VerdictLine>) {
+    let mut guest = String::with_capacity(stderr.len());
+    let mut own = Vec::new();
+    let mut verdict = None;
+    for line in stderr.split_inclusive('\n') {
+        if line.starts_with("kestrel: ") {
+            let l = line.trim_end();
+            if let Some(v) = VerdictLine::parse(l) {
+                verdict = Some(v);
+            } else {
+                own.push(l.to_owned());
+            }
+        } else {
+            guest.push_str(line);
+        }
+    }
+    (guest, own, verdict)
+}
+
+/// Turns what kestrel left behind into a [`RunOutput`].
+pub fn interpret(
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: &str,
+    kernel_log: String,
+    elapsed: Duration,
+) -> RunOutput {
+    let (guest_stderr, mut messages, verdict) = split_stderr(stderr);
+    let (verdict_from_runner, boot_ms, total_ms) = match verdict {
+        Some(v) => (v.verdict, v.boot_ms, v.total_ms),
+        None => {
+            messages.push(match exit_code {
+                Some(c) => format!("kestrel exited with status {c} without a verdict line"),
+                None => "kestrel was killed by a signal before printing a verdict line".to_owned(),
+            });
+            (RunnerVerdict::VmmError, None, elapsed.as_millis() as u64)
+        }
+    };
+    let exit_status = match verdict_from_runner {
+        RunnerVerdict::Pass => Some(0),
+        RunnerVerdict::Fail(n) => Some(n),
+        _ => None,
+    };
+    RunOutput {
+        verdict_from_runner,
+        exit_status,
+        stdout,
+        stderr: guest_stderr,
+        kernel_log,
+        boot_ms,
+        total_ms,
+        runner_messages: messages,
+    }
+}
+
+impl Backend for KestrelBinary {
+    fn run(&self, r: &RunRequest) -> Result<RunOutput, BackendError> {
+        if let Some(dir) = r.console_path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BackendError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let start = Instant::now();
+        let mut child = Command::new(&self.bin)
+            .args(self.args(r))
+            .current_dir(&r.workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| BackendError(format!("cannot start {}: {e}", self.bin.display())))?;
+        let (out_buf, out_thread) = match child.stdout.take() {
+            Some(p) => drain(p),
+            None => return Err(BackendError("no stdout pipe".into())),
+        };
+        let (err_buf, err_thread) = match child.stderr.take() {
+            Some(p) => drain(p),
+            None => return Err(BackendError("no stderr pipe".into())),
+        };
+        let deadline = r.timeout + self.grace;
+        let mut watchdog = None;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if start.elapsed() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    watchdog = Some(format!(
+                        "kestrel did not exit within {} s (timeout {} s + grace {} s): killed",
+                        deadline.as_secs(),
+                        r.timeout.as_secs(),
+                        self.grace.as_secs()
+                    ));
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(BackendError(format!("waiting for kestrel: {e}"))),
+            }
+        };
+        join_within(out_thread, Duration::from_secs(5));
+        join_within(err_thread, Duration::from_secs(5));
+        let elapsed = start.elapsed();
+        let log = std::fs::read(&r.console_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let stdout = take(&out_buf);
+        let stderr = take(&err_buf);
+        let mut output = interpret(status.and_then(|s| s.code()), stdout, &stderr, log, elapsed);
+        if let Some(w) = watchdog {
+            output.verdict_from_runner = RunnerVerdict::VmmError;
+            output.exit_status = None;
+            output.runner_messages.push(w);
+        }
+        Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_lines() {
+        assert_eq!(
+            VerdictLine::parse("kestrel: verdict=pass boot=1234 total=2345"),
+            Some(VerdictLine {
+                verdict: RunnerVerdict::Pass,
+                boot_ms: Some(1234),
+                total_ms: 2345
+            })
+        );
+        assert_eq!(
+            VerdictLine::parse("kestrel: verdict=timeout boot=- total=5001")
+                .map(|v| (v.verdict, v.boot_ms)),
+            Some((RunnerVerdict::Timeout, None))
+        );
+        assert_eq!(
+            VerdictLine::parse("kestrel: verdict=fail(3) boot=5 total=6").map(|v| v.verdict),
+            Some(RunnerVerdict::Fail(3))
+        );
+        assert_eq!(
+            VerdictLine::parse("kestrel: verdict=odd boot=5 total=6"),
+            None
+        );
+        assert_eq!(VerdictLine::parse("kestrel: guest panicked"), None);
+        assert_eq!(VerdictLine::parse("verdict=pass boot=1 total=2"), None);
+    }
+
+    #[test]
+    fn stderr_is_split() {
+        let (guest, own, v) = split_stderr("warn: x\nkestrel: Kernel panic - not syncing\nmore\nkestrel: verdict=panic boot=9 total=10\n");
+        assert_eq!(guest, "warn: x\nmore\n");
+        assert_eq!(own, ["kestrel: Kernel panic - not syncing"]);
+        assert_eq!(v.map(|v| v.verdict), Some(RunnerVerdict::Panic));
+    }
+
+    #[test]
+    fn no_verdict_line_is_a_vmm_error() {
+        let o = interpret(
+            Some(1),
+            String::new(),
+            "boom\n",
+            String::new(),
+            Duration::from_millis(5),
+        );
+        assert_eq!(o.verdict_from_runner, RunnerVerdict::VmmError);
+        assert_eq!(
+            o.runner_messages,
+            ["kestrel exited with status 1 without a verdict line"]
+        );
+        assert_eq!(o.stderr, "boom\n");
+    }
+
+    #[test]
+    fn args_follow_the_contract() {
+        let k = KestrelBinary {
+            bin: "kestrel".into(),
+            extra_args: vec!["--initrd".into(), "/i".into()],
+            grace: Duration::ZERO,
+        };
+        let r = RunRequest {
+            kernel: "debian:6.1".into(),
+            cpus: 2,
+            memory_mib: 256,
+            timeout: Duration::from_secs(30),
+            append: Some("loglevel=7 quiet".into()),
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo -n hi".into()],
+            console_path: "/t/console.log".into(),
+            workdir: "/w".into(),
+        };
+        assert_eq!(
+            k.args(&r).join(" "),
+            "run --initrd /i --kernel debian:6.1 --cpus 2 --memory 256 --timeout 30 --console /t/console.log \
+             --append loglevel=7 quiet -- /bin/sh -c echo -n hi"
+        );
+    }
+}

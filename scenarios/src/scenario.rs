@@ -1,0 +1,640 @@
+//! Scenario files: `scenarios/<name>.toml` → [`Scenario`].
+//!
+//! Invariant: a [`Scenario`] is fully validated — its regexes compile, exactly
+//! one of `run`/`script` is set, its probes exist, its numbers are in range.
+//! Every problem is reported as [`Error::Scenario`] with the file, the line and
+//! one sentence; nothing here panics on bad input.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::kernel::KernelPattern;
+
+/// Kernel-log patterns that fail a scenario unless it sets `forbid` itself.
+pub const DEFAULT_FORBID: &[&str] = &[
+    "BUG:",
+    "WARNING:",
+    "Oops",
+    "Call Trace",
+    "KASAN",
+    "UBSAN",
+    "lockdep",
+];
+
+/// Placeholder in `run`/`script` replaced by the directory of built probes.
+pub const PROBES_PLACEHOLDER: &str = "${KESTREL_PROBES}";
+
+/// Files in the scenarios directory that end in `.toml` but are no scenario.
+const NOT_SCENARIOS: &[&str] = &["Cargo.toml", "rustfmt.toml", ".rustfmt.toml", "clippy.toml"];
+
+const DEFAULT_CPUS: u32 = 1;
+const DEFAULT_MEMORY_MIB: u64 = 512;
+const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+/// One stored scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// File stem: `uname` for `uname.toml`.
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// What it checks, one line.
+    pub description: String,
+    /// Kernels it applies to; empty means every kernel.
+    pub kernels: Vec<KernelPattern>,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Wall-clock limit the runner enforces.
+    pub timeout: Duration,
+    /// Extra kernel command line.
+    pub append: Option<String>,
+    /// What runs in the guest.
+    pub command: GuestCommand,
+    /// Programs under `probes/` built on the host before the run (file names).
+    pub probes: Vec<String>,
+    /// What counts as success.
+    pub expect: Expectations,
+}
+
+/// The guest command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestCommand {
+    /// `run = ["prog", "arg"]`.
+    Run(Vec<String>),
+    /// `script = "…"`, run as `/bin/sh -c SCRIPT`.
+    Script(String),
+}
+
+impl GuestCommand {
+    /// The argv handed to the runner, with [`PROBES_PLACEHOLDER`] replaced.
+    pub fn argv(&self, probes_dir: &Path) -> Vec<String> {
+        let dir = probes_dir.display().to_string();
+        let expand = |s: &str| s.replace(PROBES_PLACEHOLDER, &dir);
+        match self {
+            GuestCommand::Run(args) => args.iter().map(|a| expand(a)).collect(),
+            GuestCommand::Script(script) => {
+                vec!["/bin/sh".into(), "-c".into(), expand(script)]
+            }
+        }
+    }
+}
+
+/// A stream that can be part of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stream {
+    /// The guest command's stdout (or its KTAP tree when `ktap = true`).
+    Stdout,
+    /// The guest command's stderr.
+    Stderr,
+    /// Kernel-log lines matching `kernel_log`.
+    KernelLog,
+}
+
+impl Stream {
+    /// The name used in files and section headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::KernelLog => "kernel-log",
+        }
+    }
+}
+
+/// A failure the scenario provokes on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectedFailure {
+    /// The kernel panics.
+    Panic,
+    /// The runner's timeout fires.
+    Timeout,
+}
+
+/// One user filter, applied after the built-in redactions.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// What to find.
+    pub regex: Regex,
+    /// What to put there (`$1` refers to groups).
+    pub replacement: String,
+}
+
+/// What the run must show.
+#[derive(Debug, Clone)]
+pub struct Expectations {
+    /// Expected exit status of the command.
+    pub exit: i32,
+    /// Streams compared with the stored snapshot; empty means no snapshot.
+    pub snapshot: Vec<Stream>,
+    /// Kernel-log lines selected for the `kernel-log` stream.
+    pub kernel_log: Vec<Regex>,
+    /// User filters, in file order.
+    pub filters: Vec<Filter>,
+    /// Replace the kernel release (and release-shaped strings) with `[RELEASE]`.
+    pub redact_release: bool,
+    /// Replace PIDs after `pid`/`PID:`/`Pid:`-style markers with `[PID]`.
+    pub redact_pids: bool,
+    /// Kernel-log patterns that fail the scenario.
+    pub forbid: Vec<Regex>,
+    /// Parse stdout as KTAP/TAP; snapshot the result tree instead of the text.
+    pub ktap: bool,
+    /// The failure the scenario provokes, if any.
+    pub failure: Option<ExpectedFailure>,
+}
+
+/// The file as written; every field optional so defaults live in one place.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    description: Option<String>,
+    kernels: Option<Vec<Spanned<String>>>,
+    cpus: Option<Spanned<u32>>,
+    memory: Option<Spanned<u64>>,
+    timeout: Option<Spanned<u64>>,
+    append: Option<String>,
+    run: Option<Spanned<Vec<String>>>,
+    script: Option<Spanned<String>>,
+    probes: Option<Vec<Spanned<String>>>,
+    exit: Option<Spanned<i32>>,
+    snapshot: Option<Spanned<Vec<Stream>>>,
+    kernel_log: Option<Vec<Spanned<String>>>,
+    filters: Option<FilterTable>,
+    redact_release: Option<bool>,
+    redact_pids: Option<bool>,
+    forbid: Option<Vec<Spanned<String>>>,
+    ktap: Option<bool>,
+    expect: Option<ExpectedFailure>,
+}
+
+/// `[filters]` in file order: `(regex, replacement)` with the span of the
+/// replacement (on the same line as the regex).
+#[derive(Debug, Default)]
+struct FilterTable(Vec<(String, Spanned<String>)>);
+
+impl<'de> Deserialize<'de> for FilterTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FilterVisitor;
+        impl<'de> Visitor<'de> for FilterVisitor {
+            type Value = FilterTable;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of regex = \"replacement\"")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FilterTable, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Spanned<String>>()? {
+                    out.push((k, v));
+                }
+                Ok(FilterTable(out))
+            }
+        }
+        deserializer.deserialize_map(FilterVisitor)
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Scenario {
+    /// Reads and validates one scenario file.
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Validates scenario text; `path` names it in errors and gives its name.
+    /// Probe files are looked up next to `path`, under `probes/`.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
+        let fail = |span: Range<usize>, message: String| Error::Scenario {
+            path: path.to_owned(),
+            line: line_of(text, span.start),
+            message,
+        };
+        let raw: RawScenario = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
+            Error::Scenario {
+                path: path.to_owned(),
+                line,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(fail(
+                0..0,
+                format!("scenario name `{name}` (the file name) may only use letters, digits, `_` and `-`"),
+            ));
+        }
+
+        let command = match (raw.run, raw.script) {
+            (Some(run), Some(script)) => {
+                let at = run.span().start.max(script.span().start);
+                return Err(fail(
+                    at..at,
+                    "both `run` and `script` are set: keep one".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(fail(
+                    0..0,
+                    "neither `run` nor `script` is set: say what runs in the guest".into(),
+                ))
+            }
+            (Some(run), None) => {
+                let span = run.span();
+                let args = run.into_inner();
+                if args.first().is_none_or(|a| a.is_empty()) {
+                    return Err(fail(
+                        span,
+                        "`run` needs a program name as its first element".into(),
+                    ));
+                }
+                GuestCommand::Run(args)
+            }
+            (None, Some(script)) => {
+                let span = script.span();
+                let script = script.into_inner();
+                if script.trim().is_empty() {
+                    return Err(fail(span, "`script` is empty".into()));
+                }
+                GuestCommand::Script(script)
+            }
+        };
+
+        let mut kernels = Vec::new();
+        for k in raw.kernels.unwrap_or_default() {
+            let span = k.span();
+            kernels.push(KernelPattern::new(k.get_ref()).map_err(|m| fail(span, m))?);
+        }
+
+        let cpus = ranged(raw.cpus, DEFAULT_CPUS, 1..=256, "cpus", &fail)?;
+        let memory_mib = ranged(raw.memory, DEFAULT_MEMORY_MIB, 64..=65536, "memory", &fail)?;
+        let timeout = ranged(
+            raw.timeout,
+            DEFAULT_TIMEOUT_SECS,
+            1..=86400,
+            "timeout",
+            &fail,
+        )?;
+        let exit = ranged(raw.exit, 0, 0..=255, "exit", &fail)?;
+
+        let mut probes = Vec::new();
+        let probes_dir = path.parent().unwrap_or(Path::new(".")).join("probes");
+        for p in raw.probes.unwrap_or_default() {
+            let span = p.span();
+            let file = p.into_inner();
+            if file.contains('/') || !file.ends_with(".c") {
+                return Err(fail(
+                    span,
+                    format!("probe `{file}` must be a `.c` file name under probes/"),
+                ));
+            }
+            if !probes_dir.join(&file).is_file() {
+                return Err(fail(
+                    span,
+                    format!("probe `{file}` does not exist in {}", probes_dir.display()),
+                ));
+            }
+            probes.push(file);
+        }
+
+        let failure = raw.expect;
+        let snapshot = match raw.snapshot {
+            Some(s) => {
+                let span = s.span();
+                let streams = s.into_inner();
+                let mut seen = HashSet::new();
+                if let Some(dup) = streams.iter().find(|s| !seen.insert(**s)) {
+                    return Err(fail(
+                        span,
+                        format!("`snapshot` names `{}` twice", dup.name()),
+                    ));
+                }
+                streams
+            }
+            // A provoked failure leaves no dependable output to compare.
+            None if failure.is_some() => Vec::new(),
+            None => vec![Stream::Stdout],
+        };
+
+        let kernel_log = regexes(raw.kernel_log.unwrap_or_default(), "kernel_log", &fail)?;
+        let wants_log = snapshot.contains(&Stream::KernelLog);
+        if wants_log && kernel_log.is_empty() {
+            return Err(fail(
+                0..0,
+                "`snapshot` includes \"kernel-log\" but `kernel_log` selects no lines: add regexes for the lines to keep".into(),
+            ));
+        }
+        if !wants_log && !kernel_log.is_empty() {
+            return Err(fail(
+                0..0,
+                "`kernel_log` selects lines but `snapshot` does not include \"kernel-log\"".into(),
+            ));
+        }
+
+        let mut filters = Vec::new();
+        for (pattern, replacement) in raw.filters.unwrap_or_default().0 {
+            let span = replacement.span();
+            let regex = Regex::new(&pattern).map_err(|e| {
+                fail(
+                    span,
+                    format!(
+                        "filter regex `{pattern}` does not compile: {}",
+                        one_line(&e.to_string())
+                    ),
+                )
+            })?;
+            filters.push(Filter {
+                regex,
+                replacement: replacement.into_inner(),
+            });
+        }
+
+        let forbid = match raw.forbid {
+            Some(list) => regexes(list, "forbid", &fail)?,
+            None => DEFAULT_FORBID
+                .iter()
+                .map(|p| Regex::new(&regex::escape(p)))
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(0..0, e.to_string()))?,
+        };
+
+        Ok(Scenario {
+            name,
+            path: path.to_owned(),
+            description: raw.description.unwrap_or_default(),
+            kernels,
+            cpus,
+            memory_mib,
+            timeout: Duration::from_secs(timeout),
+            append: raw.append.filter(|a| !a.trim().is_empty()),
+            command,
+            probes,
+            expect: Expectations {
+                exit,
+                snapshot,
+                kernel_log,
+                filters,
+                redact_release: raw.redact_release.unwrap_or(false),
+                redact_pids: raw.redact_pids.unwrap_or(true),
+                forbid,
+                ktap: raw.ktap.unwrap_or(false),
+                failure,
+            },
+        })
+    }
+
+    /// Whether the scenario applies to `kernel` (a spec such as `debian:6.1`).
+    pub fn applies_to(&self, kernel: &str) -> bool {
+        self.kernels.is_empty() || self.kernels.iter().any(|p| p.matches(kernel))
+    }
+}
+
+/// A numeric field with a default and a range.
+fn ranged<T>(
+    value: Option<Spanned<T>>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    key: &str,
+    fail: &dyn Fn(Range<usize>, String) -> Error,
+) -> Result<T>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(fail(
+            v.span(),
+            format!(
+                "`{key}` is {}, but must be between {} and {}",
+                v.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+fn regexes(
+    list: Vec<Spanned<String>>,
+    key: &str,
+    fail: &dyn Fn(Range<usize>, String) -> Error,
+) -> Result<Vec<Regex>> {
+    list.into_iter()
+        .map(|p| {
+            Regex::new(p.get_ref()).map_err(|e| {
+                fail(
+                    p.span(),
+                    format!(
+                        "`{key}` regex `{}` does not compile: {}",
+                        p.get_ref(),
+                        one_line(&e.to_string())
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The last non-empty line of a multi-line message (regex errors put the
+/// reason last).
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or(message)
+        .to_owned()
+}
+
+/// Every scenario in `dir`, sorted by name. Stops at the first bad file.
+pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io("read directory", dir, e))?
+            .path();
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let excluded = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| NOT_SCENARIOS.contains(&n));
+        if is_toml && !excluded && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.iter().map(|p| Scenario::load(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario> {
+        Scenario::parse(Path::new("/nonexistent/demo.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_run_gets_defaults() {
+        let s = parse("run = [\"uname\", \"-r\"]").unwrap();
+        assert_eq!(s.name, "demo");
+        assert_eq!(
+            s.command,
+            GuestCommand::Run(vec!["uname".into(), "-r".into()])
+        );
+        assert_eq!((s.cpus, s.memory_mib, s.timeout.as_secs()), (1, 512, 60));
+        assert_eq!(s.expect.exit, 0);
+        assert_eq!(s.expect.snapshot, vec![Stream::Stdout]);
+        assert_eq!(s.expect.forbid.len(), DEFAULT_FORBID.len());
+        assert!(s.expect.redact_pids && !s.expect.redact_release && !s.expect.ktap);
+        assert!(s.applies_to("debian:6.1") && s.applies_to("/boot/vmlinuz"));
+    }
+
+    #[test]
+    fn full_file() {
+        let s = parse(
+            r#"
+description = "all keys"
+kernels = ["debian:6.*", "debian:5.10"]
+cpus = 2
+memory = 256
+timeout = 30
+append = "loglevel=7"
+script = """
+echo hi
+"""
+exit = 3
+snapshot = ["stdout", "stderr", "kernel-log"]
+kernel_log = ["^dummy"]
+redact_release = true
+redact_pids = false
+forbid = ["BUG:"]
+ktap = true
+
+[filters]
+'z\d+' = "Z"
+'a(\d)' = "b$1"
+'^m' = "M"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.cpus, 2);
+        assert!(s.applies_to("debian:6.12") && s.applies_to("debian:5.10"));
+        assert!(!s.applies_to("debian:7.2"));
+        assert_eq!(
+            s.command.argv(Path::new("/p")),
+            ["/bin/sh", "-c", "echo hi\n"]
+        );
+        assert_eq!(s.expect.snapshot.len(), 3);
+        // File order, not sorted order.
+        let order: Vec<_> = s.expect.filters.iter().map(|f| f.regex.as_str()).collect();
+        assert_eq!(order, [r"z\d+", r"a(\d)", "^m"]);
+        assert_eq!(s.expect.forbid.len(), 1);
+    }
+
+    #[test]
+    fn expected_failure_defaults_to_no_snapshot() {
+        let s = parse("run = [\"sh\"]\nexpect = \"panic\"").unwrap();
+        assert_eq!(s.expect.failure, Some(ExpectedFailure::Panic));
+        assert!(s.expect.snapshot.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let e = err("run = [\"x\"]\nrn = 1\n");
+        assert!(
+            e.starts_with("/nonexistent/demo.toml:2: unknown field `rn`"),
+            "{e}"
+        );
+        let e = err("run = [\"x\"]\ncpus = \"two\"\n");
+        assert!(
+            e.starts_with("/nonexistent/demo.toml:2: invalid type: string"),
+            "{e}"
+        );
+        let e = err("run = [\"x\"]\n\nscript = \"y\"\n");
+        assert_eq!(
+            e,
+            "/nonexistent/demo.toml:3: both `run` and `script` are set: keep one"
+        );
+        let e = err("description = \"d\"\n");
+        assert!(e.contains(":1: neither `run` nor `script`"), "{e}");
+        let e = err("run = [\"x\"]\n[filters]\n'(' = \"y\"\n");
+        assert!(
+            e.starts_with("/nonexistent/demo.toml:3: filter regex `(` does not compile"),
+            "{e}"
+        );
+        let e = err("run = [\"x\"]\nforbid = [\"ok\", \"[\"]\n");
+        assert!(e.contains(":2: `forbid` regex `[` does not compile"), "{e}");
+        let e = err("run = [\"x\"]\nexpect = \"crash\"\n");
+        assert!(e.contains(":2: unknown variant `crash`"), "{e}");
+        let e = err("run = [\"x\"]\nsnapshot = [\"stdin\"]\n");
+        assert!(e.contains(":2: unknown variant `stdin`"), "{e}");
+        let e = err("run = [\"x\"]\ncpus = 0\n");
+        assert!(
+            e.contains(":2: `cpus` is 0, but must be between 1 and 256"),
+            "{e}"
+        );
+        let e = err("run = []\n");
+        assert!(e.contains(":1: `run` needs a program name"), "{e}");
+        let e = err("run = [\"x\"]\nkernels = [\"debian:6.1\", \"\"]\n");
+        assert!(e.contains(":2: "), "{e}");
+        let e = err("run = [\"x\"]\nprobes = [\"nope.c\"]\n");
+        assert!(e.contains(":2: probe `nope.c` does not exist"), "{e}");
+        let e = err("run = [\"x\"]\nsnapshot = [\"kernel-log\"]\n");
+        assert!(e.contains("`kernel_log` selects no lines"), "{e}");
+        let e = err("run = [\"x\"\n");
+        assert!(e.starts_with("/nonexistent/demo.toml:1: "), "{e}");
+        for text in ["run = [\"x\"]\nrn = 1\n", "run = [\"x\"\n", "[[[\n"] {
+            assert!(!err(text).contains('\n'), "one line: {}", err(text));
+        }
+    }
+
+    #[test]
+    fn load_dir_skips_cargo_toml_and_sorts() {
+        let dir = std::env::temp_dir().join(format!("kestrel-scn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "[package]\n").unwrap();
+        std::fs::write(dir.join("b.toml"), "run = [\"b\"]\n").unwrap();
+        std::fs::write(dir.join("a.toml"), "run = [\"a\"]\n").unwrap();
+        let names: Vec<_> = load_dir(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
