@@ -513,8 +513,12 @@ impl Server {
                             ino = en.st.st_ino;
                             self.entry_out(&en)
                         }
-                        // Vanished or unreadable: leave it out.
-                        Err(_) => return true,
+                        // Vanished since getdents: leave it out.
+                        Err(Errno(libc::ENOENT)) => return true,
+                        // Could not look it up now (EMFILE, EACCES…): list
+                        // the name without attributes (nodeid 0, nothing
+                        // counted); the guest's own LOOKUP reports the error.
+                        Err(_) => abi::EntryOut::default(),
                     }
                 };
                 entry.encode(&mut out);

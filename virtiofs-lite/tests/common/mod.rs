@@ -1,0 +1,246 @@
+//! A tiny FUSE client for tests: builds request bytes, parses replies.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use virtiofs_lite::abi::{self, opcode as op, Wire};
+use virtiofs_lite::{FsConfig, Server, ServerConfig};
+
+pub const ROOT: u64 = abi::ROOT_ID;
+pub const ROOM: usize = 2 << 20;
+
+/// Request bytes: header + body, `len` set right.
+pub fn request(opcode: u32, nodeid: u64, unique: u64, body: &[u8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    abi::InHeader {
+        len: (abi::InHeader::SIZE + body.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        uid: 0,
+        gid: 0,
+        pid: 1,
+        ..Default::default()
+    }
+    .encode(&mut r);
+    r.extend_from_slice(body);
+    r
+}
+
+pub fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+pub fn enc<T: Wire>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    v.encode(&mut out);
+    out
+}
+
+/// A reply: the errno (positive, 0 = success) and the payload.
+pub fn parse_reply(reply: &[u8], unique: u64) -> (i32, Vec<u8>) {
+    let h = abi::OutHeader::from_bytes(reply).expect("reply header");
+    assert_eq!(h.len as usize, reply.len(), "out header len matches");
+    assert_eq!(h.unique, unique, "reply answers our request");
+    (-h.error, reply[abi::OutHeader::SIZE..].to_vec())
+}
+
+pub fn init_body() -> Vec<u8> {
+    enc(&abi::InitIn {
+        major: 7,
+        minor: 37,
+        max_readahead: 128 * 1024,
+        flags: 0xffff_ffff,
+        ..Default::default()
+    })
+}
+
+pub struct Client {
+    pub server: Server,
+    unique: u64,
+}
+
+impl Client {
+    pub fn new(root: &Path, writable: bool) -> Self {
+        Self::with_config(
+            root,
+            ServerConfig {
+                fs: FsConfig {
+                    writable,
+                    ..FsConfig::default()
+                },
+                ..ServerConfig::default()
+            },
+        )
+    }
+
+    pub fn with_config(root: &Path, cfg: ServerConfig) -> Self {
+        let mut c = Self {
+            server: Server::new(root, cfg).expect("server"),
+            unique: 0,
+        };
+        let (e, _) = c.call(op::INIT, 0, &init_body());
+        assert_eq!(e, 0);
+        c
+    }
+
+    pub fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+        self.call_room(opcode, nodeid, body, ROOM)
+    }
+
+    pub fn call_room(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        body: &[u8],
+        room: usize,
+    ) -> (i32, Vec<u8>) {
+        self.unique += 1;
+        let req = request(opcode, nodeid, self.unique, body);
+        let reply = self.server.handle(&req, room).expect("a reply");
+        assert!(reply.len() <= room);
+        parse_reply(&reply, self.unique)
+    }
+
+    /// Sends a request that expects no reply.
+    pub fn send(&mut self, opcode: u32, nodeid: u64, body: &[u8]) {
+        self.unique += 1;
+        let req = request(opcode, nodeid, self.unique, body);
+        assert!(self.server.handle(&req, ROOM).is_none());
+    }
+
+    pub fn lookup(&mut self, parent: u64, name: &str) -> Result<abi::EntryOut, i32> {
+        self.lookup_raw(parent, &cstr(name))
+    }
+
+    pub fn lookup_raw(&mut self, parent: u64, body: &[u8]) -> Result<abi::EntryOut, i32> {
+        match self.call(op::LOOKUP, parent, body) {
+            (0, p) => Ok(abi::EntryOut::from_bytes(&p).expect("entry")),
+            (e, _) => Err(e),
+        }
+    }
+
+    pub fn getattr(&mut self, node: u64) -> Result<abi::Attr, i32> {
+        match self.call(op::GETATTR, node, &enc(&abi::GetattrIn::default())) {
+            (0, p) => Ok(abi::AttrOut::from_bytes(&p).expect("attr").attr),
+            (e, _) => Err(e),
+        }
+    }
+
+    pub fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
+        let body = enc(&abi::OpenIn {
+            flags: flags as u32,
+            open_flags: 0,
+        });
+        match self.call(op::OPEN, node, &body) {
+            (0, p) => Ok(abi::OpenOut::from_bytes(&p).expect("open").fh),
+            (e, _) => Err(e),
+        }
+    }
+
+    pub fn opendir(&mut self, node: u64) -> Result<u64, i32> {
+        match self.call(op::OPENDIR, node, &enc(&abi::OpenIn::default())) {
+            (0, p) => Ok(abi::OpenOut::from_bytes(&p).expect("open").fh),
+            (e, _) => Err(e),
+        }
+    }
+
+    pub fn read(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let body = enc(&abi::ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        });
+        match self.call(op::READ, node, &body) {
+            (0, p) => Ok(p),
+            (e, _) => Err(e),
+        }
+    }
+
+    pub fn release(&mut self, node: u64, fh: u64, dir: bool) {
+        let body = enc(&abi::ReleaseIn {
+            fh,
+            ..Default::default()
+        });
+        let opc = if dir { op::RELEASEDIR } else { op::RELEASE };
+        assert_eq!(self.call(opc, node, &body).0, 0);
+    }
+
+    pub fn readlink(&mut self, node: u64) -> Result<Vec<u8>, i32> {
+        match self.call(op::READLINK, node, &[]) {
+            (0, p) => Ok(p),
+            (e, _) => Err(e),
+        }
+    }
+
+    pub fn forget(&mut self, node: u64, n: u64) {
+        self.send(op::FORGET, node, &enc(&abi::ForgetIn { nlookup: n }));
+    }
+
+    /// All entries of a directory via READDIRPLUS in `chunk`-byte replies:
+    /// (name, entry) pairs, `.` and `..` included with nodeid 0.
+    pub fn readdirplus(&mut self, dir: u64, chunk: u32) -> Vec<(String, abi::EntryOut)> {
+        let fh = self.opendir(dir).expect("opendir");
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let body = enc(&abi::ReadIn {
+                fh,
+                offset,
+                size: chunk,
+                ..Default::default()
+            });
+            let (e, p) = self.call(op::READDIRPLUS, dir, &body);
+            assert_eq!(e, 0, "readdirplus");
+            if p.is_empty() {
+                break;
+            }
+            let mut pos = 0;
+            while pos < p.len() {
+                let entry = abi::EntryOut::from_bytes(&p[pos..]).expect("entry");
+                let d = abi::Dirent::from_bytes(&p[pos + abi::EntryOut::SIZE..]).expect("dirent");
+                let start = pos + abi::EntryOut::SIZE + abi::Dirent::SIZE;
+                let name =
+                    String::from_utf8(p[start..start + d.namelen as usize].to_vec()).unwrap();
+                out.push((name, entry));
+                offset = d.off;
+                pos += abi::direntplus_size(d.namelen as usize);
+            }
+        }
+        self.release(dir, fh, true);
+        out
+    }
+
+    /// All names of a directory via READDIR in `chunk`-byte replies.
+    pub fn readdir(&mut self, dir: u64, chunk: u32) -> Vec<String> {
+        let fh = self.opendir(dir).expect("opendir");
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let body = enc(&abi::ReadIn {
+                fh,
+                offset,
+                size: chunk,
+                ..Default::default()
+            });
+            let (e, p) = self.call(op::READDIR, dir, &body);
+            assert_eq!(e, 0, "readdir");
+            if p.is_empty() {
+                break;
+            }
+            let mut pos = 0;
+            while pos < p.len() {
+                let d = abi::Dirent::from_bytes(&p[pos..]).expect("dirent");
+                let start = pos + abi::Dirent::SIZE;
+                out.push(String::from_utf8(p[start..start + d.namelen as usize].to_vec()).unwrap());
+                offset = d.off;
+                pos += abi::dirent_size(d.namelen as usize);
+            }
+        }
+        self.release(dir, fh, true);
+        out
+    }
+}
