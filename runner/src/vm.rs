@@ -27,6 +27,8 @@ use crate::devices::i8042::I8042;
 use crate::devices::probe::{ProbeLog, ProbePort};
 use crate::devices::serial::SerialDevice;
 use crate::devices::sinks::{ConsoleLog, ConsoleState, StatusChannel, StatusState};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::{self, console, Interrupt, VirtioDevice};
 use crate::devices::{EventLine, IrqLine};
 use crate::event::{Ending, VcpuEnd, VmEvent};
 use crate::kvm::{Kvm, KvmError, VmHandle};
@@ -131,6 +133,12 @@ pub enum VmError {
     /// Device placement (a layout bug).
     #[error("internal device layout error: {0}")]
     Bus(#[from] BusError),
+    /// A virtio device could not be put on its transport (a VMM bug).
+    #[error("internal virtio device error: {0}")]
+    VirtioMmio(#[from] MmioError),
+    /// The virtio console's ports (a VMM bug).
+    #[error("internal virtio console error: {0}")]
+    VirtioConsole(#[from] console::ConsoleError),
     /// The console file.
     #[error("cannot open console file {path}: {source}")]
     ConsoleFile {
@@ -276,9 +284,19 @@ impl TryFrom<Config> for Vm {
                 Arc::new(Mutex::new(ProbePort::new(probe.clone()))),
             )?;
         }
-        // The virtio-mmio slots go here (next issue); none yet.
-        let mmio = Bus::new(Space::Mmio);
-        let virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
+        // virtio devices (kernels only), one virtio-mmio slot each, in order.
+        let mut mmio = Bus::new(Space::Mmio);
+        let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
+        if !raw {
+            let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
+            for (n, device) in (0u32..).zip(devices) {
+                let (range, gsi) = layout::virtio_mmio_slot(n);
+                let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq(gsi)?))?;
+                let len = range.end - range.start;
+                mmio.insert(range.start, len, Arc::new(Mutex::new(transport)))?;
+                virtio_slots.push(virtio::slot(n));
+            }
+        }
         let buses = Arc::new(Buses { pio, mmio });
 
         let entry = match &config.boot {

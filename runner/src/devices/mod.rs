@@ -9,7 +9,7 @@ pub mod i8042;
 pub mod probe;
 pub mod serial;
 pub mod sinks;
-pub mod virtio_mmio;
+pub mod virtio;
 
 use std::sync::mpsc::Sender;
 

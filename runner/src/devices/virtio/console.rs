@@ -1,0 +1,778 @@
+//! virtio-console with `VIRTIO_CONSOLE_F_MULTIPORT`: named output ports.
+//!
+//! Each port carries one host sink (the guest command's stdout, stderr, a
+//! file). The guest finds ports by the name sent in `PORT_NAME` (the init
+//! reads `/sys/class/virtio-ports/*/name`). Control flow (virtio 1.2
+//! §5.3.6.2): driver `DEVICE_READY` → device `DEVICE_ADD` per port →
+//! driver `PORT_READY` → device `PORT_NAME` + `PORT_OPEN` (host side
+//! connected). Output buffers are copied to the sink on the vCPU thread
+//! that notified, so a guest `write()` has reached the sink when it
+//! returns and output is never behind the status line; one notify per
+//! buffer, not per byte. Input (host → guest) is not offered: the receive
+//! queues' buffers are never used.
+//!
+//! Invariants: guest data never panics the device; a malformed chain or
+//! ring marks the device `DEVICE_NEEDS_RESET` and it then ignores its
+//! queues until reset; pending control messages are bounded
+//! ([`MAX_PENDING_CONTROL`]); a sink that fails is dropped (output lost,
+//! guest unaffected).
+
+use std::collections::VecDeque;
+use std::io::Write;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use super::chain::{Buffers, ChainError};
+use super::{device_id, ActivateError, Activation, Interrupt, VirtioDevice};
+use crate::log;
+use crate::memory::GuestMemory;
+
+/// The port the guest command's stdout goes to.
+pub const STDOUT_PORT: &str = "kestrel.stdout";
+/// The port the guest command's stderr goes to.
+pub const STDERR_PORT: &str = "kestrel.stderr";
+/// Modules the guest init must load for these ports to appear (Debian
+/// kernels build both as modules; `virtio_mmio` binds through ACPI
+/// `LNRO0005`). A job spec for a kestrel VM puts these in its base image
+/// and uses [`STDOUT_PORT`]/[`STDERR_PORT`] as `Dest::VirtioPort`.
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_console"];
+
+/// `VIRTIO_CONSOLE_F_MULTIPORT`.
+pub const F_MULTIPORT: u64 = 1 << 1;
+/// Size of every queue.
+pub const QUEUE_SIZE: u16 = 128;
+/// Most ports a console may have.
+pub const MAX_PORTS: usize = 16;
+/// Most control messages waiting for receive buffers.
+pub const MAX_PENDING_CONTROL: usize = 4 * MAX_PORTS + 16;
+
+const CONTROL_RX: usize = 2;
+const CONTROL_TX: usize = 3;
+const CONTROL_LEN: usize = 8;
+
+/// Control events (`struct virtio_console_control.event`).
+mod event {
+    pub const DEVICE_READY: u16 = 0;
+    pub const DEVICE_ADD: u16 = 1;
+    pub const PORT_READY: u16 = 3;
+    pub const PORT_OPEN: u16 = 6;
+    pub const PORT_NAME: u16 = 7;
+}
+
+/// A console that cannot be built as asked.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConsoleError {
+    /// No ports, or too many.
+    #[error("a virtio console needs 1 to {MAX_PORTS} ports, not {0}")]
+    PortCount(usize),
+    /// A name the guest could not match.
+    #[error("virtio console port name {0:?} must be non-empty printable ASCII")]
+    PortName(String),
+}
+
+/// Why processing a queue stopped (the device is then marked broken).
+#[derive(Debug, thiserror::Error)]
+enum QueueError {
+    #[error("virtio ring error: {0}")]
+    Ring(#[from] virtio_queue::Error),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// One port: its name and where its output goes.
+pub struct Port {
+    name: String,
+    out: Option<Box<dyn Write + Send>>,
+    guest_open: bool,
+    bytes: u64,
+}
+
+impl Port {
+    /// A port named `name` writing to `out`.
+    pub fn new(name: impl Into<String>, out: Box<dyn Write + Send>) -> Self {
+        Port {
+            name: name.into(),
+            out: Some(out),
+            guest_open: false,
+            bytes: 0,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.bytes += bytes.len() as u64;
+        if let Some(out) = &mut self.out {
+            if let Err(e) = out.write_all(bytes) {
+                log::warn(format_args!(
+                    "output of virtio port {} is lost from here on: {e}",
+                    self.name
+                ));
+                self.out = None;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(out) = &mut self.out {
+            if out.flush().is_err() {
+                self.out = None;
+            }
+        }
+    }
+}
+
+/// The console of a kestrel VM: [`STDOUT_PORT`] to kestrel's stdout and
+/// [`STDERR_PORT`] to its stderr.
+pub fn stdio() -> Result<Console, ConsoleError> {
+    Console::new(vec![
+        Port::new(STDOUT_PORT, Box::new(std::io::stdout())),
+        Port::new(STDERR_PORT, Box::new(std::io::stderr())),
+    ])
+}
+
+/// The queues and channels of a running console.
+struct Running {
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    interrupt: Interrupt,
+    pending: VecDeque<Vec<u8>>,
+}
+
+/// The virtio-console device.
+pub struct Console {
+    ports: Vec<Port>,
+    queue_sizes: Vec<u16>,
+    running: Option<Running>,
+    scratch: Vec<u8>,
+}
+
+/// Receive queue of port `p` (port 0 is special: before the control queues).
+fn rx_queue(p: usize) -> usize {
+    if p == 0 {
+        0
+    } else {
+        2 + 2 * p
+    }
+}
+
+/// The port whose transmit queue is `q`.
+fn port_of_tx(q: usize) -> Option<usize> {
+    match q {
+        1 => Some(0),
+        q if q >= 5 && q % 2 == 1 => Some((q - 3) / 2),
+        _ => None,
+    }
+}
+
+fn control(id: u32, event: u16, value: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CONTROL_LEN);
+    m.extend_from_slice(&id.to_le_bytes());
+    m.extend_from_slice(&event.to_le_bytes());
+    m.extend_from_slice(&value.to_le_bytes());
+    m
+}
+
+impl Console {
+    /// A console with these ports (ids in order, from 0).
+    pub fn new(ports: Vec<Port>) -> Result<Self, ConsoleError> {
+        if ports.is_empty() || ports.len() > MAX_PORTS {
+            return Err(ConsoleError::PortCount(ports.len()));
+        }
+        for p in &ports {
+            if p.name.is_empty() || !p.name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConsoleError::PortName(p.name.clone()));
+            }
+        }
+        let queue_sizes = vec![QUEUE_SIZE; 2 * ports.len() + 2];
+        Ok(Console {
+            ports,
+            queue_sizes,
+            running: None,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Bytes the guest wrote to each port so far, by name.
+    pub fn port_bytes(&self) -> Vec<(&str, u64)> {
+        self.ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.bytes))
+            .collect()
+    }
+
+    fn config(&self) -> [u8; 12] {
+        // cols, rows (unused without F_SIZE), max_nr_ports, emerg_wr.
+        let mut c = [0u8; 12];
+        c[4..8].copy_from_slice(&(self.ports.len() as u32).to_le_bytes());
+        c
+    }
+
+    fn process(&mut self, index: usize) -> Result<(), QueueError> {
+        match index {
+            CONTROL_TX => {
+                self.control_from_guest()?;
+                self.control_to_guest()
+            }
+            CONTROL_RX => self.control_to_guest(),
+            q => match port_of_tx(q) {
+                Some(p) if p < self.ports.len() => self.output(p, q),
+                // Receive queues: buffers for input, which is not offered.
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Copies every pending output buffer of port `p` to its sink.
+    fn output(&mut self, p: usize, q: usize) -> Result<(), QueueError> {
+        let Some(r) = &mut self.running else {
+            return Ok(());
+        };
+        let mem = r.mem.clone();
+        let queue = &mut r.queues[q];
+        if !queue.ready() {
+            return Ok(());
+        }
+        let port = &mut self.ports[p];
+        let scratch = &mut self.scratch;
+        let mut used = 0;
+        let result = (|| -> Result<(), QueueError> {
+            let chains: Vec<_> = queue.iter(&mem)?.collect();
+            for chain in chains {
+                let bufs = Buffers::of(chain, &mem)?;
+                let _ = bufs.for_each_readable(&mem, scratch, |bytes| {
+                    port.write(bytes);
+                    Ok::<(), ()>(())
+                });
+                queue.add_used(&mem, bufs.head, 0)?;
+                used += 1;
+            }
+            Ok(())
+        })();
+        port.flush();
+        if used > 0 {
+            r.interrupt.signal_used_queue();
+        }
+        result
+    }
+
+    /// Handles the driver's control messages.
+    fn control_from_guest(&mut self) -> Result<(), QueueError> {
+        let Some(r) = &mut self.running else {
+            return Ok(());
+        };
+        let mem = r.mem.clone();
+        let queue = &mut r.queues[CONTROL_TX];
+        let mut messages = Vec::new();
+        let result = (|| -> Result<(), QueueError> {
+            let chains: Vec<_> = queue.iter(&mem)?.collect();
+            for chain in chains {
+                let bufs = Buffers::of(chain, &mem)?;
+                messages.push(bufs.read_prefix(&mem, CONTROL_LEN));
+                queue.add_used(&mem, bufs.head, 0)?;
+            }
+            Ok(())
+        })();
+        if !messages.is_empty() {
+            r.interrupt.signal_used_queue();
+        }
+        for m in messages {
+            match <[u8; CONTROL_LEN]>::try_from(m.as_slice()) {
+                Ok(m) => self.control_message(
+                    u32::from_le_bytes([m[0], m[1], m[2], m[3]]),
+                    u16::from_le_bytes([m[4], m[5]]),
+                    u16::from_le_bytes([m[6], m[7]]),
+                ),
+                Err(_) => log::debug(format_args!(
+                    "virtio-console: short control message ({} bytes) ignored",
+                    m.len()
+                )),
+            }
+        }
+        result
+    }
+
+    fn control_message(&mut self, id: u32, event: u16, value: u16) {
+        let port = usize::try_from(id).ok().filter(|&p| p < self.ports.len());
+        let mut replies = Vec::new();
+        match (event, port) {
+            (event::DEVICE_READY, _) if value == 1 => {
+                for p in 0..self.ports.len() {
+                    replies.push(control(p as u32, event::DEVICE_ADD, 1));
+                }
+            }
+            (event::DEVICE_READY, _) => log::warn(format_args!(
+                "the guest's virtio-console driver failed to start"
+            )),
+            (event::PORT_READY, Some(p)) if value == 1 => {
+                let mut name = control(p as u32, event::PORT_NAME, 1);
+                name.extend_from_slice(self.ports[p].name.as_bytes());
+                replies.push(name);
+                replies.push(control(p as u32, event::PORT_OPEN, 1));
+            }
+            (event::PORT_READY, Some(p)) => log::warn(format_args!(
+                "the guest could not add virtio port {}",
+                self.ports[p].name
+            )),
+            (event::PORT_OPEN, Some(p)) => self.ports[p].guest_open = value == 1,
+            _ => log::debug(format_args!(
+                "virtio-console: control event {event} for port {id:#x} (value {value}) ignored"
+            )),
+        }
+        if let Some(r) = &mut self.running {
+            for m in replies {
+                if r.pending.len() >= MAX_PENDING_CONTROL {
+                    log::debug(format_args!(
+                        "virtio-console: too many control messages waiting; one dropped"
+                    ));
+                    break;
+                }
+                r.pending.push_back(m);
+            }
+        }
+    }
+
+    /// Delivers pending control messages into the driver's receive buffers.
+    fn control_to_guest(&mut self) -> Result<(), QueueError> {
+        let Some(r) = &mut self.running else {
+            return Ok(());
+        };
+        let mem = r.mem.clone();
+        let queue = &mut r.queues[CONTROL_RX];
+        let mut used = 0;
+        let result = (|| -> Result<(), QueueError> {
+            while let Some(message) = r.pending.front() {
+                let Some(chain) = queue.iter(&mem)?.next() else {
+                    break;
+                };
+                let bufs = Buffers::of(chain, &mem)?;
+                let written = bufs.write(&mem, message);
+                if written < message.len() {
+                    log::debug(format_args!(
+                        "virtio-console: control buffer too small ({written} of {} bytes)",
+                        message.len()
+                    ));
+                }
+                queue.add_used(&mem, bufs.head, written as u32)?;
+                r.pending.pop_front();
+                used += 1;
+            }
+            Ok(())
+        })();
+        if used > 0 {
+            r.interrupt.signal_used_queue();
+        }
+        result
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        device_id::CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        F_MULTIPORT
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| config.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `emerg_wr` is writable, and only with F_EMERG_WRITE.
+        log::debug(format_args!(
+            "virtio-console: config write of {} bytes at {offset:#x} ignored",
+            data.len()
+        ));
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        if activation.features & F_MULTIPORT == 0 {
+            return Err(ActivateError::Device(
+                "the driver did not accept MULTIPORT; named ports need it".into(),
+            ));
+        }
+        for q in [CONTROL_RX, CONTROL_TX] {
+            if !activation.queues.get(q).is_some_and(|q| q.ready()) {
+                return Err(ActivateError::QueueNotReady(q));
+            }
+        }
+        self.running = Some(Running {
+            mem: activation.mem,
+            queues: activation.queues,
+            interrupt: activation.interrupt,
+            pending: VecDeque::new(),
+        });
+        // Whatever the driver queued before DRIVER_OK.
+        for q in 0..self.queue_sizes.len() {
+            if q != rx_queue(0) {
+                self.queue_notify(q);
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: usize) {
+        let Some(r) = &self.running else {
+            return;
+        };
+        if r.interrupt.needs_reset() {
+            return;
+        }
+        if let Err(e) = self.process(index) {
+            if let Some(r) = &self.running {
+                r.interrupt
+                    .set_needs_reset(format_args!("virtio-console queue {index}: {e}"));
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.running = None;
+        for p in &mut self.ports {
+            p.guest_open = false;
+            p.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Device;
+    use crate::devices::virtio::mmio::{regs, MmioTransport};
+    use crate::devices::virtio::testing::*;
+    use crate::devices::virtio::VIRTIO_F_VERSION_1;
+    use crate::devices::IrqLine;
+    use std::sync::{Arc, Mutex};
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Capture {
+        fn take(&self) -> Vec<u8> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// A writer that always fails.
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Rig {
+        t: MmioTransport,
+        mem: GuestMemory,
+        q: Vec<DriverQueue>,
+        out: Capture,
+        err: Capture,
+    }
+
+    /// The port id of messages about the whole device.
+    const BAD_ID: u32 = u32::MAX;
+    const CTRL_RX: usize = 2;
+    const CTRL_TX: usize = 3;
+    const OUT_TX: usize = 1;
+    const ERR_TX: usize = 5;
+
+    impl Rig {
+        /// Two ports, every queue set up, `DRIVER_OK`, nothing exchanged.
+        fn new() -> Rig {
+            let out = Capture::default();
+            let err = Capture::default();
+            let console = Console::new(vec![
+                Port::new(STDOUT_PORT, Box::new(out.clone())),
+                Port::new(STDERR_PORT, Box::new(err.clone())),
+            ])
+            .unwrap();
+            let mem = test_memory();
+            let mut t = MmioTransport::new(
+                Box::new(console),
+                mem.clone(),
+                Interrupt::new(IrqLine::none()),
+            )
+            .unwrap();
+            assert_eq!(read_reg(&mut t, regs::DEVICE_ID), 3);
+            write_reg(&mut t, regs::CONFIG, 0);
+            let mut cfg = [0u8; 4];
+            t.read(regs::CONFIG + 4, &mut cfg);
+            assert_eq!(u32::from_le_bytes(cfg), 2, "max_nr_ports");
+            let status = negotiate(&mut t, VIRTIO_F_VERSION_1 | F_MULTIPORT);
+            assert_ne!(status & S_FEATURES_OK, 0);
+            let q: Vec<DriverQueue> = (0..6)
+                .map(|i| DriverQueue::new(&mem, i, QUEUE_SIZE))
+                .collect();
+            for dq in &q {
+                dq.setup(&mut t);
+            }
+            write_reg(
+                &mut t,
+                regs::STATUS,
+                S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+            );
+            Rig {
+                t,
+                mem,
+                q,
+                out,
+                err,
+            }
+        }
+
+        fn send_control(&mut self, id: u32, event: u16, value: u16) {
+            self.q[CTRL_TX].add_out(&self.mem, &control(id, event, value));
+            self.q[CTRL_TX].kick(&mut self.t);
+        }
+
+        /// Offers `n` receive buffers on the control queue; returns their addresses.
+        fn offer_control_buffers(&mut self, n: usize) -> Vec<u64> {
+            let bufs = (0..n)
+                .map(|_| self.q[CTRL_RX].add_in(&self.mem, 4096))
+                .collect();
+            self.q[CTRL_RX].kick(&mut self.t);
+            bufs
+        }
+
+        /// Control messages the device wrote, in order.
+        fn received(&mut self, addrs: &mut VecDeque<u64>) -> Vec<Vec<u8>> {
+            let used = self.q[CTRL_RX].used(&self.mem);
+            used.iter()
+                .map(|&(_, len)| {
+                    let at = addrs.pop_front().unwrap();
+                    let mut b = vec![0u8; len as usize];
+                    self.mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+                    b
+                })
+                .collect()
+        }
+
+        fn write_port(&mut self, tx: usize, bytes: &[u8]) {
+            self.q[tx].add_out(&self.mem, bytes);
+            self.q[tx].kick(&mut self.t);
+        }
+
+        fn needs_reset(&mut self) -> bool {
+            read_reg(&mut self.t, regs::STATUS) & S_NEEDS_RESET != 0
+        }
+    }
+
+    fn named(id: u32, name: &str) -> Vec<u8> {
+        let mut m = control(id, event::PORT_NAME, 1);
+        m.extend_from_slice(name.as_bytes());
+        m
+    }
+
+    #[test]
+    fn ports_are_announced_named_and_opened() {
+        let mut rig = Rig::new();
+        // Fewer receive buffers than messages: the rest wait for more.
+        let mut addrs: VecDeque<u64> = rig.offer_control_buffers(3).into();
+        rig.send_control(BAD_ID, event::DEVICE_READY, 1);
+        assert_eq!(
+            rig.received(&mut addrs),
+            vec![
+                control(0, event::DEVICE_ADD, 1),
+                control(1, event::DEVICE_ADD, 1)
+            ]
+        );
+        rig.send_control(0, event::PORT_READY, 1);
+        rig.send_control(1, event::PORT_READY, 1);
+        assert_eq!(rig.received(&mut addrs), vec![named(0, STDOUT_PORT)]);
+        addrs.extend(rig.offer_control_buffers(8));
+        assert_eq!(
+            rig.received(&mut addrs),
+            vec![
+                control(0, event::PORT_OPEN, 1),
+                named(1, STDERR_PORT),
+                control(1, event::PORT_OPEN, 1)
+            ]
+        );
+        // The driver's messages were all consumed.
+        assert_eq!(rig.q[CTRL_TX].used(&rig.mem).len(), 3);
+        // Nonsense control messages are ignored, not fatal.
+        rig.send_control(99, event::PORT_READY, 1);
+        rig.send_control(0, 1234, 1);
+        rig.q[CTRL_TX].add_out(&rig.mem, b"abc");
+        rig.q[CTRL_TX].kick(&mut rig.t);
+        assert!(rig.received(&mut addrs).is_empty());
+        assert!(!rig.needs_reset());
+    }
+
+    #[test]
+    fn output_reaches_each_ports_sink_with_an_interrupt() {
+        let mut rig = Rig::new();
+        rig.write_port(OUT_TX, b"out\n");
+        rig.write_port(ERR_TX, b"err\n");
+        rig.write_port(OUT_TX, b"more\n");
+        assert_eq!(rig.out.take(), b"out\nmore\n");
+        assert_eq!(rig.err.take(), b"err\n");
+        assert_eq!(rig.q[OUT_TX].used(&rig.mem), vec![(0, 0), (1, 0)]);
+        assert_ne!(read_reg(&mut rig.t, regs::INTERRUPT_STATUS) & 1, 0);
+        // A chain of several buffers is one write in order.
+        let (a, b) = (
+            rig.q[OUT_TX].data(&rig.mem, b"he"),
+            rig.q[OUT_TX].data(&rig.mem, b"llo"),
+        );
+        rig.q[OUT_TX].add_descs(&rig.mem, &[(a, 2, 0), (b, 3, 0)]);
+        rig.q[OUT_TX].kick(&mut rig.t);
+        assert_eq!(rig.out.take(), b"hello");
+        // Receive-queue notifies are accepted and do nothing.
+        rig.q[0].add_in(&rig.mem, 64);
+        rig.q[0].kick(&mut rig.t);
+        assert!(rig.q[0].used(&rig.mem).is_empty());
+        assert!(!rig.needs_reset());
+    }
+
+    #[test]
+    fn many_buffers_arrive_intact_and_in_order() {
+        let mut rig = Rig::new();
+        let mut expected = Vec::new();
+        let mut n = 0u64;
+        // 4 MiB in 32 KiB buffers, several per notify.
+        while expected.len() < 4 << 20 {
+            for _ in 0..3 {
+                let chunk: Vec<u8> = (0..32 * 1024)
+                    .map(|_| {
+                        n = n
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (n >> 56) as u8
+                    })
+                    .collect();
+                rig.q[OUT_TX].add_out(&rig.mem, &chunk);
+                expected.extend_from_slice(&chunk);
+            }
+            rig.q[OUT_TX].kick(&mut rig.t);
+            assert_eq!(rig.q[OUT_TX].used(&rig.mem).len(), 3);
+        }
+        assert!(rig.out.take() == expected);
+    }
+
+    #[test]
+    fn malformed_chains_break_the_device_until_reset() {
+        let mut rig = Rig::new();
+        // A loop on the stdout queue.
+        let a = rig.q[OUT_TX].data(&rig.mem, b"x");
+        let head = rig.q[OUT_TX].raw_desc(&rig.mem, 0, a, 1, F_NEXT, 1);
+        rig.q[OUT_TX].raw_desc(&rig.mem, 1, a, 1, F_NEXT, 0);
+        rig.q[OUT_TX].publish(&rig.mem, head);
+        rig.q[OUT_TX].kick(&mut rig.t);
+        assert!(rig.needs_reset());
+        assert!(rig.out.take().is_empty());
+        // Ignored from now on.
+        rig.write_port(ERR_TX, b"err\n");
+        assert!(rig.err.take().is_empty());
+        // After a reset the driver starts over and output flows.
+        let mut rig2 = Rig::new();
+        rig2.write_port(OUT_TX, b"ok\n");
+        assert_eq!(rig2.out.take(), b"ok\n");
+        write_reg(&mut rig.t, regs::STATUS, 0);
+        assert!(!rig.needs_reset());
+    }
+
+    #[test]
+    fn bad_rings_break_the_device() {
+        // Buffer outside RAM, write-only output, avail index far ahead.
+        for case in 0..3 {
+            let mut rig = Rig::new();
+            match case {
+                0 => {
+                    rig.q[ERR_TX].add_descs(&rig.mem, &[(0xdead_0000, 16, 0)]);
+                }
+                1 => {
+                    let a = rig.q[ERR_TX].alloc(16);
+                    rig.q[ERR_TX].add_descs(&rig.mem, &[(a, 16, 0), (a, 16, F_WRITE), (a, 1, 0)]);
+                }
+                _ => rig.q[ERR_TX].set_avail_idx(&rig.mem, 1000),
+            }
+            rig.q[ERR_TX].kick(&mut rig.t);
+            assert!(rig.needs_reset(), "case {case}");
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_loses_output_but_not_the_guest() {
+        let console = Console::new(vec![Port::new("p", Box::new(Broken))]).unwrap();
+        let mem = test_memory();
+        let mut t = MmioTransport::new(
+            Box::new(console),
+            mem.clone(),
+            Interrupt::new(IrqLine::none()),
+        )
+        .unwrap();
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | F_MULTIPORT);
+        let mut q: Vec<DriverQueue> = (0..4).map(|i| DriverQueue::new(&mem, i, 16)).collect();
+        for dq in &q {
+            dq.setup(&mut t);
+        }
+        write_reg(
+            &mut t,
+            regs::STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        for _ in 0..3 {
+            q[1].add_out(&mem, b"lost");
+            q[1].kick(&mut t);
+        }
+        assert_eq!(q[1].used(&mem).len(), 3);
+        assert_eq!(read_reg(&mut t, regs::STATUS) & S_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn without_multiport_or_control_queues_activation_fails() {
+        let mem = test_memory();
+        let console = Console::new(vec![Port::new("p", Box::new(Broken))]).unwrap();
+        let mut t = MmioTransport::new(
+            Box::new(console),
+            mem.clone(),
+            Interrupt::new(IrqLine::none()),
+        )
+        .unwrap();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        DriverQueue::new(&mem, 0, 16).setup(&mut t);
+        DriverQueue::new(&mem, 1, 16).setup(&mut t);
+        write_reg(
+            &mut t,
+            regs::STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert_ne!(read_reg(&mut t, regs::STATUS) & S_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn bad_port_lists_are_refused() {
+        assert_eq!(Console::new(vec![]).err(), Some(ConsoleError::PortCount(0)));
+        let bad = Console::new(vec![Port::new("a b", Box::new(Broken))]);
+        assert!(matches!(bad, Err(ConsoleError::PortName(_))));
+        assert_eq!(port_of_tx(1), Some(0));
+        assert_eq!(port_of_tx(5), Some(1));
+        assert_eq!(port_of_tx(7), Some(2));
+        assert_eq!((port_of_tx(3), port_of_tx(4)), (None, None));
+        assert_eq!(rx_queue(1), 4);
+    }
+}
