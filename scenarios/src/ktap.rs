@@ -3,8 +3,8 @@
 //!
 //! Nesting follows the spec: a subtest starts with an indented version line
 //! (KTAP), an indented `# Subtest:` header (TAP 14 as older KUnit prints it),
-//! an indented plan or result line, or — kselftest's runner — a version line
-//! behind a `# ` prefix; it ends at the parent's next line that is not deeper,
+//! an indented plan line, or — kselftest's runner — a version line behind a
+//! `# ` prefix; it ends at the parent's next line that is not deeper,
 //! and the parent's next result line names it. Diagnostic lines attach to the
 //! test whose result line follows them; those after a frame's last result
 //! attach to the frame's own test. Unknown lines never change the tree.
@@ -160,7 +160,8 @@ struct Frame {
     name_hint: Option<String>,
     plan: Option<u32>,
     children: Vec<TestNode>,
-    pending_diag: Vec<String>,
+    /// Diagnostics not yet attached, with their line numbers.
+    pending_diag: Vec<(usize, String)>,
     /// A closed subtest waiting for this level's result line.
     closed: Option<Box<Frame>>,
 }
@@ -196,7 +197,7 @@ impl Frame {
             outcome,
             directive,
             plan: self.plan,
-            diagnostics: self.pending_diag,
+            diagnostics: self.pending_diag.into_iter().map(|(_, d)| d).collect(),
             children: self.children,
         }
     }
@@ -283,13 +284,16 @@ pub fn parse(text: &str) -> Report {
         // A diagnostic goes to the level it is written at, deeper levels
         // stay open; a structural line at a shallower level closes them.
         if let Line::Diagnostic(d) = kind {
-            stack[depth].pending_diag.push(d.to_owned());
+            stack[depth].pending_diag.push((line_no, d.to_owned()));
             continue;
         }
         while stack.len() > depth + 1 {
             close_top(&mut stack);
         }
-        if !extra.is_empty() {
+        // Version and `# Subtest:` lines (and a plan, which starts a list)
+        // open a deeper level; an over-indented result line does not.
+        let opens = matches!(kind, Line::Version | Line::Subtest(_) | Line::Plan(_));
+        if opens && !extra.is_empty() {
             let prefix = format!("{}{}", stack[depth].prefix, extra);
             stack.push(Frame::nested(prefix));
         }
@@ -303,7 +307,9 @@ pub fn parse(text: &str) -> Report {
                 if frame.name_hint.is_none() && frame.children.is_empty() {
                     frame.name_hint = Some(name.to_owned());
                 } else {
-                    frame.pending_diag.push(format!("Subtest: {name}"));
+                    frame
+                        .pending_diag
+                        .push((line_no, format!("Subtest: {name}")));
                 }
             }
             Line::Result {
@@ -324,10 +330,11 @@ pub fn parse(text: &str) -> Report {
                 };
                 let directive = directive.filter(|d| !d.is_empty()).map(str::to_owned);
                 let node = match sub {
-                    Some(sub) => {
-                        let mut node = sub.into_node(name, number, outcome, directive);
-                        node.diagnostics.append(&mut diags);
-                        node
+                    Some(mut sub) => {
+                        // Both levels' diagnostics, in document order.
+                        sub.pending_diag.append(&mut diags);
+                        sub.pending_diag.sort_by_key(|(line, _)| *line);
+                        sub.into_node(name, number, outcome, directive)
                     }
                     None => TestNode {
                         name,
@@ -335,7 +342,7 @@ pub fn parse(text: &str) -> Report {
                         outcome,
                         directive,
                         plan: None,
-                        diagnostics: diags,
+                        diagnostics: diags.into_iter().map(|(_, d)| d).collect(),
                         children: Vec::new(),
                     },
                 };
@@ -351,7 +358,7 @@ pub fn parse(text: &str) -> Report {
         root.flush_closed();
         report.plan = root.plan;
         report.tests = root.children;
-        report.trailing = root.pending_diag;
+        report.trailing = root.pending_diag.into_iter().map(|(_, d)| d).collect();
     }
     check_plans(&report.tests, report.plan, "", &mut report.problems);
     if report.plan.is_none() {

@@ -150,6 +150,9 @@ pub struct Expectations {
     pub forbid: Vec<Regex>,
     /// Parse stdout as KTAP/TAP; snapshot the result tree instead of the text.
     pub ktap: bool,
+    /// Snapshot stdout as its line count, byte count and checksum instead of
+    /// the text (for large output).
+    pub digest: bool,
     /// The failure the scenario provokes, if any.
     pub failure: Option<ExpectedFailure>,
 }
@@ -174,7 +177,8 @@ struct RawScenario {
     redact_release: Option<bool>,
     redact_pids: Option<bool>,
     forbid: Option<Vec<Spanned<String>>>,
-    ktap: Option<bool>,
+    ktap: Option<Spanned<bool>>,
+    digest: Option<bool>,
     expect: Option<ExpectedFailure>,
 }
 
@@ -376,6 +380,17 @@ impl Scenario {
             });
         }
 
+        let ktap = raw.ktap.map(|k| (k.span(), *k.get_ref()));
+        let digest = raw.digest.unwrap_or(false);
+        if let Some((span, true)) = &ktap {
+            if digest {
+                return Err(fail(
+                    span.clone(),
+                    "`ktap` and `digest` both replace stdout in the snapshot: keep one".into(),
+                ));
+            }
+        }
+
         let forbid = match raw.forbid {
             Some(list) => regexes(list, "forbid", &fail)?,
             None => DEFAULT_FORBID
@@ -404,7 +419,8 @@ impl Scenario {
                 redact_release: raw.redact_release.unwrap_or(false),
                 redact_pids: raw.redact_pids.unwrap_or(true),
                 forbid,
-                ktap: raw.ktap.unwrap_or(false),
+                ktap: ktap.is_some_and(|(_, k)| k),
+                digest,
                 failure,
             },
         })
@@ -543,6 +559,7 @@ redact_release = true
 redact_pids = false
 forbid = ["BUG:"]
 ktap = true
+digest = false
 
 [filters]
 'z\d+' = "Z"
@@ -615,6 +632,8 @@ ktap = true
         assert!(e.contains(":2: probe `nope.c` does not exist"), "{e}");
         let e = err("run = [\"x\"]\nsnapshot = [\"kernel-log\"]\n");
         assert!(e.contains("`kernel_log` selects no lines"), "{e}");
+        let e = err("run = [\"x\"]\nktap = true\ndigest = true\n");
+        assert!(e.contains(":2: `ktap` and `digest` both"), "{e}");
         let e = err("run = [\"x\"\n");
         assert!(e.starts_with("/nonexistent/demo.toml:1: "), "{e}");
         for text in ["run = [\"x\"]\nrn = 1\n", "run = [\"x\"\n", "[[[\n"] {
