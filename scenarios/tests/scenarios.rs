@@ -102,7 +102,8 @@ fn main() {
 
     let start = Instant::now();
     let conclusion = libtest_mimic::run(&args, trials);
-    let ran = results.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut ran = results.lock().map(|r| r.clone()).unwrap_or_default();
+    ran.sort_by(|a, b| (&a.scenario, &a.kernel).cmp(&(&b.scenario, &b.kernel)));
     if !ran.is_empty() {
         match session.finish(&ran, start.elapsed()) {
             Ok(summary) => eprintln!(
