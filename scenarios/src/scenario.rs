@@ -490,8 +490,9 @@ fn one_line(message: &str) -> String {
         .to_owned()
 }
 
-/// Every scenario in `dir`, sorted by name. Stops at the first bad file.
-pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
+/// The scenario files in `dir` (`*.toml` but `Cargo.toml` and tool
+/// configuration), sorted.
+pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     let mut paths = Vec::new();
     for entry in entries {
@@ -508,7 +509,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         }
     }
     paths.sort();
-    paths.iter().map(|p| Scenario::load(p)).collect()
+    Ok(paths)
+}
+
+/// Every scenario in `dir`, sorted by name. Stops at the first bad file.
+pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
+    scenario_files(dir)?
+        .iter()
+        .map(|p| Scenario::load(p))
+        .collect()
 }
 
 #[cfg(test)]

@@ -507,3 +507,53 @@ fn harness_filters_select_cases() {
     f.options.filters = vec!["nothing".into()];
     assert!(run_suite(&f.options, &f.backend).is_err());
 }
+
+#[test]
+fn starter_scenarios_parse_and_their_probes_build_and_run_on_the_host() {
+    // Not a boot: the probes run on the host here, to catch build errors and
+    // to check that ktap_demo's output is KTAP the parser accepts.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scenarios = kestrel_scenarios::scenario::load_dir(dir).unwrap();
+    assert!(
+        scenarios.len() >= 12,
+        "{} starter scenarios",
+        scenarios.len()
+    );
+    let out_dir = std::env::temp_dir().join(format!("kestrel-probes-{}", std::process::id()));
+    let probes =
+        kestrel_scenarios::suite::Probes::new(dir.join("probes"), out_dir.clone(), "cc".into());
+    for s in &scenarios {
+        for p in &s.probes {
+            probes.ensure(p).unwrap();
+        }
+    }
+    let ktap = std::process::Command::new(out_dir.join("ktap_demo"))
+        .output()
+        .unwrap();
+    assert!(ktap.status.success());
+    let report = kestrel_scenarios::ktap::parse(&String::from_utf8(ktap.stdout).unwrap());
+    assert!(report.passed(), "{}", report.render());
+    assert_eq!(report.totals().skipped, 1);
+    assert_eq!(
+        report.tests[1].children[2].children.len(),
+        2,
+        "two levels of nesting"
+    );
+    let sys = std::process::Command::new(out_dir.join("syscalls"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(sys.stdout).unwrap();
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split(':').next()).collect();
+    assert_eq!(
+        names,
+        [
+            "statx",
+            "openat2",
+            "pidfd_open",
+            "clone3",
+            "io_uring_setup",
+            "landlock_create_ruleset"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

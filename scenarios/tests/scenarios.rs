@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kestrel_scenarios::backend::Backend;
-use kestrel_scenarios::scenario::Scenario;
+use kestrel_scenarios::scenario::{scenario_files, Scenario};
 use kestrel_scenarios::suite::{backend_from_env, plan, Session, SuiteOptions};
 use kestrel_scenarios::CaseResult;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -36,18 +36,19 @@ fn main() {
     // Load each file on its own, so one bad file fails one trial.
     let mut trials = Vec::new();
     let mut scenarios = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(manifest)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.sort();
+    let files = match scenario_files(manifest) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kestrel-scenarios: {e}");
+            std::process::exit(1);
+        }
+    };
     for path in files {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if !name.ends_with(".toml") || name == "Cargo.toml" {
-            continue;
-        }
+            .unwrap_or_default()
+            .to_owned();
         match Scenario::load(&path) {
             Ok(s) => scenarios.push(Arc::new(s)),
             Err(e) => {
@@ -95,7 +96,6 @@ fn main() {
             }
             outcome
         })
-        .with_kind("scenario")
         .with_ignored_flag(ignored);
         trials.push(trial);
     }
