@@ -15,6 +15,7 @@
 //! was killed by the host-side watchdog) and never blocks on pipes held open
 //! by the child's own children.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -66,6 +67,19 @@ pub struct KestrelBinary {
     /// How long past the scenario's timeout the host waits before killing
     /// kestrel and calling it a VMM error.
     pub grace: Duration,
+    /// Per kernel spec: what to pass as `--kernel` instead of the spec (a
+    /// resolved image path) and arguments for that kernel only (its
+    /// `--initrd`, say). Specs not listed are passed as they are.
+    pub kernels: BTreeMap<String, ResolvedKernel>,
+}
+
+/// A kernel spec resolved by the caller (xtask) for the runner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedKernel {
+    /// The `--kernel` value.
+    pub image: String,
+    /// Extra `kestrel run` arguments for this kernel.
+    pub extra_args: Vec<String>,
 }
 
 impl KestrelBinary {
@@ -75,16 +89,19 @@ impl KestrelBinary {
             bin,
             extra_args: Vec::new(),
             grace: Duration::from_secs(60),
+            kernels: BTreeMap::new(),
         }
     }
 
     /// The argv after the binary's name.
     pub fn args(&self, r: &RunRequest) -> Vec<String> {
+        let resolved = self.kernels.get(&r.kernel);
         let mut args = vec!["run".to_owned()];
         args.extend(self.extra_args.iter().cloned());
+        args.extend(resolved.iter().flat_map(|k| k.extra_args.iter().cloned()));
         args.extend([
             "--kernel".to_owned(),
-            r.kernel.clone(),
+            resolved.map_or_else(|| r.kernel.clone(), |k| k.image.clone()),
             "--cpus".to_owned(),
             r.cpus.to_string(),
             "--memory".to_owned(),
@@ -363,8 +380,15 @@ mod tests {
     fn args_follow_the_contract() {
         let k = KestrelBinary {
             bin: "kestrel".into(),
-            extra_args: vec!["--initrd".into(), "/i".into()],
+            extra_args: vec!["--quiet".into()],
             grace: Duration::ZERO,
+            kernels: BTreeMap::from([(
+                "debian:6.1".to_owned(),
+                ResolvedKernel {
+                    image: "/cache/vmlinuz-6.1".into(),
+                    extra_args: vec!["--initrd".into(), "/i".into()],
+                },
+            )]),
         };
         let r = RunRequest {
             kernel: "debian:6.1".into(),
@@ -378,7 +402,7 @@ mod tests {
         };
         assert_eq!(
             k.args(&r).join(" "),
-            "run --initrd /i --kernel debian:6.1 --cpus 2 --memory 256 --timeout 30 --console /t/console.log \
+            "run --quiet --initrd /i --kernel /cache/vmlinuz-6.1 --cpus 2 --memory 256 --timeout 30 --console /t/console.log \
              --append loglevel=7 quiet -- /bin/sh -c echo -n hi"
         );
     }

@@ -28,7 +28,7 @@ pub mod scenario;
 pub mod snapshot;
 pub mod suite;
 
-pub use backend::{Backend, BackendError, KestrelBinary, RunRequest};
+pub use backend::{Backend, BackendError, KestrelBinary, ResolvedKernel, RunRequest};
 pub use error::{Error, Result};
 pub use evaluate::{evaluate, FailReason, RunOutput, RunnerVerdict, Verdict};
 pub use report::CaseResult;

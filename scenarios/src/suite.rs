@@ -547,6 +547,10 @@ pub fn run_suite(options: &SuiteOptions, backend: &dyn Backend) -> Result<Summar
             scope.spawn(|| loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                 let Some((index, case)) = next else { break };
+                if options.progress {
+                    let queued = queue.lock().map_or(0, |q| q.len());
+                    eprintln!("[ run ] {} ({queued} queued)", case.name());
+                }
                 let r = session.run_case(case, backend);
                 if options.progress {
                     if let Ok(mut d) = done.lock() {

@@ -3,7 +3,8 @@
 //! for guest command `… NAME` it prints `cases/NAME/stdout` and
 //! `cases/NAME/stderr`, copies `cases/NAME/console` to `--console FILE`,
 //! prints `cases/NAME/verdict` as its last stderr line and exits with
-//! `cases/NAME/exit`; it records its argv in `cases/NAME/argv`. What is
+//! `cases/NAME/exit`; it records its argv in `cases/NAME/argv`; with
+//! `cases/NAME/sleep` it hangs that many seconds instead. What is
 //! tested is the harness: argument passing, output parsing, evaluation,
 //! snapshots (`.snap.new`, `--update`), artifacts, JUnit, the summary.
 
@@ -31,6 +32,7 @@ case_dir="$here/cases/$last"
 [ -f "$case_dir/console" ] && cat "$case_dir/console" > "$console"
 [ -f "$case_dir/stdout" ] && cat "$case_dir/stdout"
 [ -f "$case_dir/stderr" ] && cat "$case_dir/stderr" >&2
+[ -f "$case_dir/sleep" ] && exec sleep "$(cat "$case_dir/sleep")"
 [ -f "$case_dir/verdict" ] && cat "$case_dir/verdict" >&2
 exit "$(cat "$case_dir/exit" 2>/dev/null || echo 0)"
 "#;
@@ -482,6 +484,28 @@ fn harness_unusable_runner_and_bad_files_are_one_sentence() {
         "{e}"
     );
     assert!(!e.contains('\n'));
+}
+
+#[test]
+fn harness_watchdog_kills_a_runner_that_outlives_its_timeout() {
+    let mut f = Fixture::new("watchdog");
+    f.scenario(
+        "hung",
+        "run = [\"p\", \"hung\"]\ntimeout = 1\nsnapshot = []\n",
+    );
+    f.case("hung", "partial\n", "", PASS, 0);
+    std::fs::write(f.root.join("cases/hung/sleep"), "30").unwrap();
+    f.backend.grace = std::time::Duration::ZERO;
+    let start = std::time::Instant::now();
+    let s = f.run(false);
+    assert!(start.elapsed().as_secs() < 15, "killed, not waited out");
+    let v = Fixture::verdict(&s, "hung");
+    assert_eq!(v.kind(), "vmm-error");
+    assert!(
+        v.reason().contains("kestrel did not exit within 1 s"),
+        "{}",
+        v.reason()
+    );
 }
 
 #[test]
