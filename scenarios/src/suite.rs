@@ -56,7 +56,14 @@ pub struct SuiteOptions {
     pub progress: bool,
     /// C compiler for probes.
     pub cc: String,
+    /// Kernel command line put before every scenario's `append`. The default,
+    /// `loglevel=5`, lets `WARNING:` splats (KERN_WARNING) reach the console
+    /// despite the runner's `quiet`, so `forbid` can see them.
+    pub base_append: Option<String>,
 }
+
+/// The default [`SuiteOptions::base_append`].
+pub const BASE_APPEND: &str = "loglevel=5";
 
 impl SuiteOptions {
     /// Defaults for a workspace: `scenarios/`, `scenarios/snapshots/`,
@@ -89,6 +96,7 @@ impl SuiteOptions {
             run_id: None,
             progress: true,
             cc: std::env::var("CC").unwrap_or_else(|_| "cc".to_owned()),
+            base_append: Some(BASE_APPEND.to_owned()),
         }
     }
 
@@ -391,7 +399,7 @@ impl Session {
             cpus: s.cpus,
             memory_mib: s.memory_mib,
             timeout: s.timeout,
-            append: s.append.clone(),
+            append: join_append(self.options.base_append.as_deref(), s.append.as_deref()),
             argv,
             console_path: artifacts.join("console.log"),
             workdir: self.options.workdir.clone(),
@@ -479,6 +487,17 @@ impl Session {
             table,
         })
     }
+}
+
+/// `base` then the scenario's own arguments (later ones win in the kernel).
+fn join_append(base: Option<&str>, own: Option<&str>) -> Option<String> {
+    let parts: Vec<&str> = [base, own]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
 }
 
 /// The command as written in the scenario (placeholders kept, so snapshot
@@ -591,6 +610,16 @@ mod tests {
         assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH), "19700101-000000");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
         assert_eq!(utc_stamp(t), "20240229-123456");
+    }
+
+    #[test]
+    fn append_joins() {
+        assert_eq!(
+            join_append(Some("loglevel=5"), Some("x=1")).as_deref(),
+            Some("loglevel=5 x=1")
+        );
+        assert_eq!(join_append(None, Some("x=1")).as_deref(), Some("x=1"));
+        assert_eq!(join_append(Some(" "), None), None);
     }
 
     #[test]

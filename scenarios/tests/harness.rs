@@ -244,7 +244,7 @@ fn harness_runner_contract_arguments_and_artifacts() {
     assert_eq!(
         argv.trim_end(),
         format!(
-            "run --kernel debian:6.12 --cpus 2 --memory 256 --timeout 7 --console {} --append loglevel=7 foo=bar -- /bin/sh -c scripted",
+            "run --kernel debian:6.12 --cpus 2 --memory 256 --timeout 7 --console {} --append loglevel=5 loglevel=7 foo=bar -- /bin/sh -c scripted",
             console.display()
         )
     );
