@@ -4,6 +4,7 @@
 //! builds the init) and reuses what is cached. Errors end in one line on
 //! stderr, never a backtrace.
 
+mod bench;
 mod ci;
 mod guest;
 mod kernel;
@@ -35,6 +36,9 @@ enum Cmd {
     Kernel(kernel::KernelCmd),
     /// Run a command inside the nested rig (an L1 Linux with real KVM).
     Rig(rig::RigArgs),
+    /// Benchmarks, side by side with QEMU (in the rig when needed).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Guest boot checks with QEMU (used by `test` and `ci`).
     Selftest(selftest::SelftestArgs),
 }
@@ -57,9 +61,8 @@ fn main() -> ExitCode {
         .map(|failed| u8::from(failed > 0)),
         Cmd::Ci => ci::run().map(|()| 0),
         Cmd::Kernel(cmd) => kernel::run(cmd).map(|()| 0),
-        Cmd::Rig(args) => {
-            rig::run(&args).map(|code| u8::try_from(code).unwrap_or(rig::RIG_FAILURE as u8))
-        }
+        Cmd::Rig(args) => rig::run(&args).map(rig::RigExit::code),
+        Cmd::Bench(cmd) => bench::run(&cmd).map(|()| 0),
         Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
     };
     match result {

@@ -43,6 +43,16 @@ pub enum Sink {
     Stderr,
 }
 
+/// The QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// `-M pc`: i440FX with ACPI, PIT, RTC, i8042.
+    Pc,
+    /// `-M microvm` with PIT and PIC on, no RTC, COM1 on the ISA bus and
+    /// COM2 added as an ISA serial device.
+    Microvm,
+}
+
 /// A vhost-user-fs device backed by an already listening server socket.
 #[derive(Debug, Clone)]
 pub struct VhostUserFs {
@@ -56,6 +66,7 @@ pub struct VhostUserFs {
 #[derive(Debug, Clone)]
 pub struct Guest {
     pub accel: Accel,
+    pub machine: Machine,
     /// `-cpu` model, e.g. `EPYC,+svm,+npt` or `host`.
     pub cpu_model: String,
     pub cpus: u32,
@@ -314,9 +325,11 @@ impl Guest {
             Accel::Kvm => push(&["-accel", "kvm"]),
         }
         let memory = format!("{}M", self.memory_mib);
+        match self.machine {
+            Machine::Pc => push(&["-M", "pc"]),
+            Machine::Microvm => push(&["-M", "microvm,pit=on,pic=on,rtc=off,isa-serial=on"]),
+        }
         push(&[
-            "-M",
-            "pc",
             "-cpu",
             &self.cpu_model,
             "-smp",
@@ -342,16 +355,12 @@ impl Guest {
         push(&["-append", &self.append]);
         let con = format!("socket,id=con,path={}", console.display());
         let st = format!("socket,id=status,path={}", status.display());
-        push(&[
-            "-chardev",
-            &con,
-            "-serial",
-            "chardev:con",
-            "-chardev",
-            &st,
-            "-serial",
-            "chardev:status",
-        ]);
+        push(&["-chardev", &con, "-serial", "chardev:con", "-chardev", &st]);
+        match self.machine {
+            Machine::Pc => push(&["-serial", "chardev:status"]),
+            // microvm wires only the first -serial; COM2 is an explicit device.
+            Machine::Microvm => push(&["-device", "isa-serial,chardev=status,iobase=0x2f8,irq=3"]),
+        }
         if let Some((out, err)) = ports {
             let out = format!("socket,id=out,path={}", out.display());
             let err = format!("socket,id=err,path={}", err.display());

@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use kestrel_initramfs::job::{Dest, Root, Spec, Status};
 
 use crate::guest::{self, BaseSpec};
-use crate::qemu::{Accel, End, Guest, Sink, VhostUserFs};
+use crate::qemu::{Accel, End, Guest, Machine, Sink, VhostUserFs};
 use crate::{paths, tools};
 
 /// The kernel L1 runs (design.md §1: measured with Debian's 6.1 cloud kernel).
@@ -39,7 +39,27 @@ const L1_MODULES: &[&str] = &["virtio_pci", "virtiofs", "virtio_console", "kvm_a
 /// The L1 CPU: EPYC with SVM and nested paging (`-cpu max` is 1.5–2× slower).
 const L1_CPU: &str = "EPYC,+svm,+npt";
 /// Exit code for a rig failure (L1 died, froze, or could not run CMD).
-pub const RIG_FAILURE: i32 = 125;
+pub const RIG_FAILURE: u8 = 125;
+
+/// How a rig run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RigExit {
+    /// CMD ran and ended with this exit code (128+n for signal n).
+    Command(i32),
+    /// The rig itself failed: L1 died, froze, or its init could not run CMD.
+    /// Not a verdict on CMD.
+    RigFailure,
+}
+
+impl RigExit {
+    /// The exit code for our own process.
+    pub fn code(self) -> u8 {
+        match self {
+            RigExit::Command(code) => u8::try_from(code).unwrap_or(RIG_FAILURE),
+            RigExit::RigFailure => RIG_FAILURE,
+        }
+    }
+}
 
 /// `cargo xtask rig` arguments.
 #[derive(Debug, clap::Args)]
@@ -64,8 +84,8 @@ pub struct RigArgs {
     pub cmd: Vec<String>,
 }
 
-/// Runs CMD in L1 and returns the exit code for our process.
-pub fn run(args: &RigArgs) -> Result<i32> {
+/// Runs CMD in L1.
+pub fn run(args: &RigArgs) -> Result<RigExit> {
     if args.cpus == 0 || args.memory < 512 {
         bail!(
             "the rig needs at least 1 vCPU and 512 MiB (got --cpus {} --memory {})",
@@ -108,6 +128,7 @@ pub fn run(args: &RigArgs) -> Result<i32> {
     let mut virtiofsd = start_virtiofsd(&fs_socket, &run_dir.path().join("virtiofsd.log"))?;
     let l1 = Guest {
         accel: Accel::Tcg,
+        machine: Machine::Pc,
         cpu_model: L1_CPU.into(),
         cpus: args.cpus,
         memory_mib: args.memory,
@@ -136,12 +157,12 @@ pub fn run(args: &RigArgs) -> Result<i32> {
     let _ = virtiofsd.wait();
     let outcome = outcome?;
 
-    let code = match &outcome.status {
-        Some(Status::Exit(code)) => i32::from(*code),
-        Some(Status::Signal(sig)) => 128 + i32::from(*sig),
+    let exit = match &outcome.status {
+        Some(Status::Exit(code)) => RigExit::Command(i32::from(*code)),
+        Some(Status::Signal(sig)) => RigExit::Command(128 + i32::from(*sig)),
         Some(Status::InitError(what)) => {
             eprintln!("rig failure: L1's init could not run the command: {what}");
-            RIG_FAILURE
+            RigExit::RigFailure
         }
         None => {
             let why = match outcome.end {
@@ -162,14 +183,14 @@ pub fn run(args: &RigArgs) -> Result<i32> {
             if !qemu_errors.is_empty() {
                 eprintln!("QEMU said:\n{}", qemu_errors.join("\n"));
             }
-            RIG_FAILURE
+            RigExit::RigFailure
         }
     };
     tools::step(format!(
-        "rig: L1 ended after {:.1} s, exit code {code}",
+        "rig: L1 ended after {:.1} s: {exit:?}",
         outcome.wall.as_secs_f64()
     ));
-    Ok(code)
+    Ok(exit)
 }
 
 /// The host paths CMD may write, created if missing, nested ones dropped.
@@ -218,12 +239,25 @@ fn start_virtiofsd(socket: &Path, log: &Path) -> Result<Child> {
         .with_context(|| format!("could not listen on {}", socket.display()))?;
     let fd = listener.as_raw_fd();
     let log = std::fs::File::create(log).context("could not create the virtiofsd log")?;
-    let mut cmd = Command::new(tools::VIRTIOFSD);
-    cmd.arg(format!("--fd={fd}"))
-        .args(["-o", "source=/", "-o", "sandbox=chroot", "-o", "cache=auto"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let use_lite = std::env::var_os("RIG_FS_LITE").is_some();
+    let mut cmd = if use_lite {
+        let mut c = Command::new(paths::workspace().join("target/release/virtiofs-lite"));
+        c.arg(format!("--fd={fd}"))
+            .args(["--shared-dir", "/", "--writable"]);
+        c
+    } else {
+        let mut c = Command::new(tools::VIRTIOFSD);
+        c.arg(format!("--fd={fd}")).args([
+            "-o",
+            "source=/",
+            "-o",
+            "sandbox=chroot",
+            "-o",
+            "cache=auto",
+        ]);
+        c
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     // SAFETY: the closure runs in the forked child before exec and only
     // calls fcntl, which is async-signal-safe; it clears FD_CLOEXEC on the
     // listening socket so virtiofsd inherits it under the same number.

@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use kestrel_initramfs::job::{Dest, Spec, Status};
 
 use crate::guest::{self, BaseSpec};
-use crate::qemu::{contains, Accel, Guest, Outcome, Sink};
+use crate::qemu::{contains, Accel, Guest, Machine, Outcome, Sink};
 use crate::tools;
 
 /// `cargo xtask selftest` arguments.
@@ -150,6 +150,7 @@ pub fn run(args: &SelftestArgs) -> Result<usize> {
             let append = String::from("console=ttyS0 quiet panic=-1");
             let guest = Guest {
                 accel,
+                machine: Machine::Pc,
                 cpu_model: match accel {
                     Accel::Tcg => "EPYC".into(),
                     Accel::Kvm => "host".into(),
