@@ -203,17 +203,24 @@ impl VerdictLine {
 }
 
 /// Splits kestrel's stderr into the guest's stderr and kestrel's own lines
-/// (those starting `kestrel: `), and finds the verdict line among the latter.
+/// (`kestrel: …`, `kestrel[debug]: …`, and the `  | …` console tail after
+/// `kestrel: last console lines:`), and finds the verdict line.
 pub fn split_stderr(stderr: &str) -> (String, Vec<String>, Option<VerdictLine>) {
     let mut guest = String::with_capacity(stderr.len());
     let mut own = Vec::new();
     let mut verdict = None;
+    let mut in_tail = false;
     for line in stderr.split_inclusive('\n') {
-        if line.starts_with("kestrel: ") {
-            let l = line.trim_end();
+        let l = line.trim_end_matches(['\n', '\r']);
+        if in_tail && l.starts_with("  | ") {
+            continue; // The console log has these lines in full.
+        }
+        in_tail = false;
+        if l.starts_with("kestrel: ") || l.starts_with("kestrel[") {
             if let Some(v) = VerdictLine::parse(l) {
                 verdict = Some(v);
             } else {
+                in_tail = l == "kestrel: last console lines:";
                 own.push(l.to_owned());
             }
         } else {
@@ -353,9 +360,20 @@ mod tests {
 
     #[test]
     fn stderr_is_split() {
-        let (guest, own, v) = split_stderr("warn: x\nkestrel: Kernel panic - not syncing\nmore\nkestrel: verdict=panic boot=9 total=10\n");
-        assert_eq!(guest, "warn: x\nmore\n");
-        assert_eq!(own, ["kestrel: Kernel panic - not syncing"]);
+        let (guest, own, v) = split_stderr(
+            "warn: x\nkestrel: Kernel panic - not syncing\nmore\nkestrel[debug]: exit\n\
+             kestrel: last console lines:\n  | [ 1.0] a\n  | [ 1.1] b\nafter\n  | guest\n\
+             kestrel: verdict=panic boot=9 total=10\n",
+        );
+        assert_eq!(guest, "warn: x\nmore\nafter\n  | guest\n");
+        assert_eq!(
+            own,
+            [
+                "kestrel: Kernel panic - not syncing",
+                "kestrel[debug]: exit",
+                "kestrel: last console lines:"
+            ]
+        );
         assert_eq!(v.map(|v| v.verdict), Some(RunnerVerdict::Panic));
     }
 
