@@ -384,6 +384,22 @@ mod tests {
     }
 
     #[test]
+    fn we_read_what_cargo_insta_accept_writes() {
+        // As `cargo insta accept` (1.49) rewrote one of our `.snap.new` files.
+        let text =
+            "---\nsource: scenarios/uname.toml\ndescription: \"uname's fields: \\\"shape\\\"\"\n\
+                    expression: sh -c uname -r\n---\n== stdout ==\nLinux\n6.1.0-x\n";
+        let f = SnapshotFile::parse(text).unwrap();
+        assert_eq!(f.metadata.source.as_deref(), Some("scenarios/uname.toml"));
+        assert_eq!(
+            f.metadata.description.as_deref(),
+            Some("uname's fields: \"shape\"")
+        );
+        assert_eq!(f.metadata.expression.as_deref(), Some("sh -c uname -r"));
+        assert_eq!(f.contents, "== stdout ==\nLinux\n6.1.0-x");
+    }
+
+    #[test]
     fn insta_reads_our_files() {
         let dir = tmpdir("insta");
         let path = dir.join("demo.snap");
