@@ -17,7 +17,7 @@ use kestrel_initramfs::job::{Dest, Spec, Status};
 use crate::guest::{self, BaseSpec};
 use crate::qemu::{Accel, Guest, Machine};
 use crate::rig::{self, RigArgs, RigExit};
-use crate::{paths, tools};
+use crate::tools;
 
 /// `cargo xtask bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -55,7 +55,7 @@ fn boot(args: &BootArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let kestrel = build_kestrel()?;
+    let kestrel = guest::build_kestrel()?;
     let kernel = guest::kernel(&args.kernel)?;
     let base = guest::base_initramfs(&BaseSpec {
         name: "bench",
@@ -63,7 +63,7 @@ fn boot(args: &BootArgs) -> Result<()> {
         modules: &[],
         executables: &[PathBuf::from("/bin/true")],
     })?;
-    if !args.here && !hardware_kvm(&kestrel) {
+    if !args.here && !guest::hardware_kvm(&kestrel) {
         tools::step("bench: this host's KVM is not hardware-backed; running the bench in the rig");
         let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
         let runs = args.runs.to_string();
@@ -160,38 +160,6 @@ fn median(times: &mut [Duration]) -> Duration {
     } else {
         (times[n / 2 - 1] + times[n / 2]) / 2
     }
-}
-
-/// Builds `kestrel` (release) on the host; inside the rig, uses that build.
-fn build_kestrel() -> Result<PathBuf> {
-    let kestrel = paths::target_dir().join("release").join("kestrel");
-    if std::env::var_os("KESTREL_RIG").is_none() {
-        tools::step("building kestrel (release)");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        tools::run(Command::new(cargo).current_dir(paths::workspace()).args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "kestrel",
-        ]))?;
-    }
-    anyhow::ensure!(
-        kestrel.is_file(),
-        "{} is missing: build it on the host first",
-        kestrel.display()
-    );
-    Ok(kestrel)
-}
-
-/// `kestrel doctor` exits 0 when KVM runs guests at hardware speed.
-fn hardware_kvm(kestrel: &Path) -> bool {
-    Command::new(kestrel)
-        .arg("doctor")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn run_kestrel(kestrel: &Path, kernel: &Path, initrd: &Path) -> Result<Duration> {

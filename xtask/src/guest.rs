@@ -5,7 +5,7 @@
 //! rewritten only when its content changes, so its mtime is a cache key.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use kestrel_initramfs::job::Spec;
@@ -113,4 +113,36 @@ pub fn initrd_with_job(base: &Path, spec: &Spec, out: &Path) -> Result<()> {
         kestrel_initramfs::image::job_archive(spec).context("could not build the job archive")?;
     let bytes = kestrel_initramfs::image::concat(&base, &job);
     std::fs::write(out, bytes).with_context(|| format!("could not write {}", out.display()))
+}
+
+/// Builds `kestrel` (release) on the host; inside the rig, uses that build.
+pub fn build_kestrel() -> Result<PathBuf> {
+    let kestrel = paths::target_dir().join("release").join("kestrel");
+    if std::env::var_os("KESTREL_RIG").is_none() {
+        tools::step("building kestrel (release)");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        tools::run(Command::new(cargo).current_dir(paths::workspace()).args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "kestrel",
+        ]))?;
+    }
+    anyhow::ensure!(
+        kestrel.is_file(),
+        "{} is missing: build it on the host first",
+        kestrel.display()
+    );
+    Ok(kestrel)
+}
+
+/// `kestrel doctor` exits 0 when KVM runs guests at hardware speed.
+pub fn hardware_kvm(kestrel: &Path) -> bool {
+    Command::new(kestrel)
+        .arg("doctor")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

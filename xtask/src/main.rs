@@ -12,6 +12,7 @@ mod paths;
 mod qemu;
 mod rig;
 mod selftest;
+mod test;
 mod tools;
 
 use std::process::ExitCode;
@@ -27,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The main job: boot the kernel with our initramfs and check the guest.
-    Test(TestArgs),
+    /// The main job: run the stored scenarios under kestrel and check their snapshots.
+    Test(test::TestArgs),
     /// Everything CI runs: fmt, clippy, unit tests, guest boots, the rig.
     Ci,
     /// Fetch and list kernels in the cache.
@@ -43,22 +44,10 @@ enum Cmd {
     Selftest(selftest::SelftestArgs),
 }
 
-/// `cargo xtask test` arguments.
-#[derive(Debug, clap::Args)]
-struct TestArgs {
-    /// Kernel to test (e.g. debian:6.1, debian:7.2, a path to a bzImage).
-    #[arg(long, default_value = "debian:6.1")]
-    kernel: String,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Test(args) => selftest::run(&selftest::SelftestArgs {
-            accel: selftest::AccelArg::Tcg,
-            kernel: vec![args.kernel],
-        })
-        .map(|failed| u8::from(failed > 0)),
+        Cmd::Test(args) => test::run(&args).map(|passed| u8::from(!passed)),
         Cmd::Ci => ci::run().map(|()| 0),
         Cmd::Kernel(cmd) => kernel::run(cmd).map(|()| 0),
         Cmd::Rig(args) => rig::run(&args).map(rig::RigExit::code),

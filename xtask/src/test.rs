@@ -1,0 +1,125 @@
+//! `cargo xtask test`: the main job — every stored scenario, booted under
+//! kestrel, checked against its snapshot.
+//!
+//! Set-up first (kestrel and the init built, kernels fetched), then the
+//! suite runs where KVM can boot kernels: here on a hardware-KVM host,
+//! otherwise inside the nested rig (the same command with `--here`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kestrel_scenarios::{run_suite, KestrelBinary, SuiteOptions};
+
+use crate::rig::{self, RigArgs, RigExit};
+use crate::{guest, paths, tools};
+
+/// `cargo xtask test` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestArgs {
+    /// Kernels to run the scenarios on (comma-separated specs).
+    #[arg(long, value_delimiter = ',', default_value = "debian:6.1")]
+    pub kernel: Vec<String>,
+    /// Run only cases whose `scenario@kernel` name contains this (or matches this glob).
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// Cases run at once (default: one per core of the machine that runs them).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Accept the output as the new snapshots.
+    #[arg(long)]
+    pub update: bool,
+    /// Also write JUnit XML to this path.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Record snapshot differences per kernel series (`<name>@<series>.snap`).
+    #[arg(long)]
+    pub per_kernel: bool,
+    /// Run here even if this host's KVM looks software-based (used inside the rig).
+    #[arg(long)]
+    pub here: bool,
+}
+
+/// Runs the suite; `Ok(true)` when every case passed.
+pub fn run(args: &TestArgs) -> Result<bool> {
+    let kestrel = guest::build_kestrel()?;
+    guest::build_init()?;
+    for spec in &args.kernel {
+        guest::kernel(spec)?;
+    }
+    if !args.here && !guest::hardware_kvm(&kestrel) {
+        tools::step("test: this host's KVM cannot boot kernels; running the scenarios in the rig");
+        return in_rig(args);
+    }
+    let mut options = SuiteOptions::new(&paths::workspace());
+    options.kernels = args.kernel.clone();
+    options.filters = args.filter.clone();
+    if let Some(jobs) = args.jobs {
+        if jobs == 0 {
+            bail!("--jobs must be at least 1");
+        }
+        options.jobs = jobs;
+    }
+    options.update = args.update;
+    options.per_kernel_snapshots = args.per_kernel;
+    options.junit = args.junit.clone();
+    let summary = run_suite(&options, &KestrelBinary::new(kestrel))?;
+    eprint!("{}", summary.table);
+    eprintln!(
+        "scenarios: {} passed, {} failed ({:.1} s; artifacts in {})",
+        summary
+            .results
+            .iter()
+            .filter(|r| r.verdict.passed())
+            .count(),
+        summary
+            .results
+            .iter()
+            .filter(|r| !r.verdict.passed())
+            .count(),
+        summary.wall.as_secs_f64(),
+        summary.run_dir.display()
+    );
+    Ok(summary.passed())
+}
+
+fn in_rig(args: &TestArgs) -> Result<bool> {
+    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+    let mut cmd = vec![
+        xtask.to_string_lossy().into_owned(),
+        "test".into(),
+        "--here".into(),
+        "--kernel".into(),
+        args.kernel.join(","),
+    ];
+    for f in &args.filter {
+        cmd.extend(["--filter".into(), f.clone()]);
+    }
+    if let Some(jobs) = args.jobs {
+        cmd.extend(["--jobs".into(), jobs.to_string()]);
+    }
+    if args.update {
+        cmd.push("--update".into());
+    }
+    if args.per_kernel {
+        cmd.push("--per-kernel".into());
+    }
+    if let Some(junit) = &args.junit {
+        let junit = std::path::absolute(junit).context("cannot resolve --junit")?;
+        cmd.extend(["--junit".into(), junit.to_string_lossy().into_owned()]);
+    }
+    let rig_args = RigArgs {
+        cpus: 2,
+        memory: 4096,
+        timeout: 3600,
+        silence: 600,
+        console: false,
+        cmd,
+    };
+    match rig::run(&rig_args)? {
+        RigExit::Command(0) => Ok(true),
+        RigExit::Command(_) => Ok(false),
+        RigExit::RigFailure => {
+            bail!("the rig failed (not the scenarios): see the L1 kernel log above")
+        }
+    }
+}
