@@ -237,7 +237,7 @@ impl InodeTable {
             cur = n.parent;
         };
         for &step in chain.iter().rev() {
-            let n = &self.nodes[&step];
+            let n = self.nodes.get(&step).ok_or(Errno(libc::ESTALE))?;
             let fd = sys::openat_beneath(base.as_fd(), &n.name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                 .map_err(|e| {
                     if e.0 == libc::ENOENT {
@@ -749,7 +749,9 @@ impl PassthroughFs {
     ) -> SysResult<(Entry, u64)> {
         self.check_writable()?;
         let name = check_name(name)?;
-        let flags = self.open_flags(flags)?;
+        // O_EXCL is kept here: it is the caller's guarantee of a new file.
+        let excl = flags as i32 & libc::O_EXCL;
+        let flags = self.open_flags(flags)? | excl;
         let pfd = self.fd(parent)?;
         let file = sys::as_caller(who.uid, who.gid, || {
             sys::openat_beneath(

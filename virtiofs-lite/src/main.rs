@@ -107,7 +107,11 @@ fn listener(args: &Args) -> Result<Listener> {
         .socket
         .as_ref()
         .expect("clap requires --socket or --fd");
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket", path.display());
+        }
         if UnixStream::connect(path).is_ok() {
             bail!("the socket {} is in use by another process", path.display());
         }

@@ -598,6 +598,19 @@ fn writable_share_writes_land_on_the_host() {
         0o640 & !current_umask()
     );
 
+    // O_EXCL on an existing name: EEXIST, the file untouched.
+    let mut b = enc(&abi::CreateIn {
+        flags: (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) as u32,
+        mode: 0o600,
+        ..Default::default()
+    });
+    b.extend(cstr("new.txt"));
+    assert_eq!(c.call(op::CREATE, ROOT, &b).0, libc::EEXIST);
+    assert_eq!(
+        std::fs::read(share.join("new.txt")).unwrap(),
+        b"from guest\n"
+    );
+
     // MKDIR, SYMLINK, LINK, RENAME, SETATTR, FALLOCATE, UNLINK, RMDIR.
     let mut b = enc(&abi::MkdirIn {
         mode: 0o755,
