@@ -11,7 +11,7 @@ use kvm_bindings::{
     kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{Kvm as KvmSys, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -152,6 +152,14 @@ impl VmHandle {
     /// Signalling `evt` raises `gsi` (edge) on the in-kernel irqchip.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), KvmError> {
         self.fd.register_irqfd(evt, gsi).map_err(ioctl("IRQFD"))
+    }
+
+    /// Any guest write to the MMIO address `addr` signals `evt` inside KVM
+    /// (no exit to the VMM; the written value is not kept).
+    pub fn register_mmio_ioeventfd(&self, evt: &EventFd, addr: u64) -> Result<(), KvmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(ioctl("IOEVENTFD"))
     }
 
     /// `KVM_CREATE_VCPU` with this APIC id.

@@ -27,7 +27,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::probe::{ProbeLog, ProbePort};
 use crate::devices::serial::SerialDevice;
 use crate::devices::sinks::{ConsoleLog, ConsoleState, StatusChannel, StatusState};
-use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
 use crate::devices::virtio::{self, console, Interrupt, VirtioDevice};
 use crate::devices::{EventLine, IrqLine};
 use crate::event::{Ending, VcpuEnd, VmEvent};
@@ -207,6 +207,8 @@ pub struct Vm {
     status: Arc<Mutex<StatusState>>,
     probe: ProbeLog,
     _buses: Arc<Buses>,
+    /// Shut down after the vCPUs stop, so queued guest output is written.
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// The VM fd and guest RAM (KVM maps RAM by host address): must outlive
     /// every vCPU thread, so it is leaked if a thread cannot be stopped.
     vm: Option<VmHandle>,
@@ -287,14 +289,21 @@ impl TryFrom<Config> for Vm {
         // virtio devices (kernels only), one virtio-mmio slot each, in order.
         let mut mmio = Bus::new(Space::Mmio);
         let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
+        let mut virtio_transports = Vec::new();
         if !raw {
             let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
             for (n, device) in (0u32..).zip(devices) {
                 let (range, gsi) = layout::virtio_mmio_slot(n);
-                let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq(gsi)?))?;
+                let mut transport =
+                    MmioTransport::new(device, mem.clone(), Interrupt::new(irq(gsi)?))?;
+                let notify = EventFd::new(0).map_err(VmError::EventFd)?;
+                vm.register_mmio_ioeventfd(&notify, range.start + regs::QUEUE_NOTIFY)?;
+                transport.set_queue_events(notify);
+                let transport = Arc::new(Mutex::new(transport));
                 let len = range.end - range.start;
-                mmio.insert(range.start, len, Arc::new(Mutex::new(transport)))?;
+                mmio.insert(range.start, len, transport.clone())?;
                 virtio_slots.push(virtio::slot(n));
+                virtio_transports.push(transport);
             }
         }
         let buses = Arc::new(Buses { pio, mmio });
@@ -343,6 +352,7 @@ impl TryFrom<Config> for Vm {
             status,
             probe,
             _buses: buses,
+            virtio: virtio_transports,
             vm: Some(vm),
         })
     }
@@ -372,6 +382,13 @@ impl Vm {
         }
         let ending = self.wait_for_end(started);
         self.stop_vcpus();
+        // Not when a vCPU thread was abandoned: it may hold a device lock.
+        if self.vm.is_some() {
+            for transport in &self.virtio {
+                let mut t = transport.lock().unwrap_or_else(PoisonError::into_inner);
+                t.shutdown();
+            }
+        }
 
         let (status, first_byte) = {
             let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);

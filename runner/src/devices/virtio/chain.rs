@@ -10,7 +10,7 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileMemoryError, WriteVolatile};
 
 use crate::memory::GuestMemory;
 
@@ -136,6 +136,23 @@ impl Buffers {
                 }
                 sink(&scratch[..n])?;
                 done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the readable bytes to `out` straight from guest memory.
+    pub fn write_readable_to(
+        &self,
+        mem: &GuestMemory,
+        out: &mut impl WriteVolatile,
+    ) -> Result<(), VolatileMemoryError> {
+        for &(addr, len) in &self.readable {
+            for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+                let slice = slice.map_err(|_| VolatileMemoryError::OutOfBounds {
+                    addr: addr.0 as usize,
+                })?;
+                out.write_all_volatile(&slice)?;
             }
         }
         Ok(())

@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::Device;
@@ -172,6 +173,7 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     queues: Vec<QueueSettings>,
+    queue_events: Option<EventFd>,
     active: bool,
 }
 
@@ -204,8 +206,26 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             queues,
+            queue_events: None,
             active: false,
         })
+    }
+
+    /// Notifies arrive on `events` (a KVM ioeventfd on the notify register,
+    /// at [`regs::QUEUE_NOTIFY`]) instead of as register writes; the device
+    /// gets a clone in [`Activation::queue_events`].
+    pub fn set_queue_events(&mut self, events: EventFd) {
+        self.queue_events = Some(events);
+    }
+
+    /// The VM has stopped: let the device finish what the guest queued.
+    pub fn shutdown(&mut self) {
+        if self.active {
+            let device = &mut self.device;
+            if catch_unwind(AssertUnwindSafe(|| device.shutdown())).is_err() {
+                log::warn(format_args!("a virtio device panicked while shutting down"));
+            }
+        }
     }
 
     fn offered_features(&self) -> u64 {
@@ -389,11 +409,20 @@ impl MmioTransport {
                 }
             }
         }
+        let queue_events = match self.queue_events.as_ref().map(EventFd::try_clone) {
+            None => None,
+            Some(Ok(events)) => Some(events),
+            Some(Err(e)) => {
+                self.broken(format_args!("cannot clone the queue eventfd: {e}"));
+                return;
+            }
+        };
         let activation = Activation {
             mem: self.mem.clone(),
             queues,
             interrupt: self.interrupt.clone(),
             features: self.driver_features,
+            queue_events,
         };
         let device = &mut self.device;
         match catch_unwind(AssertUnwindSafe(|| device.activate(activation))) {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_superio::Trigger;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::IrqLine;
 use crate::acpi::VirtioMmioSlot;
@@ -62,6 +63,11 @@ pub struct Activation {
     /// The features the driver accepted (a subset of the offered ones,
     /// always with [`VIRTIO_F_VERSION_1`]).
     pub features: u64,
+    /// Signalled when the driver notifies any queue, if the transport has
+    /// an ioeventfd on its notify register (then such notifies never reach
+    /// [`VirtioDevice::queue_notify`]; the device should look at all its
+    /// queues). `None`: notifies arrive through `queue_notify`.
+    pub queue_events: Option<EventFd>,
 }
 
 /// A device refused to start with what the driver set up.
@@ -99,6 +105,9 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop queues, memory and interrupt,
     /// stop any worker, and be ready for a new `activate`.
     fn reset(&mut self);
+    /// The VM has stopped (no vCPU runs): finish buffers the guest already
+    /// made available (e.g. flush output), then stop any worker.
+    fn shutdown(&mut self) {}
 }
 
 /// The device side of one transport's interrupt: the interrupt status
