@@ -3,7 +3,9 @@
 //!
 //! Invariants: queue 0 (high priority) and request queue 1 share worker
 //! thread 0; every further request queue has a worker thread of its own;
-//! a queue is only served once the front end has given us guest memory.
+//! a queue is only served once the front end has given us guest memory;
+//! each worker has an exit event, so the end of the session stops and joins
+//! them (without it, dropping the daemon hangs).
 
 use std::io;
 use std::sync::{Arc, RwLock};
@@ -12,6 +14,9 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::device::{FsDevice, QUEUE_SIZE};
 
@@ -80,6 +85,12 @@ impl VhostUserBackend for VhostFsBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         Self::thread_masks(self.device.num_queues())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without one, the library cannot stop (and join) its workers when
+        // the session ends, and dropping the daemon would hang.
+        new_event_consumer_and_notifier(EventFlag::empty()).ok()
     }
 
     fn handle_event(
