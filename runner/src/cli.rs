@@ -5,12 +5,15 @@
 //! the binary exits 125 for all of them (2 would collide with a guest
 //! command's own exit status).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use kestrel_kernels::{Cache, Fetch, ImageFormat, Kernel, KernelSpec, UNKNOWN_RELEASE};
 
-use crate::vm::{Boot, Config, Console};
+use crate::boot::{Initrd, KernelKind};
+use crate::initrd::{self, InitrdError};
+use crate::vm::{Boot, Config, ConfigError, Console};
 
 /// Run a command inside a Linux kernel under KVM and report one verdict.
 #[derive(Debug, Parser)]
@@ -25,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a kernel with an initramfs and report the guest's verdict.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check /dev/kvm, its permissions and whether it runs at hardware speed.
     Doctor,
 }
@@ -33,12 +36,25 @@ pub enum Command {
 /// `kestrel run` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Kernel image: a bzImage or an ELF vmlinux with a PVH entry.
-    #[arg(long, value_name = "PATH")]
+    /// Kernel: debian:<series> or debian:host (from the kernel cache),
+    /// build:DIR (a kernel build tree), or a bzImage / PVH vmlinux path.
+    #[arg(long, value_name = "SPEC")]
     pub kernel: String,
-    /// Initramfs (cpio, possibly several concatenated).
+    /// Use this initramfs (cpio, possibly several concatenated) instead of
+    /// building kestrel's own.
     #[arg(long, value_name = "PATH")]
-    pub initrd: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The static guest init for kestrel's initramfs (default: $KESTREL_INIT,
+    /// else where `cargo xtask` builds it).
+    #[arg(long, value_name = "PATH")]
+    pub init: Option<PathBuf>,
+    /// The kernel's modules directory (lib/modules/<release>); default: the
+    /// kernel cache entry's, or /lib/modules/<release>.
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// Pack a host executable (path, or name on PATH) with its libraries.
+    #[arg(long, value_name = "HOST_EXE")]
+    pub pack: Vec<String>,
     /// Extra kernel command-line arguments, after kestrel's defaults.
     #[arg(
         long,
@@ -59,34 +75,26 @@ pub struct RunArgs {
     /// Kernel console destination: stderr, none, or a file path.
     #[arg(long, value_name = "stderr|FILE|none", default_value = "stderr")]
     pub console: String,
-}
-
-/// Where the kernel comes from. Only paths for now; `debian:<series>`
-/// resolves through the kernel cache in a later step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KernelSource {
-    /// A file.
-    Path(PathBuf),
-    /// A Debian cloud kernel series, e.g. `debian:6.1`.
-    Debian(String),
-}
-
-impl KernelSource {
-    /// Parses the `--kernel` value.
-    pub fn parse(value: &str) -> KernelSource {
-        match value.strip_prefix("debian:") {
-            Some(series) => KernelSource::Debian(series.to_string()),
-            None => KernelSource::Path(PathBuf::from(value)),
-        }
-    }
+    /// The guest command and its arguments (none: boot, report exit 0).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// An argument kestrel cannot use.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// `debian:<series>` is not wired up yet.
-    #[error("--kernel debian:{0} is not supported yet: fetch it with `cargo xtask kernel fetch debian:{0}` and pass the kernel's path")]
-    KernelCacheNotYet(String),
+    /// Out-of-range resources.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The kernel spec cannot be resolved (cache only: kestrel never downloads).
+    #[error(transparent)]
+    Kernel(#[from] kestrel_kernels::Error),
+    /// kestrel's own initramfs cannot be made.
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+    /// `--initrd` together with an option that needs kestrel's initramfs.
+    #[error("--initrd cannot be combined with {0}: that needs kestrel's own initramfs, so drop --initrd")]
+    InitrdConflict(&'static str),
     /// Empty argument.
     #[error("--{0} must not be empty")]
     Empty(&'static str),
@@ -95,32 +103,97 @@ pub enum CliError {
 impl TryFrom<RunArgs> for Config {
     type Error = CliError;
 
+    /// Checks ranges first, then resolves the kernel (cache only), then
+    /// builds or reuses kestrel's initramfs unless `--initrd` is given.
     fn try_from(args: RunArgs) -> Result<Config, CliError> {
-        let kernel = match KernelSource::parse(&args.kernel) {
-            KernelSource::Path(path) if path.as_os_str().is_empty() => {
-                return Err(CliError::Empty("kernel"))
-            }
-            KernelSource::Path(path) => path,
-            KernelSource::Debian(series) => return Err(CliError::KernelCacheNotYet(series)),
-        };
+        let timeout = Duration::from_secs(args.timeout);
+        Config::validate_resources(args.cpus, args.memory, timeout)?;
         let console = match args.console.as_str() {
             "" => return Err(CliError::Empty("console")),
             "stderr" => Console::Stderr,
             "none" => Console::Discard,
             path => Console::File(PathBuf::from(path)),
         };
+        if args.initrd.is_some() {
+            let conflicts = [
+                (args.init.is_some(), "--init"),
+                (args.modules.is_some(), "--modules"),
+                (!args.pack.is_empty(), "--pack"),
+                (!args.command.is_empty(), "a command after --"),
+            ];
+            if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
+                return Err(CliError::InitrdConflict(what));
+            }
+        }
+        let kernel = resolve_kernel(&args.kernel)?;
+        let initrd = match args.initrd {
+            Some(path) => Initrd::File(path),
+            None => {
+                let req = initrd::Request {
+                    init: args.init,
+                    modules_dir: args.modules.or_else(|| modules_dir_of(&kernel)),
+                    pack: args.pack,
+                    command: args.command,
+                    release: kernel.release.clone(),
+                    cache_dir: initrd::default_cache_dir(),
+                };
+                initrd::prepare(&req)?.initrd
+            }
+        };
         Ok(Config {
             boot: Boot::Kernel {
-                kernel,
-                initrd: Some(args.initrd),
+                kind: Some(kind_of(kernel.format)),
+                kernel: kernel.image,
+                initrd: Some(initrd),
                 append: args.append,
             },
             cpus: args.cpus,
             memory_mib: args.memory,
-            timeout: Duration::from_secs(args.timeout),
+            timeout,
             console,
         })
     }
+}
+
+/// `--kernel` through the kernel cache, never downloading.
+pub fn resolve_kernel(value: &str) -> Result<Kernel, CliError> {
+    if value.is_empty() {
+        return Err(CliError::Empty("kernel"));
+    }
+    let spec: KernelSpec = value.parse()?;
+    let cache = match Cache::from_env() {
+        Ok(cache) => cache,
+        // Local kernels need no cache.
+        Err(_) if matches!(spec, KernelSpec::Image(_) | KernelSpec::BuildTree(_)) => Cache::at(""),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly)?)
+}
+
+/// The boot path for a kernel format.
+pub fn kind_of(format: ImageFormat) -> KernelKind {
+    match format {
+        ImageFormat::BzImage { .. } => KernelKind::BzImage,
+        ImageFormat::ElfVmlinux => KernelKind::Elf,
+    }
+}
+
+/// The kernel's modules: its cache entry's, else the directory the image
+/// sits in when that is `…/modules/<release>` (Debian's newer layout), else
+/// `/lib/modules/<release>`. None: no modules (all built in).
+fn modules_dir_of(kernel: &Kernel) -> Option<PathBuf> {
+    if kernel.modules_dir.is_some() || kernel.release == UNKNOWN_RELEASE {
+        return kernel.modules_dir.clone();
+    }
+    let beside = kernel
+        .image
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| *n == *kernel.release));
+    beside
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain([Path::new("/lib/modules").join(&kernel.release)])
+        .find(|d| d.join("modules.dep").is_file() || d.join("kernel").is_dir())
 }
 
 /// The one line to show for a clap error: its first paragraph joined,
@@ -144,7 +217,6 @@ pub fn clap_error_line(err: &clap::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::ConfigError;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("kestrel").chain(args.iter().copied()))
@@ -152,37 +224,34 @@ mod tests {
 
     fn run_args(args: &[&str]) -> RunArgs {
         match parse(args).unwrap().command {
-            Command::Run(a) => a,
+            Command::Run(a) => *a,
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn defaults() {
-        let a = run_args(&["run", "--kernel", "/k", "--initrd", "/i"]);
-        let c = Config::try_from(a).unwrap();
-        assert_eq!(c.cpus, 1);
-        assert_eq!(c.memory_mib, 512);
-        assert_eq!(c.timeout, Duration::from_secs(300));
-        assert_eq!(c.console, Console::Stderr);
-        assert_eq!(
-            c.boot,
-            Boot::Kernel {
-                kernel: "/k".into(),
-                initrd: Some("/i".into()),
-                append: String::new()
-            }
-        );
+        let a = run_args(&["run", "--kernel", "debian:6.1"]);
+        assert_eq!((a.cpus, a.memory, a.timeout), (1, 512, 300));
+        assert_eq!(a.console, "stderr");
+        assert_eq!(a.initrd, None);
+        assert!(a.pack.is_empty() && a.command.is_empty() && a.append.is_empty());
     }
 
     #[test]
-    fn all_options() {
+    fn all_options_and_the_command() {
         let a = run_args(&[
             "run",
             "--kernel",
             "/k",
-            "--initrd",
+            "--init",
             "/i",
+            "--modules",
+            "/m",
+            "--pack",
+            "sh",
+            "--pack",
+            "/usr/bin/nproc",
             "--append",
             "-v loglevel=7",
             "--cpus",
@@ -193,64 +262,78 @@ mod tests {
             "5",
             "--console",
             "none",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
         ]);
-        let c = Config::try_from(a).unwrap();
-        assert_eq!((c.cpus, c.memory_mib), (2, 256));
-        assert_eq!(c.console, Console::Discard);
-        assert!(matches!(c.boot, Boot::Kernel { append, .. } if append == "-v loglevel=7"));
-        let a = run_args(&[
-            "run",
-            "--kernel",
-            "/k",
-            "--initrd",
-            "/i",
-            "--console",
-            "/tmp/log",
-        ]);
-        assert_eq!(
-            Config::try_from(a).unwrap().console,
-            Console::File("/tmp/log".into())
+        assert_eq!((a.cpus, a.memory, a.timeout), (2, 256, 5));
+        assert_eq!(a.init, Some("/i".into()));
+        assert_eq!(a.modules, Some("/m".into()));
+        assert_eq!(a.pack, ["sh", "/usr/bin/nproc"]);
+        assert_eq!(a.append, "-v loglevel=7");
+        assert_eq!(a.command, ["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn ranges_come_before_the_kernel() {
+        let a = run_args(&["run", "--kernel", "/etc/passwd", "--cpus", "0"]);
+        let err = Config::try_from(a).unwrap_err();
+        assert!(
+            matches!(err, CliError::Config(ConfigError::Cpus(0))),
+            "{err}"
+        );
+        let a = run_args(&["run", "--kernel", "/etc/passwd", "--memory", "1"]);
+        let err = Config::try_from(a).unwrap_err();
+        assert!(
+            matches!(err, CliError::Config(ConfigError::Memory(1))),
+            "{err}"
         );
     }
 
     #[test]
-    fn bad_values_give_one_sentence() {
-        let a = run_args(&[
-            "run",
-            "--kernel",
-            "/etc/passwd",
-            "--initrd",
-            "/etc/hostname",
-            "--cpus",
-            "0",
-        ]);
-        let c = Config::try_from(a).unwrap();
-        assert!(matches!(c.validate(), Err(ConfigError::Cpus(0))));
-        let a = run_args(&[
-            "run",
-            "--kernel",
-            "/etc/passwd",
-            "--initrd",
-            "/etc/hostname",
-        ]);
-        let msg = Config::try_from(a)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(msg.starts_with("/etc/passwd is neither"), "{msg}");
-        assert!(!msg.contains('\n'));
-        let a = run_args(&["run", "--kernel", "debian:6.1", "--initrd", "/i"]);
-        let err = Config::try_from(a).unwrap_err();
-        assert_eq!(err, CliError::KernelCacheNotYet("6.1".into()));
-        assert!(err
-            .to_string()
-            .contains("cargo xtask kernel fetch debian:6.1"));
+    fn bad_kernels_give_one_sentence() {
+        for (kernel, needle) in [
+            ("/etc/passwd", "/etc/passwd is not a kernel image"),
+            ("/no/such/vmlinuz", "/no/such/vmlinuz does not exist"),
+            ("debian:9.9", "unknown Debian kernel series"),
+            ("", "--kernel must not be empty"),
+        ] {
+            let msg = Config::try_from(run_args(&["run", "--kernel", kernel]))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(needle), "{kernel}: {msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn initrd_excludes_what_needs_our_initramfs() {
+        let a = run_args(&["run", "--kernel", "/k", "--initrd", "/i", "--pack", "sh"]);
+        let msg = Config::try_from(a).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("--initrd cannot be combined with --pack"),
+            "{msg}"
+        );
+        let a = run_args(&["run", "--kernel", "/k", "--initrd", "/i", "--", "true"]);
+        assert!(matches!(
+            Config::try_from(a),
+            Err(CliError::InitrdConflict("a command after --"))
+        ));
+    }
+
+    #[test]
+    fn formats_choose_the_boot_path() {
+        assert_eq!(
+            kind_of(ImageFormat::BzImage { protocol: (2, 15) }),
+            KernelKind::BzImage
+        );
+        assert_eq!(kind_of(ImageFormat::ElfVmlinux), KernelKind::Elf);
     }
 
     #[test]
     fn syntax_errors_reduce_to_one_line() {
-        let err = parse(&["run", "--kernel", "/k", "--initrd", "/i", "--cpus", "two"]).unwrap_err();
+        let err = parse(&["run", "--kernel", "/k", "--cpus", "two"]).unwrap_err();
         let line = clap_error_line(&err);
         assert!(line.contains("--cpus"), "{line}");
         assert!(!line.contains('\n'));

@@ -8,10 +8,11 @@
 
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_userspace_memory_region, kvm_xcr, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -83,6 +84,11 @@ impl Kvm {
         self.sys
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("GET_SUPPORTED_CPUID"))
+    }
+
+    /// Whether vCPUs accept `KVM_SET_XCRS` (`KVM_CAP_XCRS`).
+    pub fn has_xcrs(&self) -> bool {
+        self.sys.check_extension(Cap::Xcrs)
     }
 
     /// `KVM_CREATE_VM`, then registers every region of `memory`.
@@ -209,6 +215,20 @@ impl VcpuHandle {
     /// `KVM_SET_CPUID2`.
     pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), KvmError> {
         self.fd.set_cpuid2(cpuid).map_err(ioctl("SET_CPUID2"))
+    }
+
+    /// `KVM_SET_XCRS` with XCR0 alone (see [`crate::xsave`]).
+    pub fn set_xcr0(&self, xcr0: u64) -> Result<(), KvmError> {
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0] = kvm_xcr {
+            xcr: 0,
+            value: xcr0,
+            ..Default::default()
+        };
+        self.fd.set_xcrs(&xcrs).map_err(ioctl("SET_XCRS"))
     }
 
     /// `KVM_SET_MSRS`; all entries must be accepted.

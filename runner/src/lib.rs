@@ -11,7 +11,9 @@
 //! - [`bus`] — one device trait for port I/O and MMIO, range dispatch.
 //! - [`devices`] — UARTs and their sinks, i8042, probe port, virtio hook.
 //! - [`vcpu`] — vCPU state and threads.
+//! - [`xsave`] — CPUID leaf 0xD made consistent, and the matching XCR0.
 //! - [`vm`] — `Config` → `Vm` → `Outcome`.
+//! - [`initrd`] — kestrel's own initramfs: cached base archive + per-run job.
 //! - [`verdict`] — verdict, exit code, final line.
 //! - [`cli`], [`doctor`] — the `kestrel` command's front end.
 
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod devices;
 pub mod doctor;
 pub mod event;
+pub mod initrd;
 pub mod kvm;
 pub mod layout;
 pub mod log;
@@ -29,6 +32,7 @@ pub mod memory;
 pub mod vcpu;
 pub mod verdict;
 pub mod vm;
+pub mod xsave;
 
 #[cfg(test)]
 mod testutil;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(*args) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 // One sentence: our error messages already name the cause.

@@ -26,6 +26,7 @@ use crate::event::{VcpuEnd, VmEvent};
 use crate::kvm::{Exit, KvmError, VcpuHandle};
 use crate::layout;
 use crate::log;
+use crate::xsave;
 
 /// The port and memory buses every vCPU dispatches to.
 #[derive(Debug)]
@@ -218,11 +219,29 @@ pub struct VcpuSetup<'a> {
     pub entry: Option<Entry>,
     /// Whether the VM has an in-kernel LAPIC.
     pub irqchip: bool,
+    /// Whether KVM accepts `KVM_SET_XCRS` ([`crate::kvm::Kvm::has_xcrs`]).
+    pub xcrs: bool,
 }
 
 /// Programs the initial vCPU state.
 pub fn configure(vcpu: &VcpuHandle, setup: &VcpuSetup<'_>) -> Result<(), KvmError> {
-    vcpu.set_cpuid(&cpuid_for(setup.supported_cpuid, setup.id, setup.cpus))?;
+    let mut cpuid = cpuid_for(setup.supported_cpuid, setup.id, setup.cpus);
+    let xsave = xsave::sanitize(&mut cpuid);
+    vcpu.set_cpuid(&cpuid)?;
+    if let Some(x) = xsave {
+        if setup.id == 0 && (x.dropped != 0 || x.dropped_xsaves) {
+            log::debug(format_args!(
+                "CPUID leaf 0xD: dropped XSAVE components {:#x}{}",
+                x.dropped,
+                if x.dropped_xsaves { " and XSAVES" } else { "" }
+            ));
+        }
+        // KVM's run-time XSAVE sizes follow its XCR0; set it to what the
+        // guest will enable, in case its XSETBV never exits (nested rig).
+        if setup.xcrs {
+            vcpu.set_xcr0(x.xcr0)?;
+        }
+    }
     vcpu.set_msrs(&boot_msrs())?;
     vcpu.set_fpu(&kvm_fpu {
         fcw: 0x37f,

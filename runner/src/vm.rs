@@ -56,8 +56,10 @@ pub enum Boot {
     Kernel {
         /// Kernel image.
         kernel: PathBuf,
+        /// Its format if known (the kernel cache checked it); else sniffed.
+        kind: Option<boot::KernelKind>,
         /// Initial ramdisk.
-        initrd: Option<PathBuf>,
+        initrd: Option<boot::Initrd>,
         /// Appended to [`boot::cmdline::DEFAULT_ARGS`].
         append: String,
     },
@@ -157,23 +159,35 @@ impl Config {
     /// Checks ranges and that kernel and initrd are readable and the kernel
     /// is a kernel.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cpus == 0 || self.cpus > u32::from(layout::MAX_VCPUS) {
-            return Err(ConfigError::Cpus(self.cpus));
-        }
-        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(ConfigError::Memory(self.memory_mib));
-        }
-        if self.timeout < Duration::from_secs(1) {
-            return Err(ConfigError::Timeout);
-        }
+        Config::validate_resources(self.cpus, self.memory_mib, self.timeout)?;
         if let Boot::Kernel { kernel, initrd, .. } = &self.boot {
             boot::sniff(kernel)?;
-            if let Some(path) = initrd {
+            if let Some(initrd) = initrd {
+                let path = initrd.file();
                 File::open(path).map_err(|source| boot::BootError::InitrdIo {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     source,
                 })?;
             }
+        }
+        Ok(())
+    }
+
+    /// The range checks of [`Config::validate`] alone (the CLI runs them
+    /// before resolving the kernel, so `--cpus 0` is reported first).
+    pub fn validate_resources(
+        cpus: u32,
+        memory_mib: u64,
+        timeout: Duration,
+    ) -> Result<(), ConfigError> {
+        if cpus == 0 || cpus > u32::from(layout::MAX_VCPUS) {
+            return Err(ConfigError::Cpus(cpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(ConfigError::Memory(memory_mib));
+        }
+        if timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Timeout);
         }
         Ok(())
     }
@@ -311,13 +325,15 @@ impl TryFrom<Config> for Vm {
         let entry = match &config.boot {
             Boot::Kernel {
                 kernel,
+                kind,
                 initrd,
                 append,
             } => {
                 let cmdline = boot::cmdline::build(append).map_err(boot::BootError::from)?;
                 let spec = BootSpec {
                     kernel,
-                    initrd: initrd.as_deref(),
+                    kind: *kind,
+                    initrd: initrd.as_ref(),
                     cmdline: &cmdline,
                     memory_bytes,
                 };
@@ -329,6 +345,7 @@ impl TryFrom<Config> for Vm {
         };
 
         let supported_cpuid = kvm.supported_cpuid()?;
+        let xcrs = kvm.has_xcrs();
         let mut vcpus = Vec::with_capacity(usize::from(cpus));
         for id in 0..cpus {
             let handle = vm.create_vcpu(id)?;
@@ -338,6 +355,7 @@ impl TryFrom<Config> for Vm {
                 supported_cpuid: &supported_cpuid,
                 entry: entry_for(id, entry),
                 irqchip: !raw,
+                xcrs,
             };
             vcpu::configure(&handle, &setup)?;
             vcpus.push(VcpuThread::spawn(id, handle, buses.clone(), tx.clone())?);
@@ -520,6 +538,7 @@ mod tests {
         let mut c = config();
         c.boot = Boot::Kernel {
             kernel: "/etc/passwd".into(),
+            kind: None,
             initrd: None,
             append: String::new(),
         };
@@ -527,6 +546,7 @@ mod tests {
         assert!(msg.starts_with("/etc/passwd is neither a bzImage"), "{msg}");
         c.boot = Boot::Kernel {
             kernel: "/no/such/kernel".into(),
+            kind: None,
             initrd: None,
             append: String::new(),
         };

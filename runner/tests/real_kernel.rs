@@ -1,153 +1,419 @@
-//! Real Linux kernels under kestrel — the acceptance boots of issue 3.
+//! Real Linux kernels under the `kestrel` binary — the acceptance boots of
+//! issue 3, one test per kernel series plus PVH, timeout, panic and bad
+//! input. Each boot is `kestrel run --kernel debian:<series> … --pack sh --
+//! sh -c SCRIPT`, exactly what a user runs: kestrel resolves the kernel in
+//! the cache and builds (or reuses) its own initramfs.
 //!
-//! Needs hardware-speed KVM (run inside the nested rig on the development
-//! machines) and `KESTREL_TEST_KERNEL` = a bzImage or PVH vmlinux; the
-//! static guest init comes from `KESTREL_INIT` or the workspace target dir.
-//! Each test packs its own initramfs (our init, `sh` and `sleep` from the
-//! host, a job spec) with kestrel-initramfs. Skipped with a printed reason
-//! when any of that is missing; never faked.
+//! Prerequisites: hardware-speed KVM (`kestrel doctor` exits 0; inside the
+//! nested rig on the development machines), the kernel in the cache
+//! (`cargo xtask kernel fetch debian:<series>`), and the static guest init
+//! (`KESTREL_INIT`, or where `cargo xtask` builds it). Without
+//! `KESTREL_REAL_KVM_TESTS=1` a test whose prerequisites are missing prints
+//! `skipped: …` and passes (plain `cargo test` on a software-KVM host);
+//! with it, a missing prerequisite is a failure (CI in the rig).
 //!
-//! Example (from the workspace root):
-//! build with `cargo test -p kestrel --release --test real_kernel --no-run`, then
-//! `cargo xtask rig -- env KESTREL_TEST_KERNEL=<vmlinuz> target/release/deps/real_kernel-<hash> --test-threads 1`
+//! In the rig, from the workspace root:
+//! `cargo test -p kestrel --release --test real_kernel --no-run`, then
+//! `cargo xtask rig -- env KESTREL_REAL_KVM_TESTS=1 <the test binary> --test-threads 1 --nocapture`
+//! (`--nocapture` shows the boot times).
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kestrel::doctor::{time_probe, KvmClass};
-use kestrel::verdict::Verdict;
-use kestrel::vm::{Boot, Config, Console, Outcome, Vm};
-use kestrel_initramfs::image::{concat, job_archive, BaseImage};
-use kestrel_initramfs::job::{Dest, Spec};
+use kestrel_kernels::{Cache, Fetch, Kernel, KernelSpec};
 
-/// Kernel and init, or why the tests cannot run here.
-fn setup() -> Result<(PathBuf, PathBuf), String> {
-    static SETUP: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
-    SETUP
+const KESTREL: &str = env!("CARGO_BIN_EXE_kestrel");
+/// 512 MiB in kB, and the lowest MemTotal within 10% of it.
+const MEM_512_KB: u64 = 512 * 1024;
+const MEM_512_MIN_KB: u64 = MEM_512_KB * 9 / 10 + 1;
+
+/// `--timeout` of every boot: a hung guest fails its test (exit 124)
+/// long before the rig's silence watchdog would end the whole run.
+const BOOT_LIMIT: &str = "60";
+
+/// Exit 3 when the guest sees CPUs 0-1 online, else print them and exit 10.
+const TWO_CPUS_THEN_EXIT_3: &str = "read o < /sys/devices/system/cpu/online; \
+     [ \"$o\" = 0-1 ] || { echo \"online=$o\"; exit 10; }; exit 3";
+
+// ---- prerequisites ----
+
+/// CI in the rig: a missing prerequisite fails instead of skipping.
+fn strict() -> bool {
+    std::env::var_os("KESTREL_REAL_KVM_TESTS").is_some_and(|v| v == "1")
+}
+
+/// `Some(value)`, or skip (print and `None`), or fail when [`strict`].
+fn require<T>(what: Result<T, String>) -> Option<T> {
+    match what {
+        Ok(v) => Some(v),
+        Err(why) if strict() => panic!("KESTREL_REAL_KVM_TESTS=1 but {why}"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// `kestrel doctor` says KVM runs at hardware speed (asked once).
+fn hardware_kvm() -> Result<(), String> {
+    static DOCTOR: OnceLock<Result<(), String>> = OnceLock::new();
+    DOCTOR
         .get_or_init(|| {
-            let kernel = std::env::var_os("KESTREL_TEST_KERNEL")
-                .map(PathBuf::from)
-                .ok_or("KESTREL_TEST_KERNEL is not set")?;
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let init = std::env::var_os("KESTREL_INIT")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    [
-                        "target/x86_64-unknown-linux-gnu/release/kestrel-init",
-                        "target/debug/kestrel-init",
-                    ]
-                    .iter()
-                    .map(|p| root.join(p))
-                    .find(|p| p.exists())
-                })
-                .ok_or(
-                    "no kestrel-init binary: build it (cargo xtask builds it) or set KESTREL_INIT",
-                )?;
-            let took = time_probe(1_000_000).map_err(|e| format!("no usable KVM: {e}"))?;
-            let rate = 1e6 / took.as_secs_f64().max(1e-9);
-            if KvmClass::from_rate(rate) != KvmClass::Hardware {
-                return Err("KVM here is software-emulated: run inside the nested rig".into());
+            let out = Command::new(KESTREL)
+                .arg("doctor")
+                .output()
+                .map_err(|e| format!("cannot run kestrel doctor: {e}"))?;
+            if out.status.code() == Some(0) {
+                return Ok(());
             }
-            Ok((kernel, init))
+            let text = String::from_utf8_lossy(&out.stdout);
+            let verdict = text.lines().last().unwrap_or("no report");
+            Err(format!(
+                "KVM is not hardware-speed here ({verdict}); run inside the nested rig"
+            ))
         })
         .clone()
 }
 
-/// Boots the test kernel with a job running `sh -c script`.
-fn boot(script: &str, cpus: u32, memory_mib: u64, timeout: Duration) -> Option<Outcome> {
-    let (kernel, init) = match setup() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return None;
-        }
-    };
-    let base = BaseImage {
-        init,
-        executables: vec!["/bin/sh".into(), "/bin/sleep".into()],
-        ..Default::default()
+/// The target dir this test's `kestrel` was built in.
+fn target_dir() -> PathBuf {
+    let exe = Path::new(KESTREL);
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// The static init where kestrel will look for it.
+fn init_present() -> Result<(), String> {
+    let init = std::env::var_os("KESTREL_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("x86_64-unknown-linux-gnu/release/kestrel-init"));
+    if init.is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the guest init {} is missing (cargo xtask builds it)",
+            init.display()
+        ))
     }
-    .build()
-    .expect("base image");
-    let spec = Spec {
-        argv: vec!["sh".into(), "-c".into(), script.into()],
-        env: vec!["PATH=/usr/bin:/bin".into()],
-        status: Some(Dest::Path("/dev/ttyS1".into())),
-        ..Default::default()
-    };
-    let initrd = concat(&base, &job_archive(&spec).expect("job archive"));
-    let dir = std::env::temp_dir().join(format!("kestrel-real-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "initrd-{:x}.cpio",
-        script.len() * 131 + cpus as usize
-    ));
-    std::fs::write(&path, &initrd).unwrap();
-    let config = Config {
-        boot: Boot::Kernel {
-            kernel,
-            initrd: Some(path),
-            append: String::new(),
-        },
-        cpus,
-        memory_mib,
-        timeout,
-        console: Console::Discard,
-    };
-    Some(Vm::try_from(config).expect("VM builds").run())
 }
 
-#[test]
-fn exit_status_comes_back() {
-    let Some(out) = boot("exit 0", 1, 512, Duration::from_secs(60)) else {
-        return;
-    };
-    assert_eq!(out.verdict, Verdict::Pass, "{:?}", out.console_tail);
-    let out = boot("exit 3", 1, 512, Duration::from_secs(60)).unwrap();
-    assert_eq!(out.verdict.exit_code(), 3, "{:?}", out.console_tail);
+/// A Debian kernel from the cache.
+fn cached(series: &str) -> Result<Kernel, String> {
+    let spec: KernelSpec = format!("debian:{series}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let cache = Cache::from_env().map_err(|e| e.to_string())?;
+    kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly).map_err(|e| e.to_string())
 }
 
-#[test]
-fn two_cpus_are_online() {
-    let script = "read o < /sys/devices/system/cpu/online; [ \"$o\" = 0-1 ] && exit 0; echo online=$o; exit 1";
-    let Some(out) = boot(script, 2, 512, Duration::from_secs(60)) else {
-        return;
-    };
-    assert_eq!(out.verdict, Verdict::Pass, "{:?}", out.console_tail);
+/// Everything a boot of `debian:<series>` needs, or skip/fail.
+fn prerequisites(series: &str) -> Option<Kernel> {
+    require(hardware_kvm())?;
+    require(init_present())?;
+    require(cached(series))
 }
 
-#[test]
-fn memtotal_is_within_ten_percent() {
-    // Exit 0 when MemTotal (kB) is at least 90% of 512 MiB.
-    let script = "while read k v u; do [ \"$k\" = MemTotal: ] && [ $v -ge 471859 ] && [ $v -le 524288 ] && exit 0; done < /proc/meminfo; exit 1";
-    let Some(out) = boot(script, 1, 512, Duration::from_secs(60)) else {
-        return;
-    };
-    assert_eq!(out.verdict, Verdict::Pass, "{:?}", out.console_tail);
+// ---- running kestrel ----
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stderr: String,
+    wall: Duration,
+    console: String,
 }
 
-#[test]
-fn a_hanging_guest_times_out() {
+impl Run {
+    /// `boot=` and `total=` of the verdict line, in ms.
+    fn times(&self) -> (Option<u64>, Option<u64>) {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("kestrel: verdict="))
+            .unwrap_or_default();
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        (field("boot="), field("total="))
+    }
+
+    /// Asserts the exit code, showing everything kestrel said otherwise.
+    fn expect(&self, code: i32, what: &str) {
+        assert_eq!(
+            self.code, code,
+            "{what}: kestrel exited {} (expected {code})\n--- stderr\n{}\n--- console\n{}",
+            self.code, self.stderr, self.console
+        );
+    }
+}
+
+/// `kestrel run --kernel <kernel> <args…>` with the console in a file.
+fn kestrel_run(kernel: &str, args: &[&str]) -> Run {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let console =
+        std::env::temp_dir().join(format!("kestrel-real-{}-{n}.console", std::process::id()));
     let started = Instant::now();
-    let Some(out) = boot("sleep 1000", 1, 256, Duration::from_secs(5)) else {
-        return;
+    let out = Command::new(KESTREL)
+        .args(["run", "--kernel", kernel, "--console"])
+        .arg(&console)
+        .args(args)
+        .output()
+        .expect("kestrel runs");
+    let wall = started.elapsed();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        wall,
+        console: std::fs::read_to_string(&console).unwrap_or_default(),
     };
-    assert_eq!(out.verdict.exit_code(), 124);
-    assert!(started.elapsed() < Duration::from_secs(7));
+    let _ = std::fs::remove_file(&console);
+    run
+}
+
+/// Boots `kernel` running `sh -c script`; prints the boot time.
+fn boot_sh(label: &str, kernel: &str, extra: &[&str], script: &str) -> Run {
+    let mut args = extra.to_vec();
+    args.extend([
+        "--timeout",
+        BOOT_LIMIT,
+        "--pack",
+        "sh",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let run = kestrel_run(kernel, &args);
+    let (boot, total) = run.times();
+    eprintln!(
+        "boot-time {label} {}: boot={} ms total={} ms wall={} ms exit={}",
+        extra.join(" "),
+        boot.map_or("-".into(), |b| b.to_string()),
+        total.map_or("-".into(), |t| t.to_string()),
+        run.wall.as_millis(),
+        run.code
+    );
+    run
+}
+
+/// The smoke boot every series gets: two CPUs online, exit 3 comes back.
+fn smoke(series: &str) {
+    if prerequisites(series).is_none() {
+        return;
+    }
+    let run = boot_sh(
+        series,
+        &format!("debian:{series}"),
+        &["--cpus", "2"],
+        TWO_CPUS_THEN_EXIT_3,
+    );
+    run.expect(3, &format!("debian:{series} --cpus 2, exit 3"));
+    assert!(run.stderr.contains("verdict=fail(3)"), "{}", run.stderr);
+}
+
+// ---- the tests ----
+
+#[test]
+fn debian_6_1() {
+    if prerequisites("6.1").is_none() {
+        return;
+    }
+    // One vCPU, 512 MiB: CPU 0 only, MemTotal within 10%, exit 0.
+    let script = format!(
+        "read o < /sys/devices/system/cpu/online; \
+         [ \"$o\" = 0 ] || {{ echo \"online=$o\"; exit 10; }}; \
+         while read k v u; do [ \"$k\" = MemTotal: ] && m=$v; done < /proc/meminfo; \
+         echo \"MemTotal=$m kB\"; \
+         [ \"$m\" -ge {MEM_512_MIN_KB} ] && [ \"$m\" -le {MEM_512_KB} ] || exit 11; exit 0"
+    );
+    let run = boot_sh(
+        "6.1",
+        "debian:6.1",
+        &["--cpus", "1", "--memory", "512"],
+        &script,
+    );
+    run.expect(0, "debian:6.1 --cpus 1 --memory 512");
+    assert!(run.stderr.contains("verdict=pass"), "{}", run.stderr);
+
+    // Two vCPUs: both online, exit 3.
+    let run = boot_sh("6.1", "debian:6.1", &["--cpus", "2"], TWO_CPUS_THEN_EXIT_3);
+    run.expect(3, "debian:6.1 --cpus 2, exit 3");
 }
 
 #[test]
-fn a_panic_is_reported_with_its_lines() {
-    let Some(out) = boot(
-        "echo c > /proc/sysrq-trigger; sleep 5",
-        1,
-        256,
-        Duration::from_secs(60),
-    ) else {
+fn debian_5_10() {
+    smoke("5.10");
+}
+
+#[test]
+fn debian_6_12() {
+    smoke("6.12");
+}
+
+#[test]
+fn debian_7_2() {
+    smoke("7.2");
+}
+
+/// The ELF vmlinux inside the cached 6.12 bzImage (zstd payload), booted
+/// through its PVH entry.
+#[test]
+fn pvh_vmlinux() {
+    let Some(kernel) = prerequisites("6.12") else {
         return;
     };
-    assert_eq!(out.verdict, Verdict::Panic);
-    assert_eq!(out.verdict.exit_code(), 255);
-    assert!(!out.console_tail.is_empty());
+    let Some(vmlinux) = require(vmlinux_of(&kernel)) else {
+        return;
+    };
+    let run = boot_sh(
+        "6.12-pvh",
+        vmlinux.to_str().unwrap(),
+        &[
+            "--cpus",
+            "2",
+            "--modules",
+            kernel.modules_dir.as_ref().unwrap().to_str().unwrap(),
+        ],
+        TWO_CPUS_THEN_EXIT_3,
+    );
+    run.expect(3, "6.12 ELF vmlinux through PVH, exit 3");
+}
+
+#[test]
+fn a_hanging_guest_times_out_with_124_within_7_s() {
+    if prerequisites("6.1").is_none() {
+        return;
+    }
+    let run = kestrel_run(
+        "debian:6.1",
+        &["--timeout", "5", "--pack", "sleep", "--", "sleep", "1000"],
+    );
+    run.expect(124, "--timeout 5 on sleep 1000");
+    assert!(run.stderr.contains("verdict=timeout"), "{}", run.stderr);
+    assert!(
+        run.wall < Duration::from_secs(7),
+        "exit 124 took {:?}, more than 7 s",
+        run.wall
+    );
+}
+
+#[test]
+fn a_guest_panic_is_255_with_the_panic_lines_on_stderr() {
+    if prerequisites("6.1").is_none() {
+        return;
+    }
+    let run = kestrel_run(
+        "debian:6.1",
+        &[
+            "--timeout",
+            BOOT_LIMIT,
+            "--pack",
+            "sh",
+            "--",
+            "sh",
+            "-c",
+            "echo c > /proc/sysrq-trigger; exit 0",
+        ],
+    );
+    run.expect(255, "sysrq c");
+    assert!(run.stderr.contains("verdict=panic"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Kernel panic - not syncing"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("sysrq"), "{}", run.stderr);
+}
+
+/// Needs nothing: every one of these fails before KVM is opened.
+#[test]
+fn bad_input_is_one_line_and_125() {
+    for (args, needle) in [
+        (
+            &["--kernel", "/etc/passwd"][..],
+            "/etc/passwd is not a kernel image",
+        ),
+        (
+            &["--kernel", "/no/such/vmlinuz"],
+            "kernel image /no/such/vmlinuz does not exist",
+        ),
+        (
+            &["--kernel", "debian:6.1", "--cpus", "0"],
+            "--cpus 0 is out of range: use 1 to 64",
+        ),
+        (
+            &["--kernel", "debian:6.1", "--memory", "1"],
+            "--memory 1 is out of range: use 32 to 65536 (MiB)",
+        ),
+    ] {
+        let out = Command::new(KESTREL)
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("kestrel: "), "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+// ---- the PVH kernel ----
+
+/// `kernel`'s ELF vmlinux, unpacked once into the target dir.
+fn vmlinux_of(kernel: &Kernel) -> Result<PathBuf, String> {
+    let out = target_dir()
+        .join("kestrel")
+        .join(format!("vmlinux-{}", kernel.release));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let bz = std::fs::read(&kernel.image).map_err(|e| format!("reading the bzImage: {e}"))?;
+    let elf = unpack_bzimage(&bz)?;
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::create_dir_all(out.parent().unwrap()).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, elf).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The payload of a bzImage (`payload_offset`/`payload_length` in the
+/// setup header, relative to the protected-mode code), zstd-decompressed.
+fn unpack_bzimage(bz: &[u8]) -> Result<Vec<u8>, String> {
+    let u32_at = |at: usize| {
+        bz.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+            .ok_or("truncated bzImage")
+    };
+    let setup_sects = match bz.get(0x1f1) {
+        Some(0) => 4,
+        Some(&n) => usize::from(n),
+        None => return Err("truncated bzImage".into()),
+    };
+    let start = (setup_sects + 1) * 512 + u32_at(0x248)?;
+    let payload = bz
+        .get(start..start + u32_at(0x24c)?)
+        .ok_or("bzImage payload out of bounds")?;
+    if !payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err("the bzImage payload is not zstd-compressed".into());
+    }
+    let mut elf = Vec::new();
+    ruzstd::decoding::StreamingDecoder::new(payload)
+        .map_err(|e| format!("zstd: {e}"))?
+        .read_to_end(&mut elf)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if !elf.starts_with(b"\x7fELF") {
+        return Err("the bzImage payload is not an ELF vmlinux".into());
+    }
+    Ok(elf)
 }

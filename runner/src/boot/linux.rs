@@ -121,6 +121,7 @@ pub(super) fn zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::{Initrd, KernelKind};
     use crate::layout::MIB;
     use crate::testutil::TempFile;
     use linux_loader::loader::bootparam::CAN_USE_HEAP;
@@ -190,12 +191,19 @@ mod tests {
     #[test]
     fn loads_a_synthetic_bzimage_end_to_end() {
         let image = fake_bzimage(header());
-        let initrd = TempFile::with(&[7u8; 10_000]);
+        // A base archive that does not end on 512 bytes, and a job archive:
+        // the job must start at the next multiple of 512.
+        let base = TempFile::with(&[7u8; 10_000]);
+        let initrd = Initrd::BaseAndJob {
+            base: base.0.clone(),
+            job: vec![8u8; 512],
+        };
         let memory = 256 * MIB;
         let mem = crate::memory::create(memory).unwrap();
         let spec = BootSpec {
             kernel: &image.0,
-            initrd: Some(&initrd.0),
+            kind: Some(KernelKind::BzImage),
+            initrd: Some(&initrd),
             cmdline: "console=ttyS0 quiet",
             memory_bytes: memory,
         };
@@ -210,12 +218,14 @@ mod tests {
         let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE)).unwrap();
         let hdr = p.hdr;
         let (addr, size) = (u64::from(hdr.ramdisk_image), u64::from(hdr.ramdisk_size));
-        assert_eq!(size, 10_000);
+        assert_eq!(size, 10_240 + 512);
         assert_eq!(addr % layout::PAGE_SIZE, 0);
         assert!(addr >= 0x300_0000 && addr + size <= memory);
-        let mut back = vec![0u8; 10_000];
+        let mut back = vec![0u8; 10_752];
         mem.read_slice(&mut back, GuestAddress(addr)).unwrap();
-        assert!(back.iter().all(|&b| b == 7));
+        assert!(back[..10_000].iter().all(|&b| b == 7));
+        assert!(back[10_000..10_240].iter().all(|&b| b == 0));
+        assert!(back[10_240..].iter().all(|&b| b == 8));
         let mut line = vec![0u8; 20];
         mem.read_slice(&mut line, GuestAddress(layout::CMDLINE))
             .unwrap();
@@ -234,6 +244,7 @@ mod tests {
         let mem = crate::memory::create(64 * MIB).unwrap();
         let spec = BootSpec {
             kernel: &image.0,
+            kind: None,
             initrd: None,
             cmdline: "",
             memory_bytes: 64 * MIB,
@@ -248,10 +259,12 @@ mod tests {
     fn initrd_that_cannot_fit_is_an_error() {
         let image = fake_bzimage(header());
         let initrd = TempFile::with(&vec![0u8; 40 << 20]);
+        let initrd = Initrd::File(initrd.0.clone());
         let mem = crate::memory::create(64 * MIB).unwrap();
         let spec = BootSpec {
             kernel: &image.0,
-            initrd: Some(&initrd.0),
+            kind: None,
+            initrd: Some(&initrd),
             cmdline: "",
             memory_bytes: 64 * MIB,
         };

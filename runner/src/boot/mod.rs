@@ -145,13 +145,55 @@ pub enum Entry {
     },
 }
 
+/// The initial ramdisk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Initrd {
+    /// A cpio file (possibly several concatenated), used as it is.
+    File(PathBuf),
+    /// kestrel's cached base archive followed by this run's job archive
+    /// (see [`crate::initrd`]); concatenated while loading, never on disk.
+    BaseAndJob {
+        /// The base archive.
+        base: PathBuf,
+        /// The job archive.
+        job: Vec<u8>,
+    },
+}
+
+impl Initrd {
+    /// The file that must be readable.
+    pub fn file(&self) -> &Path {
+        match self {
+            Initrd::File(path) | Initrd::BaseAndJob { base: path, .. } => path,
+        }
+    }
+
+    /// The bytes the guest gets.
+    pub fn read(&self) -> Result<Vec<u8>, BootError> {
+        let io = |source| BootError::InitrdIo {
+            path: self.file().to_owned(),
+            source,
+        };
+        match self {
+            Initrd::File(path) => std::fs::read(path).map_err(io),
+            Initrd::BaseAndJob { base, job } => Ok(kestrel_initramfs::image::concat(
+                &std::fs::read(base).map_err(io)?,
+                job,
+            )),
+        }
+    }
+}
+
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct BootSpec<'a> {
     /// Kernel image.
     pub kernel: &'a Path,
-    /// Initial ramdisk (cpio, possibly several concatenated).
-    pub initrd: Option<&'a Path>,
+    /// Its format when the caller already knows it (the kernel cache
+    /// checked it); `None`: recognised here by content.
+    pub kind: Option<KernelKind>,
+    /// Initial ramdisk.
+    pub initrd: Option<&'a Initrd>,
     /// Full command line (see [`cmdline::build`]).
     pub cmdline: &'a str,
     /// RAM size.
@@ -160,18 +202,15 @@ pub struct BootSpec<'a> {
 
 /// Loads kernel, initrd, command line and boot tables into `mem`.
 pub fn load(mem: &GuestMemory, spec: &BootSpec<'_>) -> Result<Entry, BootError> {
-    let kind = sniff(spec.kernel)?;
+    let kind = match spec.kind {
+        Some(kind) => kind,
+        None => sniff(spec.kernel)?,
+    };
     let mut kernel = File::open(spec.kernel).map_err(|source| BootError::KernelIo {
         path: spec.kernel.to_owned(),
         source,
     })?;
-    let initrd = match spec.initrd {
-        Some(path) => Some(std::fs::read(path).map_err(|source| BootError::InitrdIo {
-            path: path.to_owned(),
-            source,
-        })?),
-        None => None,
-    };
+    let initrd = spec.initrd.map(Initrd::read).transpose()?;
     gdt::write_tables(mem)?;
     gdt::write_page_tables(mem)?;
     match kind {

@@ -87,6 +87,7 @@ fn start_info(has_module: bool, memmap_entries: usize) -> hvm_start_info {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::{Initrd, KernelKind};
     use crate::layout::MIB;
     use crate::testutil::TempFile;
 
@@ -138,11 +139,13 @@ mod tests {
     fn pvh_start_info_describes_everything() {
         let kernel = fake_vmlinux(true);
         let initrd = TempFile::with(&[9u8; 5000]);
+        let initrd = Initrd::File(initrd.path().to_owned());
         let memory = 128 * MIB;
         let mem = crate::memory::create(memory).unwrap();
         let spec = BootSpec {
             kernel: kernel.path(),
-            initrd: Some(initrd.path()),
+            kind: Some(KernelKind::Elf),
+            initrd: Some(&initrd),
             cmdline: "console=ttyS0",
             memory_bytes: memory,
         };
@@ -180,6 +183,7 @@ mod tests {
         let mem = crate::memory::create(64 * MIB).unwrap();
         let spec = BootSpec {
             kernel: kernel.path(),
+            kind: None,
             initrd: None,
             cmdline: "",
             memory_bytes: 64 * MIB,
