@@ -50,9 +50,12 @@ struct Args {
     /// Most O_PATH handles kept open (default: a quarter of RLIMIT_NOFILE).
     #[arg(long)]
     max_open_inodes: Option<usize>,
-    /// Log each served opcode problem and vhost-user event on stderr.
+    /// Log problems with requests and the session on stderr.
     #[arg(long)]
     verbose: bool,
+    /// Print per-opcode request counts and times on stderr every N seconds.
+    #[arg(long, value_name = "SECS")]
+    stats: Option<u64>,
 }
 
 struct StderrLog(log::LevelFilter);
@@ -150,7 +153,23 @@ fn run(args: &Args) -> Result<()> {
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0) };
     let server = Server::new(&args.shared_dir, cfg).context("cannot serve the share")?;
-    let device = FsDevice::new(Arc::new(server), &args.tag, args.num_request_queues)?;
+    let server = Arc::new(server);
+    if let Some(secs) = args.stats {
+        let server = server.clone();
+        std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(secs.max(1)));
+                let line: Vec<String> = server
+                    .stats()
+                    .iter()
+                    .map(|s| format!("{}:{}/{}us", s.opcode, s.count, s.nanos / 1000))
+                    .collect();
+                eprintln!("virtiofs-lite stats {}", line.join(" "));
+            })
+            .context("cannot start the stats thread")?;
+    }
+    let device = FsDevice::new(server, &args.tag, args.num_request_queues)?;
     let mut listener = listener(args)?;
 
     let backend = VhostFsBackend::new(device);

@@ -13,8 +13,8 @@
 //!   do not implement answer `ENOSYS`; before INIT everything but INIT
 //!   answers `EIO`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::abi::{self, opcode as op, Decoder, Wire};
 use crate::fs::{Caller, Entry, FsConfig, PassthroughFs, SetAttr};
@@ -51,6 +51,25 @@ pub struct Server {
     fs: PassthroughFs,
     cfg: ServerConfig,
     initialized: AtomicBool,
+    stats: Stats,
+}
+
+/// Requests served and time spent, per opcode (opcodes past 63 share slot 0).
+#[derive(Debug)]
+struct Stats {
+    count: [AtomicU64; 64],
+    nanos: [AtomicU64; 64],
+}
+
+/// One line of [`Server::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpStats {
+    /// FUSE opcode.
+    pub opcode: u32,
+    /// Requests handled.
+    pub count: u64,
+    /// Time spent handling them, in nanoseconds.
+    pub nanos: u64,
 }
 
 /// Size of the FUSE header that starts every request.
@@ -163,6 +182,10 @@ impl Server {
             fs,
             cfg,
             initialized: AtomicBool::new(false),
+            stats: Stats {
+                count: std::array::from_fn(|_| AtomicU64::new(0)),
+                nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+            },
         })
     }
 
@@ -171,11 +194,37 @@ impl Server {
         &self.fs
     }
 
+    /// Requests served so far, per opcode (only opcodes seen).
+    pub fn stats(&self) -> Vec<OpStats> {
+        (0..64)
+            .filter_map(|op| {
+                let count = self.stats.count[op].load(Ordering::Relaxed);
+                (count > 0).then(|| OpStats {
+                    opcode: op as u32,
+                    count,
+                    nanos: self.stats.nanos[op].load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
     /// Handles one request. `room` is how many bytes the reply may take.
     /// Returns the reply bytes (out header included), or `None` when the
     /// request gets no reply (FORGET, BATCH_FORGET, INTERRUPT, or a
     /// request too short to carry a header).
     pub fn handle(&self, req: &[u8], room: usize) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        let reply = self.handle_inner(req, room);
+        if let Some(h) = abi::InHeader::from_bytes(req) {
+            let slot = if h.opcode < 64 { h.opcode as usize } else { 0 };
+            self.stats.count[slot].fetch_add(1, Ordering::Relaxed);
+            let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.stats.nanos[slot].fetch_add(ns, Ordering::Relaxed);
+        }
+        reply
+    }
+
+    fn handle_inner(&self, req: &[u8], room: usize) -> Option<Vec<u8>> {
         let h = abi::InHeader::from_bytes(req)?;
         if matches!(h.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) {
             // No reply is expected; a malformed one is simply dropped.

@@ -763,6 +763,13 @@ fn protocol_edges_get_error_replies_not_panics() {
         .unwrap();
     assert_eq!(parse_reply(&r, 4).0, 0, "a 16-byte init_in is fine");
 
+    let inits = server
+        .stats()
+        .iter()
+        .find(|s| s.opcode == op::INIT)
+        .unwrap()
+        .count;
+    assert_eq!(inits, 3, "per-opcode statistics count requests");
     // Shorter than a header: nothing to answer.
     assert!(server.handle(&[0u8; 39], ROOM).is_none());
     assert!(server.handle(&[], ROOM).is_none());
