@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kestrel_initramfs::job::{Dest, Spec, Status};
 
+use crate::bench_fs;
 use crate::guest::{self, BaseSpec};
 use crate::qemu::{Accel, Guest, Machine};
 use crate::rig::{self, RigArgs, RigExit};
@@ -24,6 +25,8 @@ use crate::tools;
 pub enum BenchCmd {
     /// Boot to power-off: kestrel vs QEMU microvm vs QEMU pc.
     Boot(BootArgs),
+    /// Host tree reads from the guest: kestrel vs QEMU with virtiofsd / virtiofs-lite.
+    Fs(bench_fs::FsArgs),
 }
 
 /// `cargo xtask bench boot` arguments.
@@ -48,7 +51,28 @@ const MEMORY_MIB: u32 = 512;
 pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Boot(args) => boot(args),
+        BenchCmd::Fs(args) => bench_fs::run(args),
     }
+}
+
+/// Runs `xtask ARGS…` inside the rig (the bench asked for `--here` there).
+pub fn in_rig(args: Vec<String>) -> Result<()> {
+    tools::step("bench: this host's KVM is not hardware-backed; running the bench in the rig");
+    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+    let mut cmd = vec![xtask.to_string_lossy().into_owned()];
+    cmd.extend(args);
+    let exit = rig::run(&RigArgs {
+        cpus: 2,
+        memory: 4096,
+        timeout: 3600,
+        silence: 900,
+        console: false,
+        cmd,
+    })?;
+    if exit != RigExit::Command(0) {
+        bail!("the bench in the rig failed ({exit:?})");
+    }
+    Ok(())
 }
 
 fn boot(args: &BootArgs) -> Result<()> {
@@ -64,34 +88,15 @@ fn boot(args: &BootArgs) -> Result<()> {
         executables: &[PathBuf::from("/bin/true")],
     })?;
     if !args.here && !guest::hardware_kvm(&kestrel) {
-        tools::step("bench: this host's KVM is not hardware-backed; running the bench in the rig");
-        let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
-        let runs = args.runs.to_string();
-        let cmd = [
-            xtask.to_string_lossy().as_ref(),
-            "bench",
-            "boot",
-            "--here",
-            "--kernel",
-            &args.kernel,
-            "--runs",
-            &runs,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let exit = rig::run(&RigArgs {
-            cpus: 2,
-            memory: 4096,
-            timeout: 1800,
-            silence: 600,
-            console: false,
-            cmd,
-        })?;
-        if exit != RigExit::Command(0) {
-            bail!("the bench in the rig failed ({exit:?})");
-        }
-        return Ok(());
+        return in_rig(vec![
+            "bench".into(),
+            "boot".into(),
+            "--here".into(),
+            "--kernel".into(),
+            args.kernel.clone(),
+            "--runs".into(),
+            args.runs.to_string(),
+        ]);
     }
 
     let qemu = tools::ensure_qemu()?;

@@ -117,24 +117,32 @@ pub fn initrd_with_job(base: &Path, spec: &Spec, out: &Path) -> Result<()> {
 
 /// Builds `kestrel` (release) on the host; inside the rig, uses that build.
 pub fn build_kestrel() -> Result<PathBuf> {
-    let kestrel = paths::target_dir().join("release").join("kestrel");
+    build_release_bin("kestrel", "kestrel")
+}
+
+/// Builds a workspace binary in release mode on the host and returns its
+/// path; inside the rig nothing is built (L1 uses the host's build).
+pub fn build_release_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    let path = paths::target_dir().join("release").join(bin);
     if std::env::var_os("KESTREL_RIG").is_none() {
-        tools::step("building kestrel (release)");
+        tools::step(format!("building {bin} (release)"));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         tools::run(Command::new(cargo).current_dir(paths::workspace()).args([
             "build",
             "--quiet",
             "--release",
             "--package",
-            "kestrel",
+            package,
+            "--bin",
+            bin,
         ]))?;
     }
     anyhow::ensure!(
-        kestrel.is_file(),
+        path.is_file(),
         "{} is missing: build it on the host first",
-        kestrel.display()
+        path.display()
     );
-    Ok(kestrel)
+    Ok(path)
 }
 
 /// `kestrel doctor` exits 0 when KVM runs guests at hardware speed.

@@ -5,6 +5,7 @@
 //! stderr, never a backtrace.
 
 mod bench;
+mod bench_fs;
 mod ci;
 mod guest;
 mod kernel;

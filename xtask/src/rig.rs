@@ -16,8 +16,6 @@
 //! - A frozen L1 (no output for `--silence` seconds) is killed and reported
 //!   as a rig failure, not as CMD's verdict.
 
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -94,6 +92,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         );
     }
     let qemu = tools::ensure_qemu()?;
+    let fs_server_bin = guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?;
     let kernel = guest::kernel(L1_KERNEL)?;
     let base = guest::base_initramfs(&BaseSpec {
         name: "rig-l1",
@@ -125,7 +124,11 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
     guest::initrd_with_job(&base, &spec, &initrd)?;
 
     let fs_socket = run_dir.path().join("fs.sock");
-    let mut virtiofsd = start_virtiofsd(&fs_socket, &run_dir.path().join("virtiofsd.log"))?;
+    let mut fs_server = start_fs_server(
+        &fs_server_bin,
+        &fs_socket,
+        &run_dir.path().join("virtiofs-lite.log"),
+    )?;
     let l1 = Guest {
         accel: Accel::Tcg,
         machine: Machine::Pc,
@@ -153,8 +156,8 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         args.cmd.join(" ")
     ));
     let outcome = l1.run(&qemu);
-    let _ = virtiofsd.kill();
-    let _ = virtiofsd.wait();
+    let _ = fs_server.kill();
+    let _ = fs_server.wait();
     let outcome = outcome?;
 
     let exit = match &outcome.status {
@@ -231,50 +234,16 @@ fn rig_env() -> Vec<String> {
     env
 }
 
-/// Starts Debian's virtiofsd on a socket we already listen on, so QEMU can
-/// connect at once (no start-up race, virtme-ng #418).
-fn start_virtiofsd(socket: &Path, log: &Path) -> Result<Child> {
-    use std::os::fd::AsRawFd;
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("could not listen on {}", socket.display()))?;
-    let fd = listener.as_raw_fd();
-    let log = std::fs::File::create(log).context("could not create the virtiofsd log")?;
-    let use_lite = std::env::var_os("RIG_FS_LITE").is_some();
-    let mut cmd = if use_lite {
-        let mut c = Command::new(paths::workspace().join("target/release/virtiofs-lite"));
-        c.arg(format!("--fd={fd}"))
-            .args(["--shared-dir", "/", "--writable"]);
-        c
-    } else {
-        let mut c = Command::new(tools::VIRTIOFSD);
-        c.arg(format!("--fd={fd}")).args([
-            "-o",
-            "source=/",
-            "-o",
-            "sandbox=chroot",
-            "-o",
-            "cache=auto",
-        ]);
-        c
-    };
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls fcntl, which is async-signal-safe; it clears FD_CLOEXEC on the
-    // listening socket so virtiofsd inherits it under the same number.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("could not start {}", tools::VIRTIOFSD))?;
-    // The child owns its copy now; ours closes when `listener` drops.
-    drop(listener);
-    Ok(child)
+/// Starts our virtio-fs server sharing the host's `/` (writable: L1's
+/// init mounts it read-only and binds only the writable paths).
+fn start_fs_server(server: &Path, socket: &Path, log: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log).context("could not create the virtio-fs server log")?;
+    let mut cmd = Command::new(server);
+    cmd.args(["--shared-dir", "/", "--writable", "--tag", ROOT_TAG])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    tools::spawn_on_socket(cmd, socket)
 }
 
 #[cfg(test)]

@@ -3,15 +3,18 @@
 //! Invariant: a missing tool is installed through apt only when we are root;
 //! otherwise the user gets one sentence naming the package to install.
 
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 /// The QEMU binary for x86-64 guests.
 pub const QEMU: &str = "qemu-system-x86_64";
-/// Where Debian's qemu-system-common ships the C virtiofsd.
+/// Where Debian's qemu-system-common ships the C virtiofsd (the benches
+/// compare our server with it).
 pub const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 /// The Debian package that brings both.
 const QEMU_PACKAGE: &str = "qemu-system-x86";
@@ -41,22 +44,20 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Makes sure QEMU and virtiofsd are installed, installing them with apt
+/// Makes sure QEMU is installed, installing it with apt
 /// when we are root. Returns the QEMU binary.
 pub fn ensure_qemu() -> Result<PathBuf> {
     if let Some(qemu) = which(QEMU) {
-        if Path::new(VIRTIOFSD).exists() {
-            return Ok(qemu);
-        }
+        return Ok(qemu);
     }
     if !is_root() {
         bail!(
-            "{QEMU} or {VIRTIOFSD} is missing: install Debian's `{QEMU_PACKAGE}` package \
+            "{QEMU} is missing: install Debian's `{QEMU_PACKAGE}` package \
              (sudo apt-get install {QEMU_PACKAGE}) and run this again"
         );
     }
     if which("apt-get").is_none() {
-        bail!("{QEMU} is missing and there is no apt-get here: install QEMU for x86-64 (with virtiofsd) by hand");
+        bail!("{QEMU} is missing and there is no apt-get here: install QEMU for x86-64 by hand");
     }
     apt_install(&[QEMU_PACKAGE])?;
     which(QEMU).with_context(|| format!("{QEMU} is still missing after installing {QEMU_PACKAGE}"))
@@ -107,4 +108,32 @@ pub fn describe(cmd: &Command) -> String {
         s.push_str(&arg.to_string_lossy());
     }
     s
+}
+
+/// Listens on `socket`, then starts `cmd` with `--fd=N` naming the listening
+/// socket it inherits. The socket exists before the server runs, so a
+/// client started right after cannot race it (virtme-ng #418).
+pub fn spawn_on_socket(mut cmd: Command, socket: &Path) -> Result<Child> {
+    use std::os::fd::AsRawFd;
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("could not listen on {}", socket.display()))?;
+    let fd = listener.as_raw_fd();
+    cmd.arg(format!("--fd={fd}"));
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls fcntl, which is async-signal-safe; it clears FD_CLOEXEC on the
+    // listening socket so the server inherits it under the same number.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {}", describe(&cmd)))?;
+    // The child has its own copy now; ours closes here.
+    drop(listener);
+    Ok(child)
 }
