@@ -5,7 +5,10 @@
 //! 3. unit tests (`cargo test --workspace`), with the real 6.1 modules
 //!    tree for the module-resolution test;
 //! 4. guest boots under QEMU TCG (no KVM needed): 6.1 and 7.2;
-//! 5. the nested rig: real KVM in L1, QEMU-KVM boots an L2 there.
+//! 5. the nested rig: `/dev/kvm` and the exit status through the rig, then
+//!    one L1 boot for the whole real-KVM tier: QEMU-KVM boots L2 guests
+//!    there, and the runner's real-kernel test binaries (built here, in
+//!    release mode) boot every Debian series under kestrel.
 //!
 //! Every step prints its wall time; the summary at the end repeats them.
 
@@ -50,10 +53,11 @@ pub fn run() -> Result<()> {
         ])
     })?;
     let mut modules_dir = None;
-    timed("kernels (debian:6.1, debian:7.2)", &mut || {
-        let k61 = guest::kernel("debian:6.1")?;
-        guest::kernel("debian:7.2")?;
-        modules_dir = k61.modules_dir.clone();
+    timed("kernels (debian:5.10, 6.1, 6.12, 7.2)", &mut || {
+        for spec in ["debian:5.10", "debian:6.12", "debian:7.2"] {
+            guest::kernel(spec)?;
+        }
+        modules_dir = guest::kernel("debian:6.1")?.modules_dir;
         Ok(())
     })?;
     timed("unit tests", &mut || {
@@ -80,19 +84,28 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })?;
-    timed("rig: QEMU-KVM boots in L1", &mut || {
+    timed("rig: the real-KVM tier (one L1 boot)", &mut || {
+        let k61 = guest::kernel("debian:6.1")?;
+        let mut script = format!(
+            "rc=0\nexport KESTREL_TEST_KERNEL={}\n",
+            shell_quote(&k61.image.to_string_lossy())
+        );
         let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
-        let xtask = xtask.to_string_lossy().into_owned();
-        let code = in_rig(&[
-            &xtask,
-            "selftest",
-            "--accel",
-            "kvm",
-            "--kernel",
-            "debian:6.1",
-        ])?;
+        script.push_str(&format!(
+            "{} selftest --accel kvm --kernel debian:6.1 || rc=1\n",
+            shell_quote(&xtask.to_string_lossy())
+        ));
+        for bin in rig_test_binaries()? {
+            script.push_str(&format!(
+                "echo '==> {}'; KESTREL_REAL_KVM_TESTS=1 {} --test-threads 1 || rc=1\n",
+                bin.display(),
+                shell_quote(&bin.to_string_lossy())
+            ));
+        }
+        script.push_str("exit $rc\n");
+        let code = in_rig(&["sh", "-c", &script])?;
         if code != 0 {
-            bail!("the KVM guest checks in the rig failed (exit {code})");
+            bail!("the real-KVM tier failed in the rig (exit {code}): see above");
         }
         Ok(())
     })?;
@@ -127,6 +140,57 @@ fn in_rig(cmd: &[&str]) -> Result<i32> {
         }
     }
     bail!("the rig failed twice in a row: see the L1 kernel log above")
+}
+
+/// Integration tests that need hardware-speed KVM: (package, test target).
+/// They run inside the rig with `KESTREL_REAL_KVM_TESTS=1`, where a missing
+/// prerequisite is a failure, not a skip.
+const RIG_TESTS: &[(&str, &str)] = &[("kestrel", "real_kernel"), ("kestrel", "virtio_console")];
+
+/// Builds the rig tests (release) and returns their executables.
+fn rig_test_binaries() -> Result<Vec<std::path::PathBuf>> {
+    let mut cmd = cargo_cmd(&[
+        "test",
+        "--release",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for (package, test) in RIG_TESTS {
+        cmd.args(["--package", package, "--test", test]);
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not run cargo")?;
+    if !out.status.success() {
+        bail!("building the rig tests failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = msg["target"]["name"].as_str().unwrap_or_default();
+        let is_test = msg["profile"]["test"].as_bool().unwrap_or(false);
+        if let (true, Some(exe)) = (is_test, msg["executable"].as_str()) {
+            if RIG_TESTS.iter().any(|(_, t)| *t == name) {
+                bins.push(std::path::PathBuf::from(exe));
+            }
+        }
+    }
+    if bins.len() != RIG_TESTS.len() {
+        bail!(
+            "expected {} rig test binaries from cargo, found {}",
+            RIG_TESTS.len(),
+            bins.len()
+        );
+    }
+    Ok(bins)
+}
+
+/// Quotes a word for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn cargo_cmd(args: &[&str]) -> Command {
