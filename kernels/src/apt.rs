@@ -25,9 +25,9 @@ const META_PACKAGE: &str = "linux-image-cloud-amd64";
 const FLAVOUR_SUFFIX: &str = "-cloud-amd64";
 /// Guards the dependency walk against a runaway graph.
 const MAX_PACKAGES: usize = 16;
-const ETC_APT: &str = "/etc/apt";
+pub(crate) const ETC_APT: &str = "/etc/apt";
 
-fn progress(msg: impl std::fmt::Display) {
+pub(crate) fn progress(msg: impl std::fmt::Display) {
     eprintln!("kernel: {msg}");
 }
 
@@ -150,14 +150,14 @@ fn fill_staging(
 
 /// The external programs a fetch needs.
 #[derive(Debug, Clone)]
-struct Tools {
+pub(crate) struct Tools {
     apt_get: PathBuf,
     apt_cache: PathBuf,
     dpkg_deb: PathBuf,
 }
 
 impl Tools {
-    fn find() -> Result<Tools> {
+    pub(crate) fn find() -> Result<Tools> {
         let find = |tool: &'static str| find_in_path(tool).ok_or(Error::AptMissing { tool });
         Ok(Tools {
             apt_get: find("apt-get")?,
@@ -175,16 +175,16 @@ fn find_in_path(tool: &str) -> Option<PathBuf> {
 }
 
 /// apt pointed at one suite of the system's mirror, with private state.
-struct PrivateApt {
+pub(crate) struct PrivateApt {
     tools: Tools,
     dir: PathBuf,
     suite: &'static str,
     /// The mirror URIs, space-separated, for messages and the manifest.
-    uris: String,
+    pub(crate) uris: String,
 }
 
 impl PrivateApt {
-    fn create(
+    pub(crate) fn create(
         cache: &Cache,
         suite: &'static str,
         mirrors: &[Mirror],
@@ -239,7 +239,7 @@ impl PrivateApt {
         c
     }
 
-    fn update(&self) -> Result<()> {
+    pub(crate) fn update(&self) -> Result<()> {
         let mut cmd = self.command(&self.tools.apt_get);
         cmd.args(["-q", "update"]);
         let out = output(&mut cmd, "apt-get update")?;
@@ -271,7 +271,7 @@ impl PrivateApt {
     }
 
     /// The candidate stanza of one package, or `None` if the index lacks it.
-    fn show(&self, package: &str) -> Result<Option<Stanza>> {
+    pub(crate) fn show(&self, package: &str) -> Result<Option<Stanza>> {
         let mut cmd = self.command(&self.tools.apt_cache);
         cmd.args(["show", "--no-all-versions", package]);
         let out = output(&mut cmd, "apt-cache show")?;
@@ -312,7 +312,7 @@ impl PrivateApt {
         Ok(out)
     }
 
-    fn download(&self, packages: &[PackageRef], into: &Path) -> Result<()> {
+    pub(crate) fn download(&self, packages: &[PackageRef], into: &Path) -> Result<()> {
         let mut cmd = self.command(&self.tools.apt_get);
         cmd.args(["-q", "download"])
             .args(packages.iter().map(|p| format!("{}={}", p.name, p.version)))
@@ -324,7 +324,7 @@ impl PrivateApt {
         Ok(())
     }
 
-    fn unpack(&self, deb: &Path, root: &Path) -> Result<()> {
+    pub(crate) fn unpack(&self, deb: &Path, root: &Path) -> Result<()> {
         let mut cmd = Command::new(&self.tools.dpkg_deb);
         cmd.arg("-x").arg(deb).arg(root).stdin(Stdio::null());
         let out = output(&mut cmd, "dpkg-deb -x")?;
@@ -335,12 +335,12 @@ impl PrivateApt {
     }
 }
 
-fn output(cmd: &mut Command, label: &str) -> Result<Output> {
+pub(crate) fn output(cmd: &mut Command, label: &str) -> Result<Output> {
     cmd.output().map_err(|e| Error::io("run", label, e))
 }
 
 /// The `E:`/`W:` lines of a failed apt run (else its last lines).
-fn apt_failed(command: &str, out: &Output) -> Error {
+pub(crate) fn apt_failed(command: &str, out: &Output) -> Error {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut lines: Vec<&str> = stderr
         .lines()
@@ -359,9 +359,9 @@ fn apt_failed(command: &str, out: &Output) -> Error {
 
 /// The fields of an `apt-cache show` stanza that a fetch uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stanza {
-    version: String,
-    size: u64,
+pub(crate) struct Stanza {
+    pub(crate) version: String,
+    pub(crate) size: u64,
     /// `Depends` and `Pre-Depends`: groups of alternatives, names only.
     depends: Vec<Vec<String>>,
 }
@@ -393,6 +393,11 @@ impl Stanza {
         })
     }
 
+    /// Every package named in `Depends`/`Pre-Depends`, alternatives included.
+    pub(crate) fn dependency_names(&self) -> impl Iterator<Item = &str> {
+        self.depends.iter().flatten().map(String::as_str)
+    }
+
     /// Dependencies of the same kernel flavour (not `kmod`, `linux-base`,
     /// initramfs tools): any alternative named `linux-*-cloud-amd64`.
     fn flavour_deps(&self) -> Vec<String> {
@@ -420,7 +425,7 @@ fn parse_depends(value: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     let Ok(read) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -443,7 +448,7 @@ pub(crate) fn human(bytes: u64) -> String {
 }
 
 /// `2026-11-01T10:00:00Z`.
-fn rfc3339_utc(t: SystemTime) -> String {
+pub(crate) fn rfc3339_utc(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -129,44 +129,58 @@ impl Cache {
     /// Takes the per-series fetch lock; a lock left by a dead process is
     /// taken over.
     pub(crate) fn lock(&self, series: Series) -> Result<SeriesLock> {
-        let kernels = self.kernels_dir();
-        std::fs::create_dir_all(&kernels).map_err(|e| Error::io("create", &kernels, e))?;
-        let path = kernels.join(format!("{LOCK_PREFIX}{}", entry_name(series)));
-        for _ in 0..2 {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path);
-            match file {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(std::process::id().to_string().as_bytes())
-                        .map_err(|e| Error::io("write", &path, e))?;
-                    return Ok(SeriesLock { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                    let pid = pid.trim();
-                    let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
-                    if alive {
-                        return Err(Error::Busy {
-                            what: format!("debian:{series}"),
-                            pid: pid.to_owned(),
-                            lock: path,
-                        });
-                    }
-                    // Stale (or still being written: the retry will tell).
-                    let _ = std::fs::remove_file(&path);
-                }
-                Err(e) => return Err(Error::io("create", &path, e)),
-            }
-        }
-        Err(Error::Busy {
-            what: format!("debian:{series}"),
-            pid: "unknown".into(),
-            lock: path,
-        })
+        lock_in(
+            &self.kernels_dir(),
+            &entry_name(series),
+            &format!("debian:{series}"),
+        )
     }
+
+    /// Where unpacked kernel sources live (`kernel source`).
+    pub fn sources_dir(&self) -> PathBuf {
+        self.root.join("sources")
+    }
+}
+
+/// Takes the lock `<dir>/.lock-<name>` (`what` names it in messages); a
+/// lock left by a dead process is taken over.
+pub(crate) fn lock_in(dir: &Path, name: &str, what: &str) -> Result<SeriesLock> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let path = dir.join(format!("{LOCK_PREFIX}{name}"));
+    for _ in 0..2 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        match file {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(std::process::id().to_string().as_bytes())
+                    .map_err(|e| Error::io("write", &path, e))?;
+                return Ok(SeriesLock { path });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                let pid = pid.trim();
+                let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+                if alive {
+                    return Err(Error::Busy {
+                        what: what.to_owned(),
+                        pid: pid.to_owned(),
+                        lock: path,
+                    });
+                }
+                // Stale (or still being written: the retry will tell).
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => return Err(Error::io("create", &path, e)),
+        }
+    }
+    Err(Error::Busy {
+        what: what.to_owned(),
+        pid: "unknown".into(),
+        lock: path,
+    })
 }
 
 fn entry_name(series: Series) -> String {
@@ -193,7 +207,7 @@ pub(crate) fn remove_dir_all(path: &Path) -> Result<()> {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     f.write_all(bytes)
@@ -333,13 +347,13 @@ fn relative(value: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-fn unescape(quoted: &str) -> Option<String> {
+pub(crate) fn unescape(quoted: &str) -> Option<String> {
     let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();

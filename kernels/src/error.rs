@@ -89,6 +89,23 @@ pub enum Error {
     #[error("the packages fetched for {spec} hold no usable kernel ({reason}); report this with the package names")]
     LayoutUnrecognised { spec: String, reason: String },
 
+    #[error("the {package} package from {suite} does not hold a usable kernel source tree ({reason}); report this with the package version")]
+    SourceUnrecognised {
+        package: String,
+        suite: String,
+        reason: String,
+    },
+
+    #[error("source entry {dir} is damaged ({reason}); delete it and run `cargo xtask kernel source` again")]
+    BadSourceEntry { dir: PathBuf, reason: String },
+
+    #[error("`{command}` failed ({status}): {detail}")]
+    ToolFailed {
+        command: String,
+        status: String,
+        detail: String,
+    },
+
     #[error(
         "another fetch of {what} is running (pid {pid}); wait for it to finish, or delete {lock} if that process is gone"
     )]

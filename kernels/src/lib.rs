@@ -6,12 +6,20 @@
 //! Debian kernels live in the [`Cache`]; only a caller that passes
 //! [`Fetch::Allowed`] lets a missing one be downloaded through apt (the
 //! runner reads the cache only and names the xtask command to run).
+//!
+//! For self-built kernels: [`source`] fetches and unpacks Debian's kernel
+//! source into the cache, [`kconfig`] checks a merged configuration against
+//! its fragments and explains what Kconfig dropped, [`build`] is the record
+//! a build leaves next to its output (`build:DIR` reads that directory).
 
 mod apt;
+pub mod build;
 pub mod cache;
 mod error;
 pub mod image;
+pub mod kconfig;
 pub mod layout;
+pub mod source;
 pub mod sources;
 pub mod spec;
 

@@ -1,4 +1,5 @@
-//! `cargo xtask kernel …`: fetch Debian kernels into the cache, list it.
+//! `cargo xtask kernel …`: fetch Debian kernels into the cache, list it;
+//! `source` and `build` are in `kbuild.rs`.
 //!
 //! `fetch` prints only the image path on stdout (progress goes to stderr),
 //! so `$(cargo xtask kernel fetch debian:6.1)` is usable in scripts.
@@ -13,6 +14,12 @@ pub enum KernelCmd {
     Fetch { spec: String },
     /// Show the cached kernels.
     List,
+    /// Fetch Debian's kernel source (debian:<series>) into the cache and
+    /// print the tree's path.
+    Source { spec: String },
+    /// Build a kernel out of tree with Kestrel's configuration and print
+    /// the bzImage path (boot it with --kernel build:OUT).
+    Build(crate::kbuild::BuildArgs),
 }
 
 pub fn run(cmd: KernelCmd) -> Result<()> {
@@ -20,6 +27,8 @@ pub fn run(cmd: KernelCmd) -> Result<()> {
     match cmd {
         KernelCmd::Fetch { spec } => fetch(&cache, &spec),
         KernelCmd::List => list(&cache),
+        KernelCmd::Source { spec } => crate::kbuild::run_source(&spec),
+        KernelCmd::Build(args) => crate::kbuild::run_build(&args),
     }
 }
 

@@ -6,8 +6,10 @@
 
 mod bench;
 mod bench_fs;
+mod bisect;
 mod ci;
 mod guest;
+mod kbuild;
 mod kernel;
 mod paths;
 mod qemu;
@@ -43,6 +45,16 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Guest boot checks with QEMU (used by `test` and `ci`).
     Selftest(selftest::SelftestArgs),
+    /// Find the commit (or kernel) where a scenario starts failing.
+    Bisect(bisect::BisectArgs),
+    /// The bisect acceptance test on a git fixture made from Debian's 6.1 source.
+    BisectFixture,
+    /// One `git bisect run` step: build HEAD, boot, exit 0/1/125 (internal).
+    #[command(hide = true)]
+    BisectStep(bisect::StepArgs),
+    /// One scenario boot for a bisection, where KVM boots kernels (internal).
+    #[command(hide = true)]
+    BisectBoot(bisect::BootArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +66,10 @@ fn main() -> ExitCode {
         Cmd::Rig(args) => rig::run(&args).map(rig::RigExit::code),
         Cmd::Bench(cmd) => bench::run(&cmd).map(|()| 0),
         Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
+        Cmd::Bisect(args) => bisect::run(&args).map(|_| 0),
+        Cmd::BisectFixture => bisect::fixture::run().map(|()| 0),
+        Cmd::BisectStep(args) => Ok(bisect::run_step(&args)),
+        Cmd::BisectBoot(args) => bisect::run_boot(&args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
