@@ -361,6 +361,23 @@ impl Kconfig {
     }
 }
 
+/// Every file `make <base>config` + `olddefconfig` reads for x86: the
+/// Kconfig files, the kconfig tool's sources, the top and x86 Makefiles
+/// and the stock fragments and defconfigs. Their sizes and mtimes key the
+/// configuration stamp of a build.
+pub fn config_inputs(src: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    kconfig_files(src, src, &mut files);
+    for dir in ["scripts/kconfig", "kernel/configs", "arch/x86/configs"] {
+        if let Ok(read) = std::fs::read_dir(src.join(dir)) {
+            files.extend(read.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+    }
+    files.extend(["Makefile", "arch/x86/Makefile"].map(|f| src.join(f)));
+    files.sort();
+    files
+}
+
 /// Kconfig files under `dir`, skipping `.git`, `Documentation`, `tools` and
 /// every architecture but x86.
 fn kconfig_files(src: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
@@ -374,11 +391,8 @@ fn kconfig_files(src: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_dir() {
             let rel = path.strip_prefix(src).unwrap_or(&path);
-            let skip =
-                matches!(
-                    rel.to_str(),
-                    Some(".git" | "Documentation" | "tools" | "scripts" | "samples")
-                ) || (rel.starts_with("arch") && rel.components().count() == 2 && name != "x86");
+            let skip = matches!(rel.to_str(), Some(".git" | "Documentation" | "tools"))
+                || (rel.starts_with("arch") && rel.components().count() == 2 && name != "x86");
             if !skip {
                 kconfig_files(src, &path, out);
             }

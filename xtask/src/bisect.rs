@@ -1273,7 +1273,7 @@ pub mod fixture {
     //! by rename) with ten commits on branch `fixture` over the tag
     //! `fixture-base`: harmless ones, one that does not compile (then its
     //! fix), and exactly one guest-visible regression (`/proc/version`
-    //! says "Linux kernel version"). `cargo xtask bisect` must name the
+    //! names the system "Linux-fixture"). `cargo xtask bisect` must name the
     //! regression, skip the broken commit, and leave the repository on
     //! `fixture` with a clean status; bad input must fail with one line and
     //! leave it untouched. The repository and its build directory are kept
@@ -1284,7 +1284,7 @@ pub mod fixture {
     const BRANCH: &str = "fixture";
     const BASE_TAG: &str = "fixture-base";
     /// Subject of the regressing commit.
-    pub const REGRESSION: &str = "fixture: /proc/version says \"Linux kernel version\"";
+    pub const REGRESSION: &str = "fixture: /proc/version names the system Linux-fixture";
     const BROKEN: &str = "fixture: uptime does not compile";
 
     /// One commit: subject, file, text replaced, replacement.
@@ -1332,8 +1332,8 @@ pub mod fixture {
         (
             REGRESSION,
             "fs/proc/version.c",
-            "\"Linux version \"",
-            "\"Linux kernel version \"",
+            "utsname()->sysname,",
+            "\"Linux-fixture\",",
         ),
         (
             "fixture: comment in kernel/exit.c",
@@ -1437,7 +1437,8 @@ timeout = 60
             git(&repo, &["config", k, v])?;
         }
         tools::step("fixture: committing the tree (git add of ~75k files)");
-        git(&repo, &["add", "-A"])?;
+        // Forced: Debian's tree ignores everything at its top level.
+        git(&repo, &["add", "-A", "-f"])?;
         git(
             &repo,
             &[
@@ -1460,10 +1461,14 @@ timeout = 60
         Ok(repo)
     }
 
-    /// `cargo xtask bisect-fixture`.
-    pub fn run() -> Result<()> {
+    /// `cargo xtask bisect-fixture` (`prepare`: only the repository).
+    pub fn run(prepare: bool) -> Result<()> {
         let start = Instant::now();
         let repo = repository()?;
+        if prepare {
+            println!("{}", repo.display());
+            return Ok(());
+        }
         let scenario = root().join("proc_version_fixture.toml");
         std::fs::write(&scenario, SCENARIO)
             .with_context(|| format!("cannot write {}", scenario.display()))?;
@@ -1501,14 +1506,7 @@ timeout = 60
         let conclusion = run_git_only(&repo, BASE_TAG, BRANCH, &scenario, &[])?;
         let regression = git(
             &repo,
-            &[
-                "log",
-                "--format=%H",
-                "--grep",
-                "Linux kernel version",
-                "-F",
-                BRANCH,
-            ],
+            &["log", "--format=%H", "--grep", REGRESSION, "-F", BRANCH],
         )?;
         let regression = regression.trim();
         match &conclusion {

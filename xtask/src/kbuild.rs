@@ -1,8 +1,9 @@
 //! `cargo xtask kernel source|build`: Debian's kernel source into the
 //! cache, and out-of-tree kernel builds that boot in Kestrel.
 //!
-//! A build: check the tree and the host tools → make the configuration in
-//! a scratch object dir (`<out>/.kestrel-config/`: `make tinyconfig` or
+//! A build: check the tree and the host tools → reuse the configuration
+//! when its stamp (base, fragments, the size and mtime of every Kconfig
+//! input) is unchanged, else make it in a scratch object dir (`<out>/.kestrel-config/`: `make tinyconfig` or
 //! `defconfig`, the fragments through the kernel's own `merge_config.sh -m`,
 //! `make olddefconfig`) → verify every requested symbol and name what
 //! dropped each missing one → copy the `.config` into `<out>` only if it
@@ -438,7 +439,14 @@ pub fn git_output(dir: &Path, args: &[&str]) -> Result<String> {
         .context("could not run git")?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let first = stderr.lines().next().unwrap_or("").trim().to_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let first = stderr
+            .lines()
+            .chain(stdout.lines())
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("no message")
+            .to_owned();
         bail!(
             "`git {}` failed in {}: {first}",
             args.join(" "),
@@ -462,91 +470,54 @@ pub fn build(plan: &Plan) -> Result<Built, BuildError> {
     let log = plan.out.join("kestrel-build.log");
     std::fs::write(&log, "").with_context(|| format!("cannot write {}", log.display()))?;
 
-    // 1. The configuration, made in the scratch dir.
+    // 1. The configuration: reused when nothing it depends on changed,
+    // else made in the scratch dir.
     let kestrel_fragment = scratch.join("kestrel.config");
     write_if_changed(&kestrel_fragment, KESTREL_FRAGMENT.as_bytes())?;
-    let mut fragment_paths = vec![kestrel_fragment.clone()];
-    fragment_paths.extend(plan.configs.fragments.iter().cloned());
-    tools::step(format!(
-        "kernel: configuring ({} + {}) in {}",
-        plan.configs.base.target(),
-        plan.configs.labels().join(" + "),
-        scratch.display()
-    ));
-    let source_err = |e: anyhow::Error| BuildError::Source(e);
-    run_logged(
-        make(plan, &scratch, &["-s", plan.configs.base.target()]),
-        &log,
-        &format!("make {}", plan.configs.base.target()),
-    )
-    .map_err(source_err)?;
-    let mut merge = Command::new("sh");
-    merge
-        .arg(plan.src.join("scripts/kconfig/merge_config.sh"))
-        .arg("-m")
-        .arg("-O")
-        .arg(&scratch)
-        .arg(scratch.join(".config"))
-        .args(&fragment_paths)
-        .current_dir(&scratch)
-        .stdin(Stdio::null());
-    run_logged(merge, &log, "merge_config.sh").map_err(source_err)?;
-    run_logged(
-        make(plan, &scratch, &["-s", "olddefconfig"]),
-        &log,
-        "make olddefconfig",
-    )
-    .map_err(source_err)?;
-    let config_text = std::fs::read_to_string(scratch.join(".config"))
-        .with_context(|| format!("cannot read {}/.config", scratch.display()))?;
-
-    // 2. Every requested symbol as asked, or a sentence naming what dropped it.
     let mut fragments = vec![kconfig::parse_fragment("kestrel.config", KESTREL_FRAGMENT)];
+    let mut fragment_texts = vec![KESTREL_FRAGMENT.to_owned()];
     for f in &plan.configs.fragments {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
         fragments.push(kconfig::parse_fragment(&f.display().to_string(), &text));
+        fragment_texts.push(text);
     }
     let requirements = kconfig::merge(&fragments);
+    let stamp = config_stamp(plan, &fragment_texts);
+    let stamp_path = scratch.join("stamp");
+    let out_config = plan.out.join(".config");
+    let reusable = std::fs::read_to_string(&stamp_path)
+        .ok()
+        .zip(std::fs::read(&out_config).ok())
+        .is_some_and(|(old, config)| old == format!("{stamp} {}", sha256_hex(&config)));
+    let (config_text, config_changed) = if reusable {
+        let text = std::fs::read_to_string(&out_config)
+            .with_context(|| format!("cannot read {}", out_config.display()))?;
+        (text, false)
+    } else {
+        let text = make_config(plan, &scratch, &kestrel_fragment, &log)?;
+        verify_config(plan, &requirements, &text)?;
+        let changed = write_if_changed(&out_config, text.as_bytes())?;
+        std::fs::write(
+            &stamp_path,
+            format!("{stamp} {}", sha256_hex(text.as_bytes())),
+        )
+        .with_context(|| format!("cannot write {}", stamp_path.display()))?;
+        (text, changed)
+    };
     let config = DotConfig::parse(&config_text);
-    let unmet = kconfig::verify(&requirements, &config);
-    if !unmet.is_empty() {
-        let symbols: Vec<&str> = unmet
-            .iter()
-            .map(|u| u.requirement.symbol.as_str())
-            .collect();
-        let k = Kconfig::scan(&plan.src, &symbols);
-        let reasons: Vec<String> = unmet
-            .iter()
-            .map(|u| {
-                format!(
-                    "{} ({}): {}",
-                    u.requirement,
-                    u.requirement.origin,
-                    k.explain(u, &config)
-                )
-            })
-            .collect();
-        return Err(BuildError::Source(anyhow::anyhow!(
-            "the configuration cannot have {} requested option{}: {}",
-            unmet.len(),
-            if unmet.len() == 1 { "" } else { "s" },
-            reasons.join("; ")
-        )));
-    }
-    let config_changed = write_if_changed(&plan.out.join(".config"), config_text.as_bytes())?;
     let config_secs = start.elapsed().as_secs_f64();
     tools::step(format!(
-        "kernel: configuration verified ({} requirements), {} ({config_secs:.1} s)",
+        "kernel: configuration {} ({} requirements verified, {config_secs:.1} s)",
+        match (reusable, config_changed) {
+            (true, _) => "reused: nothing it depends on changed",
+            (false, true) => "made and changed",
+            (false, false) => "made, unchanged",
+        },
         requirements.len(),
-        if config_changed {
-            "changed"
-        } else {
-            "unchanged"
-        }
     ));
 
-    // 3. The build itself.
+    // 2. The build itself.
     let mut targets = vec!["bzImage"];
     if config.has_modules() {
         targets.push("modules");
@@ -580,10 +551,10 @@ pub fn build(plan: &Plan) -> Result<Built, BuildError> {
             }
         }
     };
-    result.map_err(source_err)?;
+    result.map_err(BuildError::Source)?;
     let make_secs = make_start.elapsed().as_secs_f64();
 
-    // 4. The record.
+    // 3. The record.
     let release = make(plan, &plan.out, &["-s", "kernelrelease"])
         .stderr(Stdio::null())
         .output()
@@ -640,6 +611,103 @@ pub fn build(plan: &Plan) -> Result<Built, BuildError> {
         config_changed,
         seconds,
     })
+}
+
+/// Keys a configuration: base, compiler, fragments' text, and the size and
+/// mtime of every file the configuration step reads.
+fn config_stamp(plan: &Plan, fragment_texts: &[String]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut key = format!("{}\0{}\0{ARCH}\0", plan.configs.base.target(), compiler());
+    for t in fragment_texts {
+        key.push_str(t);
+        key.push('\0');
+    }
+    for f in kconfig::config_inputs(&plan.src) {
+        let (len, mtime) = std::fs::metadata(&f)
+            .map(|m| (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
+            .unwrap_or((0, 0));
+        key.push_str(&format!("{} {len} {mtime}\n", f.display()));
+    }
+    sha256_hex(key.as_bytes())
+}
+
+/// `make <base>`, `merge_config.sh -m`, `make olddefconfig` in the scratch
+/// object dir; returns the resulting `.config`.
+fn make_config(
+    plan: &Plan,
+    scratch: &Path,
+    kestrel_fragment: &Path,
+    log: &Path,
+) -> Result<String, BuildError> {
+    let source_err = BuildError::Source;
+    tools::step(format!(
+        "kernel: configuring ({} + {}) in {}",
+        plan.configs.base.target(),
+        plan.configs.labels().join(" + "),
+        scratch.display()
+    ));
+    run_logged(
+        make(plan, scratch, &["-s", plan.configs.base.target()]),
+        log,
+        &format!("make {}", plan.configs.base.target()),
+    )
+    .map_err(source_err)?;
+    let mut merge = Command::new("sh");
+    merge
+        .arg(plan.src.join("scripts/kconfig/merge_config.sh"))
+        .arg("-m")
+        .arg("-O")
+        .arg(scratch)
+        .arg(scratch.join(".config"))
+        .arg(kestrel_fragment)
+        .args(&plan.configs.fragments)
+        .current_dir(scratch)
+        .stdin(Stdio::null());
+    run_logged(merge, log, "merge_config.sh").map_err(source_err)?;
+    run_logged(
+        make(plan, scratch, &["-s", "olddefconfig"]),
+        log,
+        "make olddefconfig",
+    )
+    .map_err(source_err)?;
+    Ok(std::fs::read_to_string(scratch.join(".config"))
+        .with_context(|| format!("cannot read {}/.config", scratch.display()))?)
+}
+
+/// Every requested symbol as asked, or one sentence naming each dropped
+/// one and what dropped it.
+fn verify_config(
+    plan: &Plan,
+    requirements: &[kconfig::Requirement],
+    text: &str,
+) -> Result<(), BuildError> {
+    let config = DotConfig::parse(text);
+    let unmet = kconfig::verify(requirements, &config);
+    if unmet.is_empty() {
+        return Ok(());
+    }
+    let symbols: Vec<&str> = unmet
+        .iter()
+        .map(|u| u.requirement.symbol.as_str())
+        .collect();
+    let k = Kconfig::scan(&plan.src, &symbols);
+    let reasons: Vec<String> = unmet
+        .iter()
+        .map(|u| {
+            format!(
+                "{} ({}): {}",
+                u.requirement,
+                u.requirement.origin,
+                k.explain(u, &config)
+            )
+        })
+        .collect();
+    Err(BuildError::Source(anyhow::anyhow!(
+        "the configuration cannot have {} requested option{}: {}",
+        unmet.len(),
+        if unmet.len() == 1 { "" } else { "s" },
+        reasons.join("; ")
+    )))
 }
 
 /// `2026-11-22T01:30:00Z`.
@@ -791,6 +859,36 @@ mod tests {
             assert!(on.contains(&needed), "{needed} missing from the fragment");
         }
         assert!(req.iter().any(|r| r.symbol == "MODULES" && r.value == "n"));
+    }
+
+    #[test]
+    fn the_config_stamp_follows_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        std::fs::create_dir_all(src.join("arch/x86")).unwrap();
+        std::fs::create_dir_all(src.join("arch/arm")).unwrap();
+        std::fs::create_dir_all(src.join("Documentation")).unwrap();
+        std::fs::write(src.join("Kconfig"), "config A\n").unwrap();
+        std::fs::write(src.join("arch/arm/Kconfig"), "config B\n").unwrap();
+        std::fs::write(src.join("Documentation/Kconfig"), "x\n").unwrap();
+        let plan = Plan {
+            src: src.to_owned(),
+            out: src.join("out"),
+            configs: ConfigSet::parse(&[]).unwrap(),
+            jobs: 1,
+            output: Output::LogFile,
+            reproducible: false,
+        };
+        let texts = vec!["CONFIG_A=y\n".to_owned()];
+        let a = config_stamp(&plan, &texts);
+        assert_eq!(a, config_stamp(&plan, &texts));
+        // Other architectures and the documentation do not count.
+        std::fs::write(src.join("arch/arm/Kconfig"), "config BB\n").unwrap();
+        std::fs::write(src.join("Documentation/Kconfig"), "xx\n").unwrap();
+        assert_eq!(a, config_stamp(&plan, &texts));
+        assert_ne!(a, config_stamp(&plan, &["CONFIG_A=n\n".to_owned()]));
+        std::fs::write(src.join("Kconfig"), "config AA\n").unwrap();
+        assert_ne!(a, config_stamp(&plan, &texts));
     }
 
     #[test]

@@ -48,7 +48,11 @@ enum Cmd {
     /// Find the commit (or kernel) where a scenario starts failing.
     Bisect(bisect::BisectArgs),
     /// The bisect acceptance test on a git fixture made from Debian's 6.1 source.
-    BisectFixture,
+    BisectFixture {
+        /// Only make (or check) the fixture repository.
+        #[arg(long)]
+        prepare: bool,
+    },
     /// One `git bisect run` step: build HEAD, boot, exit 0/1/125 (internal).
     #[command(hide = true)]
     BisectStep(bisect::StepArgs),
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
         Cmd::Bench(cmd) => bench::run(&cmd).map(|()| 0),
         Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
         Cmd::Bisect(args) => bisect::run(&args).map(|_| 0),
-        Cmd::BisectFixture => bisect::fixture::run().map(|()| 0),
+        Cmd::BisectFixture { prepare } => bisect::fixture::run(prepare).map(|()| 0),
         Cmd::BisectStep(args) => Ok(bisect::run_step(&args)),
         Cmd::BisectBoot(args) => bisect::run_boot(&args).map(|()| 0),
     };
