@@ -6,7 +6,7 @@
 //! command's own exit status).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use kestrel_kernels::{Cache, Fetch, ImageFormat, Kernel, KernelSpec, UNKNOWN_RELEASE};
@@ -106,6 +106,7 @@ impl TryFrom<RunArgs> for Config {
     /// Checks ranges first, then resolves the kernel (cache only), then
     /// builds or reuses kestrel's initramfs unless `--initrd` is given.
     fn try_from(args: RunArgs) -> Result<Config, CliError> {
+        let begun = Instant::now();
         let timeout = Duration::from_secs(args.timeout);
         Config::validate_resources(args.cpus, args.memory, timeout)?;
         let console = match args.console.as_str() {
@@ -149,7 +150,12 @@ impl TryFrom<RunArgs> for Config {
             },
             cpus: args.cpus,
             memory_mib: args.memory,
-            timeout,
+            // `--timeout` bounds the whole command; the VM gets what is
+            // left (at least the 1 s minimum, so a slow first initramfs
+            // build may overshoot by that much).
+            timeout: timeout
+                .saturating_sub(begun.elapsed())
+                .max(Duration::from_secs(1)),
             console,
         })
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kestrel_initramfs::elf::LibrarySearch;
 use kestrel_initramfs::image::{job_archive, write_if_changed, BaseImage, ImageError};
 use kestrel_initramfs::job::{Dest, Spec};
-use kestrel_initramfs::modules::{ModuleError, ModulesDir};
+use kestrel_initramfs::modules::ModuleError;
 
 use crate::boot;
 use crate::log;
@@ -162,8 +162,7 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
             (meta.len(), CacheUse::Reused)
         }
         _ => {
-            image.modules = present_modules(req.modules_dir.as_deref())?;
-            let bytes = image.build()?;
+            let bytes = build_without_absent_modules(&mut image)?;
             write_if_changed(&path, &bytes)?;
             prune(&req.cache_dir, &path);
             (bytes.len() as u64, CacheUse::Built)
@@ -304,25 +303,25 @@ fn check_packed(program: &str, packed: &[PathBuf]) -> Result<(), InitrdError> {
     })
 }
 
-/// [`DEVICE_MODULES`] that the kernel has as loadable modules or built in
-/// (absent ones are skipped: that device is then unavailable). No modules
-/// directory: none (a kernel without modules has what it has built in).
-fn present_modules(dir: Option<&Path>) -> Result<Vec<String>, InitrdError> {
-    let Some(dir) = dir else {
-        return Ok(Vec::new());
-    };
-    let modules = ModulesDir::open(dir)?;
-    let mut out = Vec::new();
-    for name in DEVICE_MODULES {
-        match modules.resolve(&[name]) {
-            Ok(_) => out.push(name.to_string()),
-            Err(ModuleError::NotFound { .. }) => {
-                log::debug(format_args!("kernel has no {name} module; skipped"))
+/// Builds `image`; a requested device module the kernel does not have is
+/// left out (that device is then unavailable) and the build retried. No
+/// modules directory: none are requested (a kernel without modules has
+/// what it has built in). Built-in modules resolve to nothing.
+fn build_without_absent_modules(image: &mut BaseImage) -> Result<Vec<u8>, InitrdError> {
+    if image.modules_dir.is_none() {
+        image.modules.clear();
+    }
+    loop {
+        match image.build() {
+            Err(ImageError::Modules(ModuleError::NotFound {
+                name, needed_by, ..
+            })) if needed_by.is_empty() && image.modules.contains(&name) => {
+                log::debug(format_args!("the kernel has no {name} module; left out"));
+                image.modules.retain(|m| *m != name);
             }
-            Err(e) => return Err(e.into()),
+            other => return Ok(other?),
         }
     }
-    Ok(out)
 }
 
 /// The cache key of `image`: everything the archive's bytes depend on.
@@ -563,18 +562,31 @@ mod tests {
     }
 
     #[test]
-    fn absent_device_modules_are_skipped() {
+    fn absent_device_modules_are_left_out() {
         let dir = scratch("modules");
         std::fs::create_dir_all(dir.join("kernel")).unwrap();
+        // Any ELF passes as a module file here: with modules.dep nothing
+        // reads its .modinfo.
+        std::fs::copy("/bin/true", dir.join("kernel/virtio_mmio.ko")).unwrap();
         std::fs::write(dir.join("modules.dep"), "kernel/virtio_mmio.ko:\n").unwrap();
         std::fs::write(dir.join("modules.builtin"), "kernel/virtio_console.ko\n").unwrap();
-        // virtio_mmio: a module; virtio_console: built in (resolves to
-        // nothing, still fine to request); virtiofs: absent.
-        assert_eq!(
-            present_modules(Some(&dir)).unwrap(),
-            ["virtio_mmio", "virtio_console"]
-        );
-        assert!(present_modules(None).unwrap().is_empty());
+        let mut image = BaseImage {
+            init: "/bin/true".into(),
+            modules_dir: Some(dir.clone()),
+            modules: DEVICE_MODULES.iter().map(|m| m.to_string()).collect(),
+            executables: Vec::new(),
+        };
+        // virtio_mmio: a module; virtio_console: built in (packs nothing);
+        // virtiofs: absent, dropped.
+        build_without_absent_modules(&mut image).unwrap();
+        assert_eq!(image.modules, ["virtio_mmio", "virtio_console"]);
+        let (_, spec) = image.archive().unwrap();
+        assert_eq!(spec.modules.len(), 1);
+        assert!(spec.modules[0].path.ends_with("/virtio_mmio.ko"));
+
+        image.modules_dir = None;
+        build_without_absent_modules(&mut image).unwrap();
+        assert!(image.modules.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,13 +4,14 @@
 //! software KVM (use the nested rig), 1 no usable KVM.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 use kestrel::cli::{clap_error_line, Cli, Command, RunArgs};
 use kestrel::verdict::{verdict_line, EXIT_VMM_ERROR};
 use kestrel::vm::{Config, Vm};
-use kestrel::{doctor, verdict::Verdict};
+use kestrel::{doctor, log, verdict::Verdict};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -43,9 +44,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let phase = |what: &str| {
+        log::debug(format_args!(
+            "{what} at {} ms",
+            started.elapsed().as_millis()
+        ))
+    };
     let config = Config::try_from(args)?;
+    phase("kernel and initramfs ready");
     let vm = Vm::try_from(config)?;
+    phase("VM built");
     let outcome = vm.run();
+    phase("VM ended and torn down");
     match &outcome.verdict {
         Verdict::BootFailure(why) | Verdict::VmmError(why) => eprintln!("kestrel: {why}"),
         _ => {}

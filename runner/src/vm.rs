@@ -91,7 +91,8 @@ pub struct Config {
     pub cpus: u32,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// Wall-clock limit for the whole run.
+    /// Wall-clock limit, counted from `Vm::try_from` (the CLI passes what
+    /// is left of `--timeout` after preparing the kernel and initramfs).
     pub timeout: Duration,
     /// COM1 destination.
     pub console: Console,
@@ -398,8 +399,14 @@ impl Vm {
         for vcpu in &self.vcpus {
             vcpu.start();
         }
-        let ending = self.wait_for_end(started);
+        // The limit covers building the VM too: `--timeout` is wall-clock.
+        let ending = self.wait_for_end(self.created);
+        let stopping = Instant::now();
         self.stop_vcpus();
+        log::debug(format_args!(
+            "vCPUs stopped in {} ms",
+            stopping.elapsed().as_millis()
+        ));
         // Not when a vCPU thread was abandoned: it may hold a device lock.
         if self.vm.is_some() {
             for transport in &self.virtio {
@@ -426,8 +433,8 @@ impl Vm {
         }
     }
 
-    fn wait_for_end(&self, started: Instant) -> Ending {
-        let mut deadline = started + self.timeout;
+    fn wait_for_end(&self, since: Instant) -> Ending {
+        let mut deadline = since + self.timeout;
         let mut timeout_ending = Ending::Timeout;
         let mut halted = 0;
         loop {

@@ -143,6 +143,8 @@ fn timeout_stops_every_vcpu_and_threads_are_named() {
     if !kvm_usable() {
         return;
     }
+    // The limit counts from building the VM (`--timeout` is wall-clock).
+    let started = Instant::now();
     let spin = vec![0xeb, 0xfe]; // jmp $
     let vm = Vm::try_from(config(spin, 2, Duration::from_secs(2))).unwrap();
     // A thread names itself once it starts: poll briefly.
@@ -157,7 +159,6 @@ fn timeout_stops_every_vcpu_and_threads_are_named() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(named("kestrel_vcpu 0") && named("kestrel_vcpu 1"));
-    let started = Instant::now();
     let outcome = vm.run();
     let took = started.elapsed();
     assert_eq!(outcome.verdict, Verdict::Timeout);

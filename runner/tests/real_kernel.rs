@@ -34,6 +34,9 @@ const MEM_512_MIN_KB: u64 = MEM_512_KB * 9 / 10 + 1;
 /// long before the rig's silence watchdog would end the whole run.
 const BOOT_LIMIT: &str = "60";
 
+/// What every boot packs: one base archive per kernel serves all tests.
+const PACK: [&str; 4] = ["--pack", "sh", "--pack", "sleep"];
+
 /// Exit 3 when the guest sees CPUs 0-1 online, else print them and exit 10.
 const TWO_CPUS_THEN_EXIT_3: &str = "read o < /sys/devices/system/cpu/online; \
      [ \"$o\" = 0-1 ] || { echo \"online=$o\"; exit 10; }; exit 3";
@@ -182,16 +185,9 @@ fn kestrel_run(kernel: &str, args: &[&str]) -> Run {
 /// Boots `kernel` running `sh -c script`; prints the boot time.
 fn boot_sh(label: &str, kernel: &str, extra: &[&str], script: &str) -> Run {
     let mut args = extra.to_vec();
-    args.extend([
-        "--timeout",
-        BOOT_LIMIT,
-        "--pack",
-        "sh",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+    args.extend(["--timeout", BOOT_LIMIT]);
+    args.extend(PACK);
+    args.extend(["--", "sh", "-c", script]);
     let run = kestrel_run(kernel, &args);
     let (boot, total) = run.times();
     eprintln!(
@@ -293,10 +289,10 @@ fn a_hanging_guest_times_out_with_124_within_7_s() {
     if prerequisites("6.1").is_none() {
         return;
     }
-    let run = kestrel_run(
-        "debian:6.1",
-        &["--timeout", "5", "--pack", "sleep", "--", "sleep", "1000"],
-    );
+    let mut args = vec!["--timeout", "5"];
+    args.extend(PACK);
+    args.extend(["--", "sleep", "1000"]);
+    let run = kestrel_run("debian:6.1", &args);
     run.expect(124, "--timeout 5 on sleep 1000");
     assert!(run.stderr.contains("verdict=timeout"), "{}", run.stderr);
     assert!(
@@ -311,19 +307,10 @@ fn a_guest_panic_is_255_with_the_panic_lines_on_stderr() {
     if prerequisites("6.1").is_none() {
         return;
     }
-    let run = kestrel_run(
-        "debian:6.1",
-        &[
-            "--timeout",
-            BOOT_LIMIT,
-            "--pack",
-            "sh",
-            "--",
-            "sh",
-            "-c",
-            "echo c > /proc/sysrq-trigger; exit 0",
-        ],
-    );
+    let mut args = vec!["--timeout", BOOT_LIMIT];
+    args.extend(PACK);
+    args.extend(["--", "sh", "-c", "echo c > /proc/sysrq-trigger; exit 0"]);
+    let run = kestrel_run("debian:6.1", &args);
     run.expect(255, "sysrq c");
     assert!(run.stderr.contains("verdict=panic"), "{}", run.stderr);
     assert!(
