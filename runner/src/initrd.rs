@@ -37,6 +37,8 @@ pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 pub const STATUS_DEVICE: &str = "/dev/ttyS1";
 /// Cached base archives unused for this long are deleted on the next build.
 const CACHE_KEEP: Duration = Duration::from_secs(14 * 24 * 3600);
+/// At most this many cached base archives are kept.
+const CACHE_MAX: usize = 16;
 /// Bumped when the cache key's meaning changes.
 const KEY_VERSION: &str = "kestrel-base-1";
 
@@ -390,25 +392,29 @@ fn script_interpreter(path: &Path) -> Option<PathBuf> {
     interp.starts_with('/').then(|| PathBuf::from(interp))
 }
 
-/// Deletes other cached base archives unused for [`CACHE_KEEP`].
+/// Deletes other cached base archives unused for [`CACHE_KEEP`], and all
+/// but the [`CACHE_MAX`] most recently used (every new `kestrel` build
+/// keys new archives, so old ones would otherwise pile up).
 fn prune(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_base = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("base-") && n.ends_with(".cpio"));
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > CACHE_KEEP);
-        if is_base && stale && path != keep {
-            let _ = std::fs::remove_file(&path);
+    let mut bases: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != keep)
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("base-") && n.ends_with(".cpio"))
+        })
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    bases.sort_by(|a, b| b.0.cmp(&a.0));
+    for (i, (used, path)) in bases.iter().enumerate() {
+        let stale = used.elapsed().is_ok_and(|age| age > CACHE_KEEP);
+        if stale || i + 1 >= CACHE_MAX {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -519,6 +525,41 @@ mod tests {
             resolve_pack("/no/such"),
             Err(InitrdError::PackMissing(_))
         ));
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used() {
+        let dir = scratch("prune");
+        let now = SystemTime::now();
+        for i in 0..20u64 {
+            let p = dir.join(format!("base-x-{i:02}.cpio"));
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().append(true).open(&p).unwrap();
+            f.set_modified(now - Duration::from_secs(60 * i)).unwrap();
+        }
+        let ancient = dir.join("base-y-old.cpio");
+        std::fs::write(&ancient, b"x").unwrap();
+        let f = std::fs::File::options()
+            .append(true)
+            .open(&ancient)
+            .unwrap();
+        f.set_modified(now - CACHE_KEEP - Duration::from_secs(1))
+            .unwrap();
+        std::fs::write(dir.join("other.txt"), b"x").unwrap();
+        let keep = dir.join("base-x-19.cpio");
+        prune(&dir, &keep);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = (0..CACHE_MAX as u64 - 1)
+            .map(|i| format!("base-x-{i:02}.cpio"))
+            .chain(["base-x-19.cpio".to_string(), "other.txt".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
