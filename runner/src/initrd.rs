@@ -410,7 +410,7 @@ fn prune(dir: &Path, keep: &Path) {
         })
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
-    bases.sort_by(|a, b| b.0.cmp(&a.0));
+    bases.sort_by_key(|b| std::cmp::Reverse(b.0));
     for (i, (used, path)) in bases.iter().enumerate() {
         let stale = used.elapsed().is_ok_and(|age| age > CACHE_KEEP);
         if stale || i + 1 >= CACHE_MAX {
