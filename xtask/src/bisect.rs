@@ -19,8 +19,9 @@
 //!
 //! Invariants: the user's tree ends as it began — `git bisect reset` and
 //! a checkout of the recorded branch run on success, on error and on
-//! Ctrl-C (SIGINT/SIGTERM are taken by a signal thread and forwarded to the
-//! `git bisect run` process group, so the cleanup always runs in this
+//! Ctrl-C (every step, the endpoints included, runs as a child in a
+//! process group of its own; SIGINT/SIGTERM/SIGHUP are taken by a signal
+//! thread and forwarded to that group, so the cleanup always runs in this
 //! process); the result is checked with `git status --porcelain`. Every
 //! step appends one line to `<state>/steps.tsv`, which the report reads.
 
@@ -525,7 +526,7 @@ fn boot(args: &BootArgs, xtask: &Path, in_rig: bool) -> Result<BootRecord> {
             RigExit::Command(code) => {
                 bail!("running the scenario in the rig failed (exit {code}): see above")
             }
-            RigExit::RigFailure if attempt == 1 => {
+            RigExit::RigFailure if attempt == 1 && !INTERRUPTED.load(Ordering::SeqCst) => {
                 tools::step("bisect: the rig failed (not the kernel under test); trying once more")
             }
             RigExit::RigFailure => {}
@@ -558,12 +559,72 @@ pub struct StepArgs {
     /// Boot through the rig.
     #[arg(long)]
     pub rig: bool,
+    /// `good`, `bad` (the endpoints) or `step`, for the log.
+    #[arg(long, default_value = "step")]
+    pub kind: String,
+    /// Record this run's output as the baseline snapshot.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+impl StepArgs {
+    /// The arguments after `bisect-step` that reproduce these.
+    fn to_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--src".into(),
+            self.src.display().to_string(),
+            "--out".into(),
+            self.out.display().to_string(),
+            "--state".into(),
+            self.state.display().to_string(),
+            "--scenario".into(),
+            self.scenario.clone(),
+            "--jobs".into(),
+            self.jobs.to_string(),
+            "--on-timeout".into(),
+            policy_arg(self.on_timeout).into(),
+            "--on-boot-failure".into(),
+            policy_arg(self.on_boot_failure).into(),
+            "--kind".into(),
+            self.kind.clone(),
+        ];
+        for c in &self.config {
+            a.extend(["--config".into(), c.clone()]);
+        }
+        for p in &self.pack {
+            a.extend(["--pack".into(), p.clone()]);
+        }
+        if self.rig {
+            a.push("--rig".into());
+        }
+        if self.baseline {
+            a.push("--baseline".into());
+        }
+        a
+    }
+}
+
+/// Runs `cmd` in a process group of its own, which the signal thread
+/// interrupts on Ctrl-C; returns its exit code (128+n for signal n).
+fn run_grouped(mut cmd: Command, what: &str) -> Result<i32> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    cmd.process_group(0).stdin(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {what}"))?;
+    CHILD_GROUP.store(child.id() as i32, Ordering::SeqCst);
+    let status = child.wait();
+    CHILD_GROUP.store(0, Ordering::SeqCst);
+    let status = status.with_context(|| format!("could not wait for {what}"))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// `xtask bisect-step`: build HEAD, boot, exit with git's code. Never an
 /// `Err`: a broken harness is the abort code, with the reason on stderr.
 pub fn run_step(args: &StepArgs) -> u8 {
-    match step(args, "step", false) {
+    match step(args, &args.kind, args.baseline) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bisect: step failed, aborting the bisection: {e:#}");
@@ -610,8 +671,11 @@ fn step(args: &StepArgs, kind: &str, baseline: bool) -> Result<u8> {
             record.outcome = outcome_name(SKIP).into();
             record.verdict = "build-failed".into();
             state.append_step(&record)?;
+            let why = kbuild::log_tail(&args.out.join("kestrel-build.log"), 0);
+            let why = why.first().map_or_else(|| format!("{e:#}"), Clone::clone);
             eprintln!(
-                "bisect: {kind} {short} \"{subject}\": build failed in {build_secs:.1} s → skip ({e:#})"
+                "bisect: {kind} {short} \"{subject}\": build failed in {build_secs:.1} s ({}) → skip",
+                first_line(&why)
             );
             return Ok(SKIP);
         }
@@ -691,7 +755,7 @@ impl TreeGuard {
             let _ = std::fs::remove_file(&lock);
         }
         if self.git_dir.join("BISECT_START").exists() {
-            let _ = kbuild::git_output(&self.src, &["bisect", "reset", "--quiet"]);
+            let _ = kbuild::git_output(&self.src, &["bisect", "reset"]);
         }
         match &self.original {
             Original::Branch(b) => kbuild::git_output(&self.src, &["checkout", "-q", b])?,
@@ -894,6 +958,8 @@ fn run_git(
         on_boot_failure: args.on_boot_failure,
         pack: args.pack.clone(),
         rig: in_rig,
+        kind: "step".into(),
+        baseline: false,
     };
     tools::step(format!(
         "bisect: {} from {} (good) to {} (bad), scenario {scenario}, build dir {}, log {}",
@@ -921,32 +987,43 @@ fn run_git(
 /// The endpoints, then `git bisect run`; the conclusion from the log.
 fn bisect_git(step_args: &StepArgs, good: &str, bad: &str, xtask: &Path) -> Result<Conclusion> {
     let src = &step_args.src;
-    kbuild::git_output(src, &["checkout", "-q", "--detach", good])?;
-    match step(step_args, "good", true)? {
-        GOOD => {}
-        SKIP => bail!(
+    let endpoint = |rev: &str, kind: &str| -> Result<i32> {
+        kbuild::git_output(src, &["checkout", "-q", "--detach", rev])?;
+        let args = StepArgs {
+            kind: kind.to_owned(),
+            baseline: kind == "good",
+            ..step_args.clone()
+        };
+        let mut cmd = Command::new(xtask);
+        cmd.arg("bisect-step").args(args.to_args());
+        let code = run_grouped(cmd, "the bisect step")?;
+        check_interrupted()?;
+        Ok(code)
+    };
+    match endpoint(good, "good")? {
+        0 => {}
+        125 => bail!(
             "the good revision {} does not build or boot (see above), so it cannot be the baseline",
             &good[..12]
         ),
-        _ => bail!(
+        1 => bail!(
             "the scenario fails on the good revision {} (see above); pick an older --good",
             &good[..12]
         ),
+        code => bail!("the step on the good revision failed (exit {code}): see above"),
     }
-    check_interrupted()?;
-    kbuild::git_output(src, &["checkout", "-q", "--detach", bad])?;
-    match step(step_args, "bad", false)? {
-        GOOD => bail!(
+    match endpoint(bad, "bad")? {
+        0 => bail!(
             "the scenario passes on the bad revision {} too, so there is nothing to bisect",
             &bad[..12]
         ),
-        SKIP => bail!(
+        125 => bail!(
             "the bad revision {} does not build (see above); pick a --bad that builds",
             &bad[..12]
         ),
-        _ => {}
+        1 => {}
+        code => bail!("the step on the bad revision failed (exit {code}): see above"),
     }
-    check_interrupted()?;
     kbuild::git_output(src, &["bisect", "start", bad, good])?;
     let mut cmd = Command::new("git");
     cmd.arg("-C")
@@ -954,43 +1031,14 @@ fn bisect_git(step_args: &StepArgs, good: &str, bad: &str, xtask: &Path) -> Resu
         .args(["bisect", "run"])
         .arg(xtask)
         .arg("bisect-step")
-        .arg("--src")
-        .arg(src)
-        .arg("--out")
-        .arg(&step_args.out)
-        .arg("--state")
-        .arg(&step_args.state)
-        .arg("--scenario")
-        .arg(&step_args.scenario)
-        .arg("--jobs")
-        .arg(step_args.jobs.to_string())
-        .arg("--on-timeout")
-        .arg(policy_arg(step_args.on_timeout))
-        .arg("--on-boot-failure")
-        .arg(policy_arg(step_args.on_boot_failure));
-    for c in &step_args.config {
-        cmd.arg("--config").arg(c);
-    }
-    for p in &step_args.pack {
-        cmd.arg("--pack").arg(p);
-    }
-    if step_args.rig {
-        cmd.arg("--rig");
-    }
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0).stdin(Stdio::null());
-    }
-    let mut child = cmd.spawn().context("could not start git bisect run")?;
-    CHILD_GROUP.store(child.id() as i32, Ordering::SeqCst);
-    let status = child.wait().context("could not wait for git bisect run")?;
-    CHILD_GROUP.store(0, Ordering::SeqCst);
+        .args(step_args.to_args());
+    let code = run_grouped(cmd, "git bisect run")?;
     check_interrupted()?;
     let log = kbuild::git_output(src, &["bisect", "log"])?;
     if let Some(c) = parse_bisect_log(&log) {
         return Ok(c);
     }
-    bail!("git bisect run ended ({status}) without naming a first bad commit: see its output above")
+    bail!("git bisect run ended (exit {code}) without naming a first bad commit: see its output above")
 }
 
 fn policy_arg(p: Policy) -> &'static str {
@@ -1252,6 +1300,39 @@ git bisect skip 11aa22bb
     }
 
     #[test]
+    fn the_tree_guard_ends_the_bisection_and_restores_the_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        let git = |args: &[&str]| kbuild::git_output(repo, args).unwrap();
+        git(&["init", "-q", "-b", "work"]);
+        git(&["config", "user.name", "t"]);
+        git(&["config", "user.email", "t@t"]);
+        for n in 0..4 {
+            std::fs::write(repo.join("f"), format!("{n}\n")).unwrap();
+            git(&["add", "f"]);
+            git(&["commit", "-q", "-m", &format!("c{n}")]);
+        }
+        let head = git(&["rev-parse", "HEAD"]).trim().to_owned();
+        let git_dir = PathBuf::from(git(&["rev-parse", "--absolute-git-dir"]).trim());
+        let mut guard = TreeGuard {
+            src: repo.to_owned(),
+            git_dir: git_dir.clone(),
+            original: Original::Branch("work".into()),
+            head: head.clone(),
+            restored: false,
+        };
+        git(&["checkout", "-q", "--detach", "HEAD~3"]);
+        git(&["bisect", "start", "work", "HEAD"]);
+        // A git killed mid-checkout leaves its lock behind.
+        std::fs::write(git_dir.join("index.lock"), "").unwrap();
+        guard.restore().unwrap();
+        assert!(!git_dir.join("BISECT_START").exists());
+        assert_eq!(git(&["symbolic-ref", "--short", "HEAD"]).trim(), "work");
+        assert_eq!(git(&["rev-parse", "HEAD"]).trim(), head);
+        assert_eq!(kbuild::git_status(repo).unwrap(), "");
+    }
+
+    #[test]
     fn scenarios_are_found_by_name_or_path() {
         let s = load_scenario("boot_smoke").unwrap();
         assert_eq!(s.name, "boot_smoke");
@@ -1478,6 +1559,7 @@ timeout = 60
         let err =
             run_git_only(&repo, "no-such-rev", BRANCH, &scenario, &[]).expect_err_message()?;
         ensure_contains(&err, "revision `no-such-rev` does not exist")?;
+        eprintln!("fixture: bad revision → {err}");
         let unsat = root().join("unsatisfiable.config");
         std::fs::write(&unsat, "CONFIG_KVM_AMD=y\n")
             .with_context(|| format!("cannot write {}", unsat.display()))?;
@@ -1495,11 +1577,18 @@ timeout = 60
         };
         ensure_contains(&err, "CONFIG_KVM_AMD=y")?;
         ensure_contains(&err, "KVM is not set")?;
+        eprintln!("fixture: unsatisfiable fragment → {err}");
         let err = match kbuild::check_source_tree(&root()) {
             Ok(_) => bail!("{} was taken for a kernel tree", root().display()),
             Err(e) => e.to_string(),
         };
         ensure_contains(&err, "is not a Linux kernel source tree")?;
+        eprintln!("fixture: not a kernel tree → {err}");
+        let status = kbuild::git_status(&repo).unwrap_or_default();
+        let head = git(&repo, &["rev-parse", "HEAD"])?;
+        if head != head_before || !status.trim().is_empty() {
+            bail!("bad input changed the fixture repository");
+        }
         tools::step("fixture: bad input gives one line each: ok");
 
         // The bisection.

@@ -8,7 +8,11 @@
 //! 5. the nested rig: `/dev/kvm` and the exit status through the rig, then
 //!    one L1 boot for the whole real-KVM tier: QEMU-KVM boots L2 guests
 //!    there, and the runner's real-kernel test binaries (built here, in
-//!    release mode) boot every Debian series under kestrel.
+//!    release mode) boot every Debian series under kestrel;
+//! 6. the bisect fixture: a git tree made from Debian's 6.1 source (kept
+//!    with its build directory between runs: ~3 min then, ~20 min the first
+//!    time), built here; `cargo xtask bisect` must name its regressing
+//!    commit (boots in the rig).
 //!
 //! Every step prints its wall time; the summary at the end repeats them.
 
@@ -109,6 +113,11 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })?;
+
+    timed(
+        "bisect fixture (Debian 6.1 git tree, builds here, boots in the rig)",
+        &mut || crate::bisect::fixture::run(false),
+    )?;
 
     eprintln!();
     for (name, secs) in &times {
