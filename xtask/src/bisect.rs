@@ -980,7 +980,7 @@ fn run_git(
     let restored = guard.restore();
     let conclusion = result?;
     restored?;
-    report(&src, state, &conclusion, started)?;
+    report(Some(&src), state, &conclusion, started)?;
     Ok(conclusion)
 }
 
@@ -1049,7 +1049,13 @@ fn policy_arg(p: Policy) -> &'static str {
 }
 
 /// The final report on stdout.
-fn report(src: &Path, state: &State, conclusion: &Conclusion, started: Instant) -> Result<()> {
+/// `src` is the git tree (`None` in list mode).
+fn report(
+    src: Option<&Path>,
+    state: &State,
+    conclusion: &Conclusion,
+    started: Instant,
+) -> Result<()> {
     let steps = state.read_steps();
     let built: usize = steps.iter().filter(|s| s.verdict != "build-failed").count();
     let skipped = steps.iter().filter(|s| s.outcome == "skip").count();
@@ -1057,7 +1063,10 @@ fn report(src: &Path, state: &State, conclusion: &Conclusion, started: Instant) 
     println!();
     match conclusion {
         Conclusion::FirstBad { sha, subject } => {
-            println!("first bad commit: {sha} {subject}");
+            match src {
+                Some(_) => println!("first bad commit: {sha} {subject}"),
+                None => println!("first failing kernel: {sha}"),
+            }
             let bad_run = steps
                 .iter()
                 .rev()
@@ -1088,13 +1097,15 @@ fn report(src: &Path, state: &State, conclusion: &Conclusion, started: Instant) 
             }
         }
     }
+    let restored = src.map_or(String::new(), |s| {
+        format!("; {} is back as it was", s.display())
+    });
     println!(
-        "{} steps ({} booted, {} skipped) in {:.0} s; {} is back as it was; log: {}",
+        "{} steps ({} booted, {} skipped) in {:.0} s{restored}; log: {}",
         steps.len(),
         built,
         skipped,
         started.elapsed().as_secs_f64(),
-        src.display(),
         state.steps().display()
     );
     Ok(())
@@ -1167,7 +1178,7 @@ fn run_list(
     let conclusion = match found {
         Ok(i) => Conclusion::FirstBad {
             sha: args.kernels[i].clone(),
-            subject: "(first failing kernel)".into(),
+            subject: String::new(),
         },
         Err(list) => Conclusion::Ambiguous(
             list.into_iter()
@@ -1175,7 +1186,7 @@ fn run_list(
                 .collect(),
         ),
     };
-    report(Path::new("the kernel list"), state, &conclusion, started)?;
+    report(None, state, &conclusion, started)?;
     Ok(conclusion)
 }
 
