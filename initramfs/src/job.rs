@@ -57,6 +57,18 @@ pub enum Root {
     VirtioFs(String),
 }
 
+/// A virtio-fs share the init mounts over a path of the command's root
+/// (after the root itself, shallowest path first, see [`Spec::shares`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The virtio-fs tag of the device.
+    pub tag: String,
+    /// Absolute path inside the command's root.
+    pub path: String,
+    /// Mounted read-write (else read-only).
+    pub writable: bool,
+}
+
 /// Which mode a module was packed in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
@@ -88,6 +100,10 @@ pub struct Spec {
     pub writable: Vec<String>,
     /// Paths that get a fresh tmpfs.
     pub tmpfs: Vec<String>,
+    /// More virtio-fs shares, each mounted over its path (a missing mount
+    /// point is made: inside a tmpfs directly, inside the read-only root
+    /// through an overlay of its deepest existing ancestor).
+    pub shares: Vec<Share>,
     /// Where the command's stdout goes.
     pub stdout: Dest,
     /// Where the command's stderr goes.
@@ -256,6 +272,10 @@ impl Spec {
         for t in &self.tmpfs {
             line("tmpfs", &[t]);
         }
+        for sh in &self.shares {
+            let mode = if sh.writable { "rw" } else { "ro" };
+            line("share", &[&sh.tag, &sh.path, mode]);
+        }
         // Destinations carry their own sub-keyword, already encoded.
         let mut raw = |key: &str, dest: &Dest| {
             out.push_str(key);
@@ -322,6 +342,14 @@ impl Spec {
                 "root-virtiofs" => self.root = Root::VirtioFs(one()?),
                 "writable" => self.writable.push(one()?),
                 "tmpfs" => self.tmpfs.push(one()?),
+                "share" => match fields.as_slice() {
+                    [tag, path, mode] if mode == "ro" || mode == "rw" => self.shares.push(Share {
+                        tag: tag.clone(),
+                        path: path.clone(),
+                        writable: mode == "rw",
+                    }),
+                    _ => return Err(err("share takes a tag, a path and ro|rw".into())),
+                },
                 "stdout" => self.stdout = Dest::parse(&fields).map_err(err)?,
                 "stderr" => self.stderr = Dest::parse(&fields).map_err(err)?,
                 "status" => self.status = Some(Dest::parse(&fields).map_err(err)?),
@@ -362,6 +390,18 @@ mod tests {
             root: Root::VirtioFs("kestrel-root".into()),
             writable: vec!["/work".into()],
             tmpfs: vec!["/tmp".into()],
+            shares: vec![
+                Share {
+                    tag: "kestrel-share0".into(),
+                    path: "/lib/modules/6.1 x".into(),
+                    writable: false,
+                },
+                Share {
+                    tag: "kestrel-share1".into(),
+                    path: "/work/out".into(),
+                    writable: true,
+                },
+            ],
             stdout: Dest::VirtioPort("kestrel.stdout".into()),
             stderr: Dest::Path("/dev/ttyS2".into()),
             status: Some(Dest::Path("/dev/ttyS1".into())),
@@ -383,7 +423,7 @@ mod tests {
             let fields: Vec<_> = line.split(' ').collect();
             assert!(fields.iter().all(|f| !f.is_empty()), "{line:?}");
         }
-        assert_eq!(text.lines().count(), 17);
+        assert_eq!(text.lines().count(), 19);
     }
 
     #[test]
@@ -414,6 +454,9 @@ mod tests {
         assert!(e.what.contains("uid"));
         assert!(Spec::parse("kestrel-spec 1\narg %4\n").is_err());
         assert!(Spec::parse("kestrel-spec 1\nstdout vport\n").is_err());
+        let e = Spec::parse("kestrel-spec 1\nshare t /p yes\n").unwrap_err();
+        assert!(e.what.contains("ro|rw"), "{e}");
+        assert!(Spec::parse("kestrel-spec 1\nshare t /p\n").is_err());
     }
 
     #[test]

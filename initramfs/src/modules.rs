@@ -245,6 +245,100 @@ impl ModulesDir {
         Ok(walk.out)
     }
 
+    /// Every module of the tree in `modules.dep` form, for tools that
+    /// expect depmod's output (kmod's `modprobe` in a guest): its path,
+    /// all of its dependencies (transitive, each once, listed so that
+    /// loading from the last to the first works, as depmod writes them)
+    /// and the aliases from its `.modinfo`. Each module file is read once;
+    /// the order is by module name. Same invariants as [`Self::resolve`]: a
+    /// cycle or a missing dependency is an error.
+    pub fn index(&self) -> Result<Vec<IndexedModule>, ModuleError> {
+        let mut direct: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut aliases: HashMap<&str, Vec<String>> = HashMap::new();
+        for (name, known) in &self.modules {
+            let data = read_module(&known.path)?;
+            let info = modinfo(&data).map_err(|source| ModuleError::Modinfo {
+                path: known.path.clone(),
+                source,
+            })?;
+            let deps = match &known.deps {
+                Some(deps) => deps.iter().rev().cloned().collect(),
+                None => info
+                    .iter()
+                    .filter(|(k, _)| k == "depends")
+                    .flat_map(|(_, v)| v.split(',').filter(|d| !d.is_empty()).map(module_name))
+                    .collect(),
+            };
+            direct.insert(name, deps);
+            aliases.insert(
+                name,
+                info.into_iter()
+                    .filter(|(k, _)| k == "alias")
+                    .map(|(_, v)| v)
+                    .collect(),
+            );
+        }
+        let mut out = Vec::with_capacity(self.modules.len());
+        for (name, known) in &self.modules {
+            let mut order = Vec::new();
+            let mut done = HashSet::new();
+            let mut stack = Vec::new();
+            self.closure(name, &direct, &mut done, &mut stack, &mut order)?;
+            order.pop(); // the module itself comes last
+            out.push(IndexedModule {
+                name: name.clone(),
+                path: known.path.clone(),
+                deps: order
+                    .iter()
+                    .rev()
+                    .filter_map(|d| self.modules.get(d).map(|k| k.path.clone()))
+                    .collect(),
+                aliases: aliases.remove(name.as_str()).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Post-order walk over `direct` (the in-memory form of [`Walk`]).
+    fn closure(
+        &self,
+        name: &str,
+        direct: &HashMap<&str, Vec<String>>,
+        done: &mut HashSet<String>,
+        stack: &mut Vec<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), ModuleError> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if let Some(pos) = stack.iter().position(|n| n == name) {
+            let mut chain = stack[pos..].to_vec();
+            chain.push(name.to_string());
+            return Err(ModuleError::Cycle {
+                chain: chain.join(" -> "),
+            });
+        }
+        let Some(deps) = direct.get(name) else {
+            if self.builtin.contains(name) {
+                return Ok(());
+            }
+            return Err(self.not_found(name, stack.last().map(String::as_str)));
+        };
+        stack.push(name.to_string());
+        for dep in deps {
+            self.closure(dep, direct, done, stack, order)?;
+        }
+        stack.pop();
+        done.insert(name.to_string());
+        order.push(name.to_string());
+        Ok(())
+    }
+
+    /// The directory this index was read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn not_found(&self, name: &str, needed_by: Option<&str>) -> ModuleError {
         ModuleError::NotFound {
             name: name.to_string(),
@@ -275,6 +369,20 @@ impl ModulesDir {
             })
             .collect())
     }
+}
+
+/// One module as [`ModulesDir::index`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedModule {
+    /// Normalised module name (`kvm_amd`).
+    pub name: String,
+    /// Host path of the module file.
+    pub path: PathBuf,
+    /// Host paths of every module it needs, the one to load last first.
+    pub deps: Vec<PathBuf>,
+    /// `alias=` entries of its `.modinfo` (patterns such as `fs-virtiofs`,
+    /// `pci:v00001AF4d*`).
+    pub aliases: Vec<String>,
 }
 
 /// Depth-first post-order walk with cycle detection.
@@ -408,7 +516,10 @@ mod tests {
 
     /// A module file whose `.modinfo` names it and its dependencies.
     fn ko(name: &str, depends: &[&str]) -> Vec<u8> {
-        let info = format!("license=GPL\0depends={}\0name={name}\0", depends.join(","));
+        let info = format!(
+            "license=GPL\0depends={}\0name={name}\0alias=mod-{name}\0",
+            depends.join(",")
+        );
         craft_elf(None, &[], None, &[(".modinfo", info.as_bytes())])
     }
 
@@ -546,6 +657,39 @@ mod tests {
             ModulesDir::open(empty.path()),
             Err(ModuleError::NotAModulesDir { .. })
         ));
+    }
+
+    #[test]
+    fn index_lists_every_module_with_all_its_deps_in_depmod_order() {
+        for with_dep in [true, false] {
+            let tmp = tree(with_dep);
+            let dir = ModulesDir::open(tmp.path()).unwrap();
+            let index = dir.index().unwrap();
+            let names: Vec<&str> = index.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, ["base", "left", "right", "solo", "top_mod"]);
+            let top = &index[4];
+            assert_eq!(top.path, tmp.path().join("kernel/b/top-mod.ko.gz"));
+            // Loaded from the end: base first, top_mod's direct deps after.
+            let rel: Vec<String> = top
+                .deps
+                .iter()
+                .map(|p| p.strip_prefix(tmp.path()).unwrap().display().to_string())
+                .collect();
+            assert_eq!(rel.last().map(String::as_str), Some("kernel/a/base.ko"));
+            assert_eq!(rel.len(), 3, "{rel:?}");
+            // The same order `resolve` loads in.
+            let mut load: Vec<PathBuf> = top.deps.iter().rev().cloned().collect();
+            load.push(top.path.clone());
+            let resolved: Vec<PathBuf> = dir
+                .resolve(&["top_mod"])
+                .unwrap()
+                .into_iter()
+                .map(|m| m.path)
+                .collect();
+            assert_eq!(load, resolved);
+            assert!(index[0].deps.is_empty());
+            assert_eq!(top.aliases, ["mod-top_mod"]);
+        }
     }
 
     #[test]

@@ -12,8 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use kestrel_kernels::{Cache, Fetch, ImageFormat, Kernel, KernelSpec, UNKNOWN_RELEASE};
 
 use crate::boot::{Initrd, KernelKind};
+use crate::guest_root::{self, RootError};
 use crate::initrd::{self, InitrdError};
 use crate::vm::{Boot, Config, ConfigError, Console};
+use crate::{guest_modules, log};
 
 /// Run a command inside a Linux kernel under KVM and report one verdict.
 #[derive(Debug, Parser)]
@@ -75,6 +77,22 @@ pub struct RunArgs {
     /// Kernel console destination: stderr, none, or a file path.
     #[arg(long, value_name = "stderr|FILE|none", default_value = "stderr")]
     pub console: String,
+    /// Run the command in the initramfs instead of the host's `/` (shared
+    /// read-only over virtio-fs by default).
+    #[arg(long)]
+    pub no_host_root: bool,
+    /// Make this host directory writable in the guest, at the same path
+    /// (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub rw: Vec<PathBuf>,
+    /// Share a host directory at a guest path, read-only unless `:rw`
+    /// (repeatable).
+    #[arg(long, value_name = "HOST:GUEST[:rw]")]
+    pub share: Vec<String>,
+    /// Run the command as the invoking user (SUDO_UID/SUDO_GID under sudo)
+    /// instead of root.
+    #[arg(long)]
+    pub user: bool,
     /// The guest command and its arguments (none: boot, report exit 0).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -98,6 +116,9 @@ pub enum CliError {
     /// Empty argument.
     #[error("--{0} must not be empty")]
     Empty(&'static str),
+    /// `--rw`, `--share` or the guest root.
+    #[error(transparent)]
+    Root(#[from] RootError),
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -121,22 +142,48 @@ impl TryFrom<RunArgs> for Config {
                 (args.modules.is_some(), "--modules"),
                 (!args.pack.is_empty(), "--pack"),
                 (!args.command.is_empty(), "a command after --"),
+                (!args.rw.is_empty(), "--rw"),
+                (!args.share.is_empty(), "--share"),
+                (args.user, "--user"),
             ];
             if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
                 return Err(CliError::InitrdConflict(what));
             }
         }
+        let mut root_req = guest_root::Request {
+            host_root: !args.no_host_root,
+            rw: args.rw,
+            shares: args.share,
+            user: args.user,
+            modules: None,
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        };
+        // Argument errors first, before the kernel is looked at.
+        guest_root::plan(&root_req, true)?;
         let kernel = resolve_kernel(&args.kernel)?;
+        let mut shares = Vec::new();
         let initrd = match args.initrd {
             Some(path) => Initrd::File(path),
             None => {
+                let modules_dir = args.modules.or_else(|| modules_dir_of(&kernel));
+                let virtiofs =
+                    initrd::has_virtiofs(modules_dir.as_deref(), kernel.config.as_deref());
+                if root_req.host_root && virtiofs {
+                    root_req.modules = modules_dir
+                        .as_deref()
+                        .and_then(|d| guest_modules_dir(d, &kernel.release))
+                        .map(|d| (d, kernel.release.clone()));
+                }
+                let guest = guest_root::plan(&root_req, virtiofs)?;
+                shares = guest.devices.clone();
                 let req = initrd::Request {
                     init: args.init,
-                    modules_dir: args.modules.or_else(|| modules_dir_of(&kernel)),
+                    modules_dir,
                     pack: args.pack,
                     command: args.command,
                     release: kernel.release.clone(),
                     cache_dir: initrd::default_cache_dir(),
+                    guest,
                 };
                 initrd::prepare(&req)?.initrd
             }
@@ -147,6 +194,7 @@ impl TryFrom<RunArgs> for Config {
                 kernel: kernel.image,
                 initrd: Some(initrd),
                 append: args.append,
+                shares,
             },
             cpus: args.cpus,
             memory_mib: args.memory,
@@ -158,6 +206,30 @@ impl TryFrom<RunArgs> for Config {
                 .max(Duration::from_secs(1)),
             console,
         })
+    }
+}
+
+/// The directory to show at `/lib/modules/<release>` for the kernel's
+/// modules `dir` ([`guest_modules::prepare`]); a failure leaves the guest
+/// without modules (a warning), it does not stop the run.
+fn guest_modules_dir(dir: &Path, release: &str) -> Option<PathBuf> {
+    let cache = Cache::from_env().ok();
+    let kernels = cache.as_ref().map(Cache::kernels_dir);
+    let cache_root = cache.as_ref().map_or_else(
+        || {
+            let d = initrd::default_cache_dir();
+            d.parent().map_or(d.clone(), Path::to_path_buf)
+        },
+        |c| c.root().to_path_buf(),
+    );
+    match guest_modules::prepare(dir, release, kernels.as_deref(), &cache_root) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            log::warn(format_args!(
+                "the guest gets no /lib/modules/{release} (modprobe will not work): {e}"
+            ));
+            None
+        }
     }
 }
 

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kestrel_initramfs::elf::LibrarySearch;
 use kestrel_initramfs::image::{job_archive, write_if_changed, BaseImage, ImageError};
-use kestrel_initramfs::job::{Dest, Spec};
-use kestrel_initramfs::modules::ModuleError;
+use kestrel_initramfs::job::{Dest, Root, Spec};
+use kestrel_initramfs::modules::{ModuleError, ModulesDir};
 
 use crate::boot;
+use crate::guest_root::Plan;
 use crate::log;
 
 /// Environment variable naming the static guest init.
@@ -29,8 +30,16 @@ pub const INIT_ENV: &str = "KESTREL_INIT";
 pub const INIT_IN_TARGET: &str = "x86_64-unknown-linux-gnu/release/kestrel-init";
 /// Modules Kestrel's devices need, loaded when the kernel has them as
 /// modules (built-ins and absent ones are skipped): the virtio-mmio
-/// transport, virtio-console, and virtio-fs for a shared root.
-pub const DEVICE_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtiofs"];
+/// transport, virtio-console, virtio-fs (with `fuse`, its dependency) for
+/// a shared root, and overlayfs, with which the init makes mount points
+/// the read-only host root lacks (`--share HOST:/new/path`).
+pub const DEVICE_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_console",
+    "fuse",
+    "virtiofs",
+    "overlay",
+];
 /// `PATH` of the guest command.
 pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The status channel as the init sees it: COM2 ([`crate::layout::COM2_PORT`]).
@@ -109,6 +118,8 @@ pub struct Request {
     pub release: String,
     /// Where cached base archives live.
     pub cache_dir: PathBuf,
+    /// The guest's root (default: the initramfs, nothing shared).
+    pub guest: Plan,
 }
 
 /// Whether the base archive was built or taken from the cache.
@@ -142,7 +153,7 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
         .iter()
         .map(|p| resolve_pack(p))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(program) = req.command.first() {
+    if let (Some(program), Root::Initramfs) = (req.command.first(), &req.guest.root) {
         check_packed(program, &executables)?;
     }
     let mut image = BaseImage {
@@ -181,7 +192,7 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
         },
         took.as_millis()
     ));
-    let job = job_archive(&job_spec(&req.command))?;
+    let job = job_archive(&job_spec_for(&req.command, &req.guest))?;
     Ok(Prepared {
         initrd: boot::Initrd::BaseAndJob { base: path, job },
         base_bytes,
@@ -190,20 +201,55 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
     })
 }
 
-/// The job spec for `command` (empty: the init only reports status 0).
+/// The job spec for `command` (empty: the init only reports status 0)
+/// in the initramfs root.
 pub fn job_spec(command: &[String]) -> Spec {
-    let mut env = vec![format!("PATH={GUEST_PATH}"), "HOME=/root".to_string()];
+    job_spec_for(command, &Plan::default())
+}
+
+/// The job spec for `command` in the guest root `guest`: its shares,
+/// tmpfs, working directory, user and `HOME`.
+pub fn job_spec_for(command: &[String], guest: &Plan) -> Spec {
+    let home = if guest.home.is_empty() {
+        "/root"
+    } else {
+        guest.home.as_str()
+    };
+    let mut env = vec![format!("PATH={GUEST_PATH}"), format!("HOME={home}")];
+    if let Some(name) = guest.user.as_ref().and_then(|u| u.name.as_ref()) {
+        env.push(format!("USER={name}"));
+        env.push(format!("LOGNAME={name}"));
+    }
     if let Some(term) = std::env::var_os("TERM").and_then(|t| t.into_string().ok()) {
         env.push(format!("TERM={term}"));
     }
+    env.extend(guest.env.iter().cloned());
     Spec {
         argv: command.to_vec(),
         env,
+        cwd: guest.cwd.clone(),
+        uid: guest.user.as_ref().map(|u| u.uid),
+        gid: guest.user.as_ref().map(|u| u.gid),
+        root: guest.root.clone(),
+        tmpfs: guest.tmpfs.clone(),
+        shares: guest.shares.clone(),
         stdout: output_dest(Stream::Stdout),
         stderr: output_dest(Stream::Stderr),
         status: Some(Dest::Path(STATUS_DEVICE.to_string())),
         ..Spec::default()
     }
+}
+
+/// Whether the kernel can mount virtio-fs: `virtiofs` is a module in (or
+/// built into) `modules_dir`, else its `.config` says `CONFIG_VIRTIO_FS=y`.
+pub fn has_virtiofs(modules_dir: Option<&Path>, config: Option<&Path>) -> bool {
+    let module = modules_dir
+        .and_then(|d| ModulesDir::open(d).ok())
+        .is_some_and(|m| m.resolve(&["virtiofs"]).is_ok());
+    module
+        || config
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .is_some_and(|text| text.lines().any(|l| l.trim() == "CONFIG_VIRTIO_FS=y"))
 }
 
 /// The static init: `--init`, else `$KESTREL_INIT`, else where `cargo

@@ -14,6 +14,10 @@
 //! - [`xsave`] — CPUID leaf 0xD made consistent, and the matching XCR0.
 //! - [`vm`] — `Config` → `Vm` → `Outcome`.
 //! - [`initrd`] — kestrel's own initramfs: cached base archive + per-run job.
+//! - [`guest_root`] — the guest's `/` (host root, tmpfs, `--rw`/`--share`
+//!   devices) as devices plus job-spec entries.
+//! - [`guest_modules`] — the kernel's modules at `/lib/modules/<release>`
+//!   with a generated kmod index (sidecar) when the tree has none.
 //! - [`verdict`] — verdict, exit code, final line.
 //! - [`cli`], [`doctor`] — the `kestrel` command's front end.
 
@@ -24,6 +28,8 @@ pub mod cli;
 pub mod devices;
 pub mod doctor;
 pub mod event;
+pub mod guest_modules;
+pub mod guest_root;
 pub mod initrd;
 pub mod kvm;
 pub mod layout;

@@ -28,7 +28,7 @@ use crate::devices::probe::{ProbeLog, ProbePort};
 use crate::devices::serial::SerialDevice;
 use crate::devices::sinks::{ConsoleLog, ConsoleState, StatusChannel, StatusState};
 use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
-use crate::devices::virtio::{self, console, Interrupt, VirtioDevice};
+use crate::devices::virtio::{self, console, fs, Interrupt, VirtioDevice};
 use crate::devices::{EventLine, IrqLine};
 use crate::event::{Ending, VcpuEnd, VmEvent};
 use crate::kvm::{Kvm, KvmError, VmHandle};
@@ -62,6 +62,9 @@ pub enum Boot {
         initrd: Option<boot::Initrd>,
         /// Appended to [`boot::cmdline::DEFAULT_ARGS`].
         append: String,
+        /// Host directories served as virtio-fs devices, one each, in
+        /// virtio-mmio slot order after the console.
+        shares: Vec<fs::Share>,
     },
     /// A hand-written real-mode program at [`layout::RAW_GUEST_ENTRY`] on
     /// every vCPU, without an interrupt controller (doctor probe, tests).
@@ -142,6 +145,12 @@ pub enum VmError {
     /// The virtio console's ports (a VMM bug).
     #[error("internal virtio console error: {0}")]
     VirtioConsole(#[from] console::ConsoleError),
+    /// A virtio-fs share cannot be served.
+    #[error(transparent)]
+    Share(#[from] fs::FsError),
+    /// More virtio devices than virtio-mmio slots.
+    #[error("{0} virtio devices do not fit in {max} virtio-mmio slots; share fewer directories", max = layout::VIRTIO_MMIO_SLOTS)]
+    TooManyDevices(usize),
     /// The console file.
     #[error("cannot open console file {path}: {source}")]
     ConsoleFile {
@@ -306,7 +315,15 @@ impl TryFrom<Config> for Vm {
         let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
         let mut virtio_transports = Vec::new();
         if !raw {
-            let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
+            let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
+            if let Boot::Kernel { shares, .. } = &config.boot {
+                for share in shares {
+                    devices.push(Box::new(fs::Fs::new(share)?));
+                }
+            }
+            if devices.len() > layout::VIRTIO_MMIO_SLOTS as usize {
+                return Err(VmError::TooManyDevices(devices.len()));
+            }
             for (n, device) in (0u32..).zip(devices) {
                 let (range, gsi) = layout::virtio_mmio_slot(n);
                 let mut transport =
@@ -329,6 +346,7 @@ impl TryFrom<Config> for Vm {
                 kind,
                 initrd,
                 append,
+                ..
             } => {
                 let cmdline = boot::cmdline::build(append).map_err(boot::BootError::from)?;
                 let spec = BootSpec {
@@ -548,6 +566,7 @@ mod tests {
             kind: None,
             initrd: None,
             append: String::new(),
+            shares: Vec::new(),
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.starts_with("/etc/passwd is neither a bzImage"), "{msg}");
@@ -556,6 +575,7 @@ mod tests {
             kind: None,
             initrd: None,
             append: String::new(),
+            shares: Vec::new(),
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("cannot read kernel /no/such/kernel"), "{msg}");

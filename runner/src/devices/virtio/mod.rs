@@ -17,6 +17,7 @@
 
 pub mod chain;
 pub mod console;
+pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod testing;
