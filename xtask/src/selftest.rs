@@ -38,7 +38,16 @@ pub enum AccelArg {
 
 /// Modules the checks need: virtio-console carries the command's output.
 const MODULES: &[&str] = &["virtio_pci", "virtio_console"];
-const CPUS: u32 = 2;
+/// vCPUs of each guest: two under TCG (SMP is checked through `nproc`);
+/// one on KVM, since inside the rig L2 guests with two vCPUs stall or
+/// corrupt memory now and then (RCU stalls, seen under QEMU and kestrel
+/// alike: the rig's emulated SVM, not the guest).
+fn cpus(accel: Accel) -> u32 {
+    match accel {
+        Accel::Kvm => 1,
+        Accel::Tcg => 2,
+    }
+}
 
 struct Case {
     name: &'static str,
@@ -50,11 +59,11 @@ const CASES: &[Case] = &[
     Case {
         name: "packed nproc exits 0",
         argv: &["/usr/bin/nproc"],
-        check: |o, _| {
+        check: |o, accel| {
             expect_status(o, Status::Exit(0))?;
             let out = String::from_utf8_lossy(&o.stdout);
-            if out.trim() != CPUS.to_string() {
-                bail!("nproc printed {out:?}, expected {CPUS}");
+            if out.trim() != cpus(accel).to_string() {
+                bail!("nproc printed {out:?}, expected {}", cpus(accel));
             }
             Ok(())
         },
@@ -155,7 +164,7 @@ pub fn run(args: &SelftestArgs) -> Result<usize> {
                     Accel::Tcg => "EPYC".into(),
                     Accel::Kvm => "host".into(),
                 },
-                cpus: CPUS,
+                cpus: cpus(accel),
                 memory_mib: 512,
                 kernel: kernel.image.clone(),
                 initrd,
