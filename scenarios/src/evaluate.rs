@@ -657,7 +657,7 @@ mod tests {
         assert_eq!(reasons.len(), 1);
         assert_eq!(
             reasons[0].to_string(),
-            "forbidden kernel-log line (/WARNING:/): `[ 2.0] WARNING: CPU: 0 PID: 1 at fs/x.c:1 f+0x1/0x2` and 1 more"
+            "forbidden kernel-log line (/^(\\[[ 0-9.]+\\] )?WARNING: /): `[ 2.0] WARNING: CPU: 0 PID: 1 at fs/x.c:1 f+0x1/0x2` and 1 more"
         );
         std::fs::remove_dir_all(&c.dir).unwrap();
     }

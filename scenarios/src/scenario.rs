@@ -18,10 +18,17 @@ use toml::Spanned;
 use crate::error::{Error, Result};
 use crate::kernel::KernelPattern;
 
-/// Kernel-log patterns that fail a scenario unless it sets `forbid` itself.
+/// Kernel-log patterns (regexes) that fail a scenario unless it sets
+/// `forbid` itself.
+///
+/// `WARNING:` counts only where a message starts with it (after the printk
+/// timestamp), as a `WARN()` splat does (`WARNING: CPU: 0 PID: 1 at …`, or
+/// `WARNING: file.c:639 at …` on newer kernels): CPU-vulnerability notices
+/// such as `Speculative Return Stack Overflow: WARNING: See …` are printed
+/// at every boot on affected hosts and are no kernel bug.
 pub const DEFAULT_FORBID: &[&str] = &[
     "BUG:",
-    "WARNING:",
+    r"^(\[[ 0-9.]+\] )?WARNING: ",
     "Oops",
     "Call Trace",
     "KASAN",
@@ -395,7 +402,7 @@ impl Scenario {
             Some(list) => regexes(list, "forbid", &fail)?,
             None => DEFAULT_FORBID
                 .iter()
-                .map(|p| Regex::new(&regex::escape(p)))
+                .map(|p| Regex::new(p))
                 .collect::<Result<_, _>>()
                 .map_err(|e| fail(0..0, e.to_string()))?,
         };
@@ -522,6 +529,16 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn default_warning_pattern_matches_splats_not_vulnerability_notices() {
+        let re = regex::Regex::new(DEFAULT_FORBID[1]).unwrap();
+        assert!(re.is_match("[    2.440507] WARNING: arch/x86/kernel/fpu/xstate.c:639 at fpu__init_system_xstate+0x8b0/0xbf0, CPU#0: swapper/0/0"));
+        assert!(re.is_match("[   12.1] WARNING: CPU: 1 PID: 42 at mm/slub.c:100 f+0x1/0x2"));
+        assert!(re.is_match("WARNING: CPU: 0 PID: 1 at kernel/x.c:1 g+0x0/0x1"));
+        assert!(!re.is_match("[    1.319961] Speculative Return Stack Overflow: WARNING: See https://kernel.org/doc/html/latest/admin-guide/hw-vuln/srso.html for mitigation options."));
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Scenario> {

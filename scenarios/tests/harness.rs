@@ -208,7 +208,7 @@ fn harness_warning_in_kernel_log_fails_even_when_the_snapshot_matches() {
     let v = Fixture::verdict(&s, "warns");
     assert_eq!(
         v.reason(),
-        "forbidden kernel-log line (/WARNING:/): `[    2.5] WARNING: CPU: 1 PID: 77 at mm/page_alloc.c:4000 x+0x1/0x2`"
+        "forbidden kernel-log line (/^(\\[[ 0-9.]+\\] )?WARNING: /): `[    2.5] WARNING: CPU: 1 PID: 77 at mm/page_alloc.c:4000 x+0x1/0x2`"
     );
     assert!(
         !f.snap("warns.snap.new").exists(),
