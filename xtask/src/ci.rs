@@ -89,6 +89,7 @@ pub fn run() -> Result<()> {
         Ok(())
     })?;
     timed("rig: the real-KVM tier (one L1 boot)", &mut || {
+        crate::test::ensure_guest_tools()?;
         let k61 = guest::kernel("debian:6.1")?;
         let mut script = format!(
             "rc=0\nexport KESTREL_TEST_KERNEL={}\n",
@@ -106,6 +107,10 @@ pub fn run() -> Result<()> {
                 shell_quote(&bin.to_string_lossy())
             ));
         }
+        script.push_str(&format!(
+            "echo '==> scenarios'; {} test --here || rc=1\n",
+            shell_quote(&xtask.to_string_lossy())
+        ));
         script.push_str("exit $rc\n");
         let code = in_rig(&["sh", "-c", &script])?;
         if code != 0 {
@@ -154,7 +159,11 @@ fn in_rig(cmd: &[&str]) -> Result<i32> {
 /// Integration tests that need hardware-speed KVM: (package, test target).
 /// They run inside the rig with `KESTREL_REAL_KVM_TESTS=1`, where a missing
 /// prerequisite is a failure, not a skip.
-const RIG_TESTS: &[(&str, &str)] = &[("kestrel", "real_kernel"), ("kestrel", "virtio_console")];
+const RIG_TESTS: &[(&str, &str)] = &[
+    ("kestrel", "real_kernel"),
+    ("kestrel", "virtio_console"),
+    ("kestrel", "host_root"),
+];
 
 /// Builds the rig tests (release) and returns their executables.
 fn rig_test_binaries() -> Result<Vec<std::path::PathBuf>> {

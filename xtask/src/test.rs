@@ -41,6 +41,9 @@ pub struct TestArgs {
 
 /// Runs the suite; `Ok(true)` when every case passed.
 pub fn run(args: &TestArgs) -> Result<bool> {
+    if !args.here {
+        ensure_guest_tools()?;
+    }
     let kestrel = guest::build_kestrel()?;
     guest::build_init()?;
     for spec in &args.kernel {
@@ -80,6 +83,21 @@ pub fn run(args: &TestArgs) -> Result<bool> {
         summary.run_dir.display()
     );
     Ok(summary.passed())
+}
+
+/// Scenarios run the host's own tools in the guest (the host's `/` is the
+/// guest root): `modprobe` (Debian's `kmod`) for module loading, a C
+/// compiler for the probes.
+pub fn ensure_guest_tools() -> Result<()> {
+    if !std::path::Path::new("/sbin/modprobe").exists()
+        && !std::path::Path::new("/usr/sbin/modprobe").exists()
+    {
+        tools::apt_install(&["kmod"])?;
+    }
+    if tools::which("cc").is_none() {
+        tools::apt_install(&["gcc", "libc6-dev"])?;
+    }
+    Ok(())
 }
 
 fn in_rig(args: &TestArgs) -> Result<bool> {

@@ -63,9 +63,17 @@ pub fn ensure_qemu() -> Result<PathBuf> {
     which(QEMU).with_context(|| format!("{QEMU} is still missing after installing {QEMU_PACKAGE}"))
 }
 
-/// Installs Debian packages (we are root), refreshing the apt index first
-/// when the package is unknown to it.
+/// Installs Debian packages, refreshing the apt index first when a package
+/// is unknown to it. Not root: one sentence naming the packages.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "Kestrel needs Debian's {} here: install {} (sudo apt-get install {}) and run this again",
+            packages.join(", "),
+            if packages.len() == 1 { "it" } else { "them" },
+            packages.join(" ")
+        );
+    }
     let known = Command::new("apt-cache")
         .arg("show")
         .args(packages)
