@@ -134,13 +134,15 @@ pub fn run() -> Result<()> {
 
 /// Runs CMD in the rig and returns its exit code. A rig failure (L1 died
 /// or froze: design.md §1 saw that about once in 75 runs) is retried once;
-/// it is never taken as CMD's verdict.
+/// it is never taken as CMD's verdict. The silence limit is long because
+/// some tests print nothing for minutes (the `find /usr` walk through two
+/// virtio-fs hops takes ~6 min).
 fn in_rig(cmd: &[&str]) -> Result<i32> {
     let args = RigArgs {
         cpus: 2,
         memory: 4096,
         timeout: 1800,
-        silence: 300,
+        silence: 900,
         console: false,
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
     };
