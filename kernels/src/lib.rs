@@ -15,6 +15,7 @@
 mod apt;
 pub mod build;
 pub mod cache;
+pub mod debtools;
 mod error;
 pub mod image;
 pub mod kconfig;

@@ -17,8 +17,8 @@ use kestrel_initramfs::job::{Dest, Spec, Status};
 use crate::bench_fs;
 use crate::guest::{self, BaseSpec};
 use crate::qemu::{Accel, Guest, Machine};
-use crate::rig::{self, RigArgs, RigExit};
-use crate::tools;
+use crate::rig::{self, RigArgs};
+use crate::tools::{self, Qemu};
 
 /// `cargo xtask bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -61,16 +61,9 @@ pub fn in_rig(args: Vec<String>) -> Result<()> {
     let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
     let mut cmd = vec![xtask.to_string_lossy().into_owned()];
     cmd.extend(args);
-    let exit = rig::run(&RigArgs {
-        cpus: 2,
-        memory: 4096,
-        timeout: 3600,
-        silence: 900,
-        console: false,
-        cmd,
-    })?;
-    if exit != RigExit::Command(0) {
-        bail!("the bench in the rig failed ({exit:?})");
+    let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 900), 2, &|| false)?;
+    if code != 0 {
+        bail!("the bench in the rig failed (exit {code}): see above");
     }
     Ok(())
 }
@@ -197,7 +190,7 @@ fn run_kestrel(kestrel: &Path, kernel: &Path, initrd: &Path) -> Result<Duration>
     Ok(wall)
 }
 
-fn run_qemu(qemu: &Path, machine: Machine, kernel: &Path, initrd: &Path) -> Result<Duration> {
+fn run_qemu(qemu: &Qemu, machine: Machine, kernel: &Path, initrd: &Path) -> Result<Duration> {
     let guest = Guest {
         accel: Accel::Kvm,
         machine,
@@ -211,6 +204,7 @@ fn run_qemu(qemu: &Path, machine: Machine, kernel: &Path, initrd: &Path) -> Resu
         fs: None,
         ports: None,
         echo_console: false,
+        kill_on_lockup: false,
         timeout: Duration::from_secs(120),
         silence: Duration::from_secs(60),
     };

@@ -19,6 +19,7 @@ use kestrel_initramfs::job::{Dest, Root, Spec, Status};
 
 use crate::guest::{self, BaseSpec};
 use crate::qemu::{Accel, Guest, Machine, Sink, VhostUserFs};
+use crate::tools::Qemu;
 use crate::{bench, paths, tools};
 
 /// `cargo xtask bench fs` arguments.
@@ -309,7 +310,7 @@ enum Server<'a> {
 }
 
 fn run_qemu(
-    qemu: &Path,
+    qemu: &Qemu,
     initrd: &Path,
     kernel: &Path,
     dir: &Path,
@@ -334,6 +335,7 @@ fn run_qemu(
         }),
         ports: Some((Sink::Capture, Sink::Capture)),
         echo_console: false,
+        kill_on_lockup: false,
         timeout: Duration::from_secs(900),
         silence: Duration::from_secs(600),
     };

@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use kestrel_scenarios::{Case, KestrelBinary, Scenario, Session, SuiteOptions, Verdict};
 
 use crate::kbuild::{self, BuildError, ConfigSet, Output, Plan};
-use crate::rig::{self, RigArgs, RigExit};
+use crate::rig::{self, RigArgs};
 use crate::{guest, paths, tools};
 
 /// Exit codes `git bisect run` understands.
@@ -503,36 +503,23 @@ fn boot(args: &BootArgs, xtask: &Path, in_rig: bool) -> Result<BootRecord> {
     for p in &args.pack {
         cmd.extend(["--pack".into(), p.clone()]);
     }
-    let rig_args = RigArgs {
-        cpus: 2,
-        memory: 2048,
-        timeout: 1800,
-        silence: 300,
-        console: false,
-        cmd,
-    };
-    for attempt in 1..=2 {
-        match rig::run(&rig_args)? {
-            RigExit::Command(0) => {
-                let text = std::fs::read_to_string(&record_path).with_context(|| {
-                    format!(
-                        "the rig ran the scenario but wrote no {}",
-                        record_path.display()
-                    )
-                })?;
-                return BootRecord::parse(&text)
-                    .with_context(|| format!("{} is not a boot record", record_path.display()));
-            }
-            RigExit::Command(code) => {
-                bail!("running the scenario in the rig failed (exit {code}): see above")
-            }
-            RigExit::RigFailure if attempt == 1 && !INTERRUPTED.load(Ordering::SeqCst) => {
-                tools::step("bisect: the rig failed (not the kernel under test); trying once more")
-            }
-            RigExit::RigFailure => {}
+    let mut rig_args = RigArgs::for_cmd(cmd, 300);
+    rig_args.memory = 2048;
+    rig_args.timeout = 1800;
+    let interrupted = || INTERRUPTED.load(Ordering::SeqCst);
+    match rig::run_retrying(&rig_args, 2, &interrupted)? {
+        0 => {
+            let text = std::fs::read_to_string(&record_path).with_context(|| {
+                format!(
+                    "the rig ran the scenario but wrote no {}",
+                    record_path.display()
+                )
+            })?;
+            BootRecord::parse(&text)
+                .with_context(|| format!("{} is not a boot record", record_path.display()))
         }
+        code => bail!("running the scenario in the rig failed (exit {code}): see above"),
     }
-    bail!("the rig failed twice in a row (not the kernel under test): see the L1 kernel log above")
 }
 
 /// `xtask bisect-step` arguments (hidden; what `git bisect run` calls).

@@ -15,13 +15,15 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use kestrel_initramfs::job::Status;
+
+use crate::tools::Qemu;
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,15 @@ pub struct Guest {
     pub timeout: Duration,
     /// Kill the guest after this long without a byte on any channel.
     pub silence: Duration,
+    /// Kill the guest as soon as its kernel reports a CPU stuck for
+    /// [`LOCKUP_FATAL_SECS`] or more (the rig: an L1 whose emulated SVM hung
+    /// keeps printing lockup reports, so silence never comes).
+    pub kill_on_lockup: bool,
 }
+
+/// A soft lockup at least this long ends a guest run with `kill_on_lockup`;
+/// shorter ones happen on an overloaded host and pass.
+pub const LOCKUP_FATAL_SECS: u64 = 120;
 
 /// How QEMU ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +106,8 @@ pub enum End {
     Timeout,
     /// We killed it after `silence` without output.
     Silent,
+    /// We killed it when its kernel reported a CPU stuck for this many seconds.
+    Lockup(u64),
 }
 
 /// What a guest run produced.
@@ -132,6 +144,9 @@ impl Outcome {
             (Some(status), _) => format!("guest reported {status}"),
             (None, End::Timeout) => "guest timed out without reporting a status".into(),
             (None, End::Silent) => "guest went silent and was killed".into(),
+            (None, End::Lockup(secs)) => {
+                format!("guest kernel reported a CPU stuck for {secs} s and was killed")
+            }
             (None, End::Exited(_)) if self.panicked() => "guest kernel panicked".into(),
             (None, End::Exited(code)) => {
                 format!("guest died without reporting a status (QEMU exit {code:?})")
@@ -147,6 +162,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 enum Event {
     Activity,
+    /// The kernel log reported a soft lockup this many seconds long.
+    Lockup(u64),
     Exited(ExitStatus),
 }
 
@@ -162,19 +179,38 @@ fn listen(
     echo: bool,
     events: &Sender<Event>,
 ) -> Result<Channel> {
+    listen_scanned(dir, name, sink, echo, false, events)
+}
+
+/// [`listen`], and with `scan` report soft lockups in what arrives.
+fn listen_scanned(
+    dir: &Path,
+    name: &str,
+    sink: Sink,
+    echo: bool,
+    scan: bool,
+    events: &Sender<Event>,
+) -> Result<Channel> {
     let path = dir.join(name);
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("could not listen on {}", path.display()))?;
     let events = events.clone();
     let reader = std::thread::Builder::new()
         .name(format!("qemu-{name}"))
-        .spawn(move || read_channel(listener, sink, echo, events))
+        .spawn(move || read_channel(listener, sink, echo, scan, &events))
         .context("could not start a reader thread")?;
     Ok(Channel { path, reader })
 }
 
-fn read_channel(listener: UnixListener, sink: Sink, echo: bool, events: Sender<Event>) -> Vec<u8> {
+fn read_channel(
+    listener: UnixListener,
+    sink: Sink,
+    echo: bool,
+    scan: bool,
+    events: &Sender<Event>,
+) -> Vec<u8> {
     let mut kept = Vec::new();
+    let mut line = Vec::new();
     let Ok((mut stream, _)) = listener.accept() else {
         return kept;
     };
@@ -201,8 +237,30 @@ fn read_channel(listener: UnixListener, sink: Sink, echo: bool, events: Sender<E
             let _ = std::io::stderr().lock().write_all(bytes);
         }
         let _ = events.send(Event::Activity);
+        if scan {
+            for &b in bytes {
+                if b != b'\n' {
+                    if line.len() < 512 {
+                        line.push(b);
+                    }
+                    continue;
+                }
+                if let Some(secs) = lockup_secs(&String::from_utf8_lossy(&line)) {
+                    let _ = events.send(Event::Lockup(secs));
+                }
+                line.clear();
+            }
+        }
     }
     kept
+}
+
+/// The seconds of a kernel soft-lockup report
+/// (`watchdog: BUG: soft lockup - CPU#0 stuck for 1188s! [kestrel_vcpu 0:351]`).
+fn lockup_secs(line: &str) -> Option<u64> {
+    let rest = line.split("soft lockup - CPU#").nth(1)?;
+    let rest = rest.split("stuck for ").nth(1)?;
+    rest.split('s').next()?.parse().ok()
 }
 
 impl Channel {
@@ -221,17 +279,18 @@ impl Guest {
     /// Boots the guest, waits for it to end, and returns what it reported.
     /// Errors are ours (QEMU missing, sockets); a guest that fails is an
     /// `Outcome`, not an error.
-    pub fn run(&self, qemu: &Path) -> Result<Outcome> {
+    pub fn run(&self, qemu: &Qemu) -> Result<Outcome> {
         let dir = tempfile::Builder::new()
             .prefix("kestrel-qemu-")
             .tempdir()
             .context("could not create a temporary directory")?;
         let (tx, rx) = channel();
-        let console = listen(
+        let console = listen_scanned(
             dir.path(),
             "console.sock",
             Sink::Capture,
             self.echo_console,
+            self.kill_on_lockup,
             &tx,
         )?;
         let status = listen(dir.path(), "status.sock", Sink::Capture, false, &tx)?;
@@ -246,7 +305,7 @@ impl Guest {
         let qemu_log =
             std::fs::File::create(&qemu_log_path).context("could not create qemu.log")?;
 
-        let mut cmd = Command::new(qemu);
+        let mut cmd = qemu.command();
         cmd.args(self.args(
             &console.path,
             &status.path,
@@ -258,7 +317,7 @@ impl Guest {
         let start = Instant::now();
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("could not start {}", qemu.display()))?;
+            .with_context(|| format!("could not start {}", qemu.bin.display()))?;
         let pid = child.id();
         let waiter_tx = tx.clone();
         let waiter = std::thread::Builder::new()
@@ -284,6 +343,10 @@ impl Guest {
             }
             match rx.recv_timeout(silence_left.min(deadline - now)) {
                 Ok(Event::Activity) => last_activity = Instant::now(),
+                Ok(Event::Lockup(secs)) if self.kill_on_lockup && secs >= LOCKUP_FATAL_SECS => {
+                    break End::Lockup(secs)
+                }
+                Ok(Event::Lockup(_)) => last_activity = Instant::now(),
                 Ok(Event::Exited(status)) => break End::Exited(status.code()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break End::Exited(None),
@@ -395,5 +458,27 @@ fn kill(pid: u32) {
     // we get here otherwise), so it cannot name another process.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_lockup_reports_are_read() {
+        assert_eq!(
+            lockup_secs("[ 1620.731666] watchdog: BUG: soft lockup - CPU#0 stuck for 1188s! [kestrel_vcpu 0:351]"),
+            Some(1188)
+        );
+        assert_eq!(
+            lockup_secs("watchdog: BUG: soft lockup - CPU#13 stuck for 22s! [swapper/13:0]"),
+            Some(22)
+        );
+        assert_eq!(
+            lockup_secs("rcu: INFO: rcu_preempt self-detected stall on CPU"),
+            None
+        );
+        assert_eq!(lockup_secs("soft lockup - CPU#0 stuck for"), None);
     }
 }

@@ -82,6 +82,39 @@ pub struct RigArgs {
     pub cmd: Vec<String>,
 }
 
+impl RigArgs {
+    /// `cargo xtask rig`'s defaults for CMD, with `silence` seconds of
+    /// allowed silence (tests that print nothing for minutes need more).
+    pub fn for_cmd(cmd: Vec<String>, silence: u64) -> RigArgs {
+        RigArgs {
+            cpus: 2,
+            memory: 4096,
+            timeout: 3600,
+            silence,
+            console: false,
+            cmd,
+        }
+    }
+}
+
+/// Runs CMD in L1 up to `attempts` times while the rig itself fails (L1
+/// died, froze or soft-locked: design.md §1) and returns CMD's exit code;
+/// a rig failure is never taken as CMD's verdict. `interrupted` stops the
+/// retries (the user pressed Ctrl-C).
+pub fn run_retrying(args: &RigArgs, attempts: u32, interrupted: &dyn Fn() -> bool) -> Result<i32> {
+    for attempt in 1..=attempts {
+        match run(args)? {
+            RigExit::Command(code) => return Ok(code),
+            RigExit::RigFailure if attempt < attempts && !interrupted() => tools::step(format!(
+                "rig: L1 failed (not the command); attempt {} of {attempts}",
+                attempt + 1
+            )),
+            RigExit::RigFailure => break,
+        }
+    }
+    bail!("the rig failed (L1, not the command under test): see the L1 kernel log above")
+}
+
 /// Runs CMD in L1.
 pub fn run(args: &RigArgs) -> Result<RigExit> {
     if args.cpus == 0 || args.memory < 512 {
@@ -145,6 +178,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         }),
         ports: Some((Sink::Stdout, Sink::Stderr)),
         echo_console: args.console,
+        kill_on_lockup: true,
         timeout: Duration::from_secs(args.timeout),
         silence: Duration::from_secs(args.silence),
     };
@@ -173,6 +207,9 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
                 End::Silent => format!(
                     "L1 printed nothing for {} s and was killed (--silence)",
                     args.silence
+                ),
+                End::Lockup(secs) => format!(
+                    "L1's kernel reported a CPU stuck for {secs} s (the emulated SVM hung) and was killed"
                 ),
                 End::Exited(_) => outcome.describe(),
             };

@@ -173,6 +173,7 @@ pub fn run(args: &SelftestArgs) -> Result<usize> {
                 fs: None,
                 ports: Some((Sink::Capture, Sink::Capture)),
                 echo_console: false,
+                kill_on_lockup: false,
                 timeout: Duration::from_secs(180),
                 silence: Duration::from_secs(120),
             };

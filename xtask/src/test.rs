@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use kestrel_scenarios::{run_suite, KestrelBinary, SuiteOptions};
 
-use crate::rig::{self, RigArgs, RigExit};
+use crate::rig::{self, RigArgs};
 use crate::{guest, paths, tools};
 
 /// `cargo xtask test` arguments.
@@ -125,19 +125,6 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         let junit = std::path::absolute(junit).context("cannot resolve --junit")?;
         cmd.extend(["--junit".into(), junit.to_string_lossy().into_owned()]);
     }
-    let rig_args = RigArgs {
-        cpus: 2,
-        memory: 4096,
-        timeout: 3600,
-        silence: 600,
-        console: false,
-        cmd,
-    };
-    match rig::run(&rig_args)? {
-        RigExit::Command(0) => Ok(true),
-        RigExit::Command(_) => Ok(false),
-        RigExit::RigFailure => {
-            bail!("the rig failed (not the scenarios): see the L1 kernel log above")
-        }
-    }
+    let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 600), 2, &|| false)?;
+    Ok(code == 0)
 }

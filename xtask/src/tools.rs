@@ -44,23 +44,163 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Makes sure QEMU is installed, installing it with apt
-/// when we are root. Returns the QEMU binary.
-pub fn ensure_qemu() -> Result<PathBuf> {
-    if let Some(qemu) = which(QEMU) {
-        return Ok(qemu);
+/// A QEMU to run: its binary and, for one unpacked into the cache, the
+/// data directory its option ROMs come from.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub bin: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// `--version`'s first line, for reports.
+    pub version: String,
+}
+
+impl Qemu {
+    /// A command running this QEMU, its data directory first in the search.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        if let Some(dir) = &self.data_dir {
+            cmd.arg("-L").arg(dir);
+        }
+        cmd
     }
-    if !is_root() {
+}
+
+/// The oldest QEMU major version whose TCG nested SVM runs L2 guests with
+/// two vCPUs reliably: under 7.2, half of the 2-vCPU 6.12 boots in the rig
+/// panicked and L1 soft-locked in `kestrel_vcpu` threads (design.md §1;
+/// 10.0: 40 of 40 boots).
+pub const NESTED_QEMU_MAJOR: u32 = 10;
+/// The packages of a QEMU unpacked into the cache.
+const QEMU_TOOLSET: kestrel_kernels::debtools::ToolSet = kestrel_kernels::debtools::ToolSet {
+    name: "qemu",
+    packages: &["qemu-system-x86", "qemu-system-common", "qemu-system-data"],
+};
+
+/// The QEMU for the rig and the benches: `$KESTREL_QEMU` when set; else
+/// the system's (installed with apt when missing and we are root) when it
+/// is at least [`NESTED_QEMU_MAJOR`]; else, on Debian, the suite's
+/// backports QEMU unpacked into the kernel cache (fetched once, never
+/// installed). When that is impossible the system's QEMU is used, with one
+/// warning line.
+pub fn ensure_qemu() -> Result<Qemu> {
+    if let Some(bin) = std::env::var_os("KESTREL_QEMU").filter(|v| !v.is_empty()) {
+        let bin = PathBuf::from(bin);
+        let version = qemu_version(&bin)
+            .with_context(|| format!("KESTREL_QEMU={} does not run", bin.display()))?;
+        return Ok(Qemu {
+            bin,
+            data_dir: None,
+            version,
+        });
+    }
+    let system = system_qemu()?;
+    if qemu_major(&system.version).is_some_and(|m| m >= NESTED_QEMU_MAJOR) {
+        return Ok(system);
+    }
+    match backports_qemu() {
+        Ok(Some(qemu)) => Ok(qemu),
+        Ok(None) => {
+            step(format!(
+                "using the system's {} (older than {NESTED_QEMU_MAJOR}.0: nested guests with 2 vCPUs are unreliable)",
+                system.version
+            ));
+            Ok(system)
+        }
+        Err(e) => {
+            step(format!(
+                "using the system's {} (older than {NESTED_QEMU_MAJOR}.0: nested guests with 2 vCPUs are unreliable): a newer one could not be fetched: {e:#}",
+                system.version
+            ));
+            Ok(system)
+        }
+    }
+}
+
+/// The QEMU on `PATH`, installed with apt first when missing and we are root.
+fn system_qemu() -> Result<Qemu> {
+    let bin = match which(QEMU) {
+        Some(bin) => bin,
+        None => {
+            if !is_root() {
+                bail!(
+                    "{QEMU} is missing: install Debian's `{QEMU_PACKAGE}` package \
+                     (sudo apt-get install {QEMU_PACKAGE}) and run this again"
+                );
+            }
+            if which("apt-get").is_none() {
+                bail!("{QEMU} is missing and there is no apt-get here: install QEMU for x86-64 by hand");
+            }
+            apt_install(&[QEMU_PACKAGE])?;
+            which(QEMU).with_context(|| {
+                format!("{QEMU} is still missing after installing {QEMU_PACKAGE}")
+            })?
+        }
+    };
+    let version = qemu_version(&bin)?;
+    Ok(Qemu {
+        bin,
+        data_dir: None,
+        version,
+    })
+}
+
+/// The backports QEMU of the host's Debian suite from the cache, fetched
+/// when missing; `None` when the host is not a Debian suite with one.
+fn backports_qemu() -> Result<Option<Qemu>> {
+    use kestrel_kernels::debtools;
+    let os_release = std::fs::read_to_string(kestrel_kernels::spec::OS_RELEASE).unwrap_or_default();
+    let suite = match kestrel_kernels::spec::os_release_codename(&os_release).as_deref() {
+        Some("bookworm") => "bookworm-backports",
+        _ => return Ok(None),
+    };
+    let cache = kestrel_kernels::Cache::from_env()?;
+    let unpacked = match debtools::lookup(&cache, suite, QEMU_TOOLSET) {
+        Some(found) => found,
+        None => {
+            step(format!(
+                "fetching QEMU from {suite} into the cache (the system's is older than {NESTED_QEMU_MAJOR}.0)"
+            ));
+            debtools::fetch(&cache, suite, QEMU_TOOLSET)?
+        }
+    };
+    let bin = unpacked.root.join("usr/bin").join(QEMU);
+    let version = qemu_version(&bin).with_context(|| {
+        format!(
+            "QEMU {} unpacked from {suite} does not run here (a library missing? install {QEMU_PACKAGE} from {suite})",
+            unpacked.version
+        )
+    })?;
+    if qemu_major(&version).is_none_or(|m| m < NESTED_QEMU_MAJOR) {
+        return Ok(None);
+    }
+    Ok(Some(Qemu {
+        bin,
+        data_dir: Some(unpacked.root.join("usr/share/qemu")),
+        version,
+    }))
+}
+
+/// The first line of `qemu --version`.
+fn qemu_version(bin: &Path) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("could not run {}", bin.display()))?;
+    if !out.status.success() {
         bail!(
-            "{QEMU} is missing: install Debian's `{QEMU_PACKAGE}` package \
-             (sudo apt-get install {QEMU_PACKAGE}) and run this again"
+            "{} --version failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if which("apt-get").is_none() {
-        bail!("{QEMU} is missing and there is no apt-get here: install QEMU for x86-64 by hand");
-    }
-    apt_install(&[QEMU_PACKAGE])?;
-    which(QEMU).with_context(|| format!("{QEMU} is still missing after installing {QEMU_PACKAGE}"))
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+/// The major version in `QEMU emulator version 7.2.22 (Debian …)`.
+pub fn qemu_major(version_line: &str) -> Option<u32> {
+    let rest = version_line.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
 }
 
 /// Installs Debian packages, refreshing the apt index first when a package
@@ -144,4 +284,22 @@ pub fn spawn_on_socket(mut cmd: Command, socket: &Path) -> Result<Child> {
     // The child has its own copy now; ours closes here.
     drop(listener);
     Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_major_reads_the_version_line() {
+        assert_eq!(
+            qemu_major("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some(7)
+        );
+        assert_eq!(
+            qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"),
+            Some(10)
+        );
+        assert_eq!(qemu_major("something else"), None);
+    }
 }
