@@ -16,12 +16,14 @@
 //! - [`backend`]: the runner contract and the `kestrel` binary backend.
 //! - [`report`]: per-case artifacts, JUnit XML, the summary table.
 //! - [`suite`]: options, cases, probes, `run_suite`.
+//! - [`matrix`]: scenario × kernel verdicts, differences, the ABI reports.
 
 pub mod backend;
 pub mod error;
 pub mod evaluate;
 pub mod kernel;
 pub mod ktap;
+pub mod matrix;
 pub mod redact;
 pub mod report;
 pub mod scenario;

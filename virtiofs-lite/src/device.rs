@@ -8,6 +8,7 @@
 //! used ring exactly once, served or not; the caller is told to interrupt
 //! the guest only when the queue's notification rules ask for it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -44,6 +45,10 @@ pub enum DeviceError {
     /// The queue's rings are not in guest memory.
     #[error("virtqueue error: {0}")]
     Queue(virtio_queue::Error),
+    /// The driver claims more chains than the queue holds: a broken or
+    /// hostile guest. The queue is not served again until it is reset.
+    #[error("the guest's avail index {avail} is {ahead} ahead of ours, more than the queue size {size}")]
+    BadAvailIndex { avail: u16, ahead: u16, size: u16 },
 }
 
 /// A virtio-fs device over a [`Server`].
@@ -120,6 +125,22 @@ impl FsDevice {
     ) -> Result<bool, DeviceError> {
         let mut used_any = false;
         loop {
+            // A driver whose avail index runs ahead by more than the queue
+            // size makes `pop_descriptor_chain` yield nothing while
+            // `enable_notification` keeps reporting work: without this
+            // check the loop would spin for ever.
+            let avail = queue
+                .avail_idx(mem, Ordering::Acquire)
+                .map_err(DeviceError::Queue)?
+                .0;
+            let ahead = avail.wrapping_sub(queue.next_avail());
+            if ahead > queue.size() {
+                return Err(DeviceError::BadAvailIndex {
+                    avail,
+                    ahead,
+                    size: queue.size(),
+                });
+            }
             queue
                 .disable_notification(mem)
                 .map_err(DeviceError::Queue)?;

@@ -388,3 +388,31 @@ fn config_space_holds_the_tag_and_queue_count() {
         vec![0b11, 0b100, 0b1000]
     );
 }
+
+#[test]
+fn an_avail_index_far_ahead_is_an_error_not_a_spin() {
+    let (tmp, mem) = setup();
+    let mut g = Guest::new(&mem, tmp.path());
+    init(&mut g);
+    // A hostile driver claims 1000 new chains in a 256-entry queue. Before
+    // the check, process_queue looped for ever here (the test would hang).
+    let idx = g.vq.avail().idx().load();
+    g.vq.avail().idx().store(idx.wrapping_add(1000));
+    let err = g
+        .dev
+        .process_queue(&mut g.queue, g.mem)
+        .expect_err("a bogus avail index must be refused");
+    assert!(
+        matches!(
+            err,
+            virtiofs_lite::DeviceError::BadAvailIndex {
+                ahead: 1000,
+                size: QUEUE_LEN,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Nothing was used on the way.
+    assert_eq!(g.vq.used().idx().load(), g.next_used);
+}

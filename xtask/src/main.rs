@@ -11,6 +11,7 @@ mod ci;
 mod guest;
 mod kbuild;
 mod kernel;
+mod matrix;
 mod paths;
 mod qemu;
 mod rig;
@@ -33,6 +34,8 @@ struct Cli {
 enum Cmd {
     /// The main job: run the stored scenarios under kestrel and check their snapshots.
     Test(test::TestArgs),
+    /// The scenarios on several kernels side by side (the ABI matrix), with reports.
+    Matrix(matrix::MatrixArgs),
     /// Everything CI runs: fmt, clippy, unit tests, guest boots, the rig.
     Ci,
     /// Fetch and list kernels in the cache.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Test(args) => test::run(&args).map(|passed| u8::from(!passed)),
+        Cmd::Matrix(args) => matrix::run(&args).map(|passed| u8::from(!passed)),
         Cmd::Ci => ci::run().map(|()| 0),
         Cmd::Kernel(cmd) => kernel::run(cmd).map(|()| 0),
         Cmd::Rig(args) => rig::run(&args).map(rig::RigExit::code),
