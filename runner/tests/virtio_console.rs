@@ -10,8 +10,11 @@
 //!
 //! `KESTREL_TEST_BENCH=1` also measures 10 MiB of output against QEMU-KVM
 //! with a virtio-serial-pci device on the same kernel (needs
-//! `qemu-system-x86_64`), both writing to a file, printing the guest-timed
-//! MB/s (median of 3) and their ratio.
+//! `qemu-system-x86_64`, or `KESTREL_QEMU`), both writing to a file,
+//! printing the guest-timed MB/s (median of `KESTREL_BENCH_RUNS`, default 3)
+//! and their ratio; `cargo xtask bench output` runs it. With
+//! `KESTREL_REAL_KVM_TESTS=1` a missing prerequisite fails instead of
+//! skipping.
 //!
 //! Example: `cargo test -p kestrel --release --test virtio_console --no-run`, then
 //! `cargo xtask rig -- env KESTREL_TEST_KERNEL=<vmlinuz> target/release/deps/virtio_console-<hash> --test-threads 1 --nocapture`
@@ -173,9 +176,14 @@ fn guest_rate(stderr: &[u8]) -> Option<f64> {
     Some(TEN_MIB as f64 / 1e6 / (ns / 1e9))
 }
 
+/// The set-up, or skip with the reason printed; with
+/// `KESTREL_REAL_KVM_TESTS=1` (CI in the rig) a missing prerequisite fails.
 fn skip() -> Option<&'static Setup> {
     match setup() {
         Ok(s) => Some(s),
+        Err(why) if std::env::var_os("KESTREL_REAL_KVM_TESTS").is_some_and(|v| v == "1") => {
+            panic!("KESTREL_REAL_KVM_TESTS=1 but a prerequisite is missing: {why}")
+        }
         Err(why) => {
             eprintln!("skipped: {why}");
             None
@@ -245,7 +253,7 @@ fn qemu(setup: &Setup, initrd: &Path, dir: &Path) -> (Vec<u8>, Vec<u8>, f64) {
     let started = Instant::now();
     let run = Command::new("timeout")
         .arg("120")
-        .arg("qemu-system-x86_64")
+        .arg(std::env::var_os("KESTREL_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into()))
         .args(["-accel", "kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "512M"])
         .args(["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"])
         .arg("-kernel")
@@ -313,7 +321,12 @@ fn ten_mib_throughput_against_qemu() {
     );
     let dir = scratch_dir();
     let (mut k, mut q, mut kw, mut qw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..3 {
+    let runs: usize = std::env::var("KESTREL_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(3);
+    for round in 0..runs {
         let (out, wall) = kestrel_to(setup, &ours, Some(&dir.join("k-out")));
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
         assert!(
@@ -329,7 +342,7 @@ fn ten_mib_throughput_against_qemu() {
     }
     let (k, q) = (median(k), median(q));
     eprintln!(
-        "10 MiB output, median of 3: kestrel {k:.1} MB/s, QEMU {q:.1} MB/s, ratio {:.2}; \
+        "10 MiB output, median of {runs}: kestrel {k:.1} MB/s, QEMU {q:.1} MB/s, ratio {:.2}; \
          whole runs kestrel {:.2} s, QEMU {:.2} s",
         k / q,
         median(kw),

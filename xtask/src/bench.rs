@@ -27,6 +27,20 @@ pub enum BenchCmd {
     Boot(BootArgs),
     /// Host tree reads from the guest: kestrel vs QEMU with virtiofsd / virtiofs-lite.
     Fs(bench_fs::FsArgs),
+    /// 10 MiB of guest command output: kestrel's virtio-console vs QEMU's
+    /// virtio-serial (the `virtio_console` test's measurement, in the rig).
+    Output(OutputArgs),
+}
+
+/// `cargo xtask bench output` arguments.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Kernel to boot.
+    #[arg(long, default_value = "debian:6.1")]
+    pub kernel: String,
+    /// Boots per VMM (alternating).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 /// `cargo xtask bench boot` arguments.
@@ -52,6 +66,7 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Boot(args) => boot(args),
         BenchCmd::Fs(args) => bench_fs::run(args),
+        BenchCmd::Output(args) => output(args),
     }
 }
 
@@ -64,6 +79,60 @@ pub fn in_rig(args: Vec<String>) -> Result<()> {
     let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 900), 2, &|| false)?;
     if code != 0 {
         bail!("the bench in the rig failed (exit {code}): see above");
+    }
+    Ok(())
+}
+
+/// Runs the `virtio_console` test's 10 MiB comparison (release build) with
+/// `KESTREL_TEST_BENCH=1`, here on a hardware-KVM host, else in the rig.
+fn output(args: &OutputArgs) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let kestrel = guest::build_kestrel()?;
+    guest::build_init()?;
+    let kernel = guest::kernel(&args.kernel)?;
+    let qemu = tools::ensure_qemu()?;
+    let bins = crate::ci::rig_test_binaries()?;
+    let (_, bin) = bins
+        .iter()
+        .find(|(name, _)| *name == "virtio_console")
+        .context("cargo built no virtio_console test binary")?;
+    let mut cmd: Vec<String> = vec![
+        "env".into(),
+        "KESTREL_TEST_BENCH=1".into(),
+        "KESTREL_REAL_KVM_TESTS=1".into(),
+        format!("KESTREL_BENCH_RUNS={}", args.runs),
+        format!("KESTREL_TEST_KERNEL={}", kernel.image.display()),
+        format!("KESTREL_QEMU={}", qemu.bin.display()),
+    ];
+    if let Some(modules) = &kernel.modules_dir {
+        cmd.push(format!("KESTREL_TEST_MODULES_DIR={}", modules.display()));
+    }
+    cmd.extend([
+        bin.to_string_lossy().into_owned(),
+        "ten_mib_throughput_against_qemu".into(),
+        "--exact".into(),
+        "--nocapture".into(),
+        "--test-threads".into(),
+        "1".into(),
+    ]);
+    tools::step(format!(
+        "bench output: 10 MiB of guest output, kestrel vs {} ({} runs each, {})",
+        qemu.version, args.runs, kernel.release
+    ));
+    let code = if guest::hardware_kvm(&kestrel) {
+        let status = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .status()
+            .context("could not run the virtio_console test binary")?;
+        status.code().unwrap_or(1)
+    } else {
+        tools::step("bench: this host's KVM is not hardware-backed; running the bench in the rig");
+        rig::run_retrying(&RigArgs::for_cmd(cmd, 900), 2, &|| false)?
+    };
+    if code != 0 {
+        bail!("the output bench failed (exit {code}): see above");
     }
     Ok(())
 }

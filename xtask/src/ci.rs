@@ -170,7 +170,7 @@ const RIG_TESTS: &[(&str, &str)] = &[
 ];
 
 /// Builds the rig tests (release) and returns (test name, executable).
-fn rig_test_binaries() -> Result<Vec<(&'static str, std::path::PathBuf)>> {
+pub fn rig_test_binaries() -> Result<Vec<(&'static str, std::path::PathBuf)>> {
     let mut cmd = cargo_cmd(&[
         "test",
         "--release",
