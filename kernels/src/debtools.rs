@@ -1,8 +1,9 @@
 //! Debian tool packages (QEMU from backports, for the rig) unpacked into the
 //! cache, never installed.
 //!
-//! The rig needs a newer QEMU than Debian 12 ships (design.md §1: QEMU 7.2's
-//! nested SVM corrupts L2 guests with two vCPUs). The packages come from the
+//! The rig needs a newer QEMU than Debian 12 ships (ARCHITECTURE.md, "The
+//! nested rig": QEMU 7.2's nested SVM corrupts L2 guests with two vCPUs).
+//! The packages come from the
 //! system's own Debian mirror, through the same private apt state as the
 //! kernels ([`crate::apt`]), and are unpacked with `dpkg-deb -x` into
 //! `<cache>/tools/<suite>/<name>/root/`. Their shared libraries come from

@@ -47,7 +47,9 @@ pub enum DeviceError {
     Queue(virtio_queue::Error),
     /// The driver claims more chains than the queue holds: a broken or
     /// hostile guest. The queue is not served again until it is reset.
-    #[error("the guest's avail index {avail} is {ahead} ahead of ours, more than the queue size {size}")]
+    #[error(
+        "the guest's avail index {avail} is {ahead} ahead of ours, more than the queue size {size}"
+    )]
     BadAvailIndex { avail: u16, ahead: u16, size: u16 },
 }
 

@@ -89,7 +89,8 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })?;
-    // The real-KVM tier, in three L1 boots: a rig failure (design.md §1)
+    // The real-KVM tier, in three L1 boots: a rig failure (ARCHITECTURE.md,
+    // "The nested rig")
     // then costs one part again, not the whole tier.
     crate::test::ensure_guest_tools()?;
     let k61 = guest::kernel("debian:6.1")?;
@@ -150,10 +151,10 @@ pub fn run() -> Result<()> {
 }
 
 /// Runs CMD in the rig and returns its exit code. A rig failure (L1 died,
-/// froze or soft-locked: design.md §1) is retried twice; it is never taken
-/// as CMD's verdict. The silence limit is long because
-/// some tests print nothing for minutes (the `find /usr` walk through two
-/// virtio-fs hops takes ~6 min).
+/// froze or soft-locked: ARCHITECTURE.md, "The nested rig") is retried
+/// twice; it is never taken as CMD's verdict. The silence limit is long
+/// because some tests print nothing for minutes (the `find /usr` walk
+/// through two virtio-fs hops takes ~6 min).
 fn in_rig(cmd: &[&str]) -> Result<i32> {
     let mut args = RigArgs::for_cmd(cmd.iter().map(|s| s.to_string()).collect(), 900);
     args.timeout = 1500;

@@ -98,9 +98,9 @@ impl RigArgs {
 }
 
 /// Runs CMD in L1 up to `attempts` times while the rig itself fails (L1
-/// died, froze or soft-locked: design.md §1) and returns CMD's exit code;
-/// a rig failure is never taken as CMD's verdict. `interrupted` stops the
-/// retries (the user pressed Ctrl-C).
+/// died, froze or soft-locked: ARCHITECTURE.md, "The nested rig") and
+/// returns CMD's exit code; a rig failure is never taken as CMD's verdict.
+/// `interrupted` stops the retries (the user pressed Ctrl-C).
 pub fn run_retrying(args: &RigArgs, attempts: u32, interrupted: &dyn Fn() -> bool) -> Result<i32> {
     for attempt in 1..=attempts {
         match run(args)? {

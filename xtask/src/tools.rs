@@ -67,7 +67,7 @@ impl Qemu {
 
 /// The oldest QEMU major version whose TCG nested SVM runs L2 guests with
 /// two vCPUs reliably: under 7.2, half of the 2-vCPU 6.12 boots in the rig
-/// panicked and L1 soft-locked in `kestrel_vcpu` threads (design.md §1;
+/// panicked and L1 soft-locked in `kestrel_vcpu` threads (ARCHITECTURE.md, "The nested rig";
 /// 10.0: 40 of 40 boots).
 pub const NESTED_QEMU_MAJOR: u32 = 10;
 /// The packages of a QEMU unpacked into the cache.
