@@ -77,6 +77,8 @@ pub struct Cell {
     pub diff: Option<String>,
     /// The snapshot file it was compared with, relative to the snapshots dir.
     pub baseline: Option<String>,
+    /// Passed only on a retry: the first try's verdict.
+    pub flaky: Option<String>,
 }
 
 /// A line whose value is not the same on every kernel that ran.
@@ -144,6 +146,7 @@ impl Matrix {
                                 reason: why.clone(),
                                 diff: None,
                                 baseline: None,
+                                flaky: None,
                             };
                         }
                         let result = results
@@ -165,6 +168,7 @@ impl Matrix {
                                 reason: String::new(),
                                 diff: None,
                                 baseline: None,
+                                flaky: None,
                             },
                         }
                     })
@@ -228,7 +232,8 @@ impl Matrix {
         for r in &self.rows {
             out.push_str(&format!("| {} |", r.scenario));
             for c in &r.cells {
-                out.push_str(&format!(" {} |", c.state.label()));
+                let mark = if c.flaky.is_some() { " (flaky)" } else { "" };
+                out.push_str(&format!(" {}{mark} |", c.state.label()));
             }
             out.push('\n');
         }
@@ -250,6 +255,23 @@ impl Matrix {
         }
         if !any {
             out.push_str("\nNone: every scenario printed the same on every kernel.\n");
+        }
+        let flaky: Vec<(&Row, &Cell)> = self
+            .rows
+            .iter()
+            .flat_map(|r| r.cells.iter().map(move |c| (r, c)))
+            .filter(|(_, c)| c.flaky.is_some())
+            .collect();
+        if !flaky.is_empty() {
+            out.push_str("\n## Flaky cells (passed on a retry)\n\n");
+            for (r, c) in flaky {
+                out.push_str(&format!(
+                    "- {} on {}: first try {}\n",
+                    r.scenario,
+                    c.kernel,
+                    c.flaky.as_deref().unwrap_or_default()
+                ));
+            }
         }
         let failing: Vec<(&Row, &Cell)> = self
             .rows
@@ -309,10 +331,13 @@ impl Matrix {
                     State::NotRun => "notrun",
                     State::Unresolved => "unresolved",
                 };
-                let text = match (&c.verdict, c.state) {
+                let mut text = match (&c.verdict, c.state) {
                     (Some(v), State::Fail) if v != "fail" => v.clone(),
                     _ => c.state.label().to_owned(),
                 };
+                if c.flaky.is_some() {
+                    text.push_str(" (flaky)");
+                }
                 if c.diff.is_some() {
                     out.push_str(&format!(
                         "<td class=\"{class}\"><a href=\"#{}\">{}</a></td>",
@@ -320,9 +345,13 @@ impl Matrix {
                         xml_escape(&text)
                     ));
                 } else {
+                    let title = match &c.flaky {
+                        Some(first) => format!("passed on a retry; first try: {first}"),
+                        None => c.reason.clone(),
+                    };
                     out.push_str(&format!(
                         "<td class=\"{class}\" title=\"{}\">{}</td>",
-                        xml_escape(&c.reason),
+                        xml_escape(&title),
                         xml_escape(&text)
                     ));
                 }
@@ -502,6 +531,7 @@ fn cell_of(r: &CaseResult, scenario: &str, snapshots_dir: &Path) -> Cell {
             reason: r.verdict.reason(),
             diff,
             baseline,
+            flaky: None,
         };
     }
     // Passed: against its own per-kernel snapshot, which may differ from
@@ -526,6 +556,7 @@ fn cell_of(r: &CaseResult, scenario: &str, snapshots_dir: &Path) -> Cell {
         reason: String::new(),
         diff: differs,
         baseline,
+        flaky: r.flaky.clone(),
     }
 }
 
@@ -725,6 +756,7 @@ mod tests {
             artifacts,
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+            flaky: None,
         }
     }
 
@@ -841,6 +873,8 @@ mod tests {
                 "debian:7.2".into(),
             ],
         }];
+        let mut results = results;
+        results[0].flaky = Some("timeout".into());
         let m = Matrix::build("run1", 1500, columns, &rows, &results, &snaps);
         let states: Vec<State> = m.rows[0].cells.iter().map(|c| c.state).collect();
         assert_eq!(
@@ -871,7 +905,11 @@ mod tests {
 
         let md = m.markdown();
         assert!(
-            md.contains("| probe | pass | differs | fail | not run | unresolved |"),
+            md.contains("| probe | pass (flaky) | differs | fail | not run | unresolved |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- probe on debian:6.1: first try timeout"),
             "{md}"
         );
         assert!(md.contains("`debian:9.9` could not be resolved: unknown series 9.9"));

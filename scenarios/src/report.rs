@@ -47,6 +47,9 @@ pub struct CaseResult {
     pub stdout_tail: String,
     /// Tail of stderr (for JUnit).
     pub stderr_tail: String,
+    /// When the case passed only on a retry: the verdict of the first try
+    /// (a hang or crash of the guest: see [`crate::SuiteOptions::retries`]).
+    pub flaky: Option<String>,
 }
 
 impl CaseResult {
@@ -277,6 +280,15 @@ pub fn summary_table(results: &[CaseResult], wall_ms: u64) -> String {
     for r in results.iter().filter(|r| !r.verdict.passed()) {
         let _ = writeln!(t, "  {}: {}", r.name(), r.verdict);
     }
+    for r in results.iter().filter(|r| r.verdict.passed()) {
+        if let Some(first) = &r.flaky {
+            let _ = writeln!(
+                t,
+                "  {}: flaky, passed on a retry (first try: {first})",
+                r.name()
+            );
+        }
+    }
     t
 }
 
@@ -300,6 +312,7 @@ mod tests {
             artifacts: "/t/a".into(),
             stdout_tail: stdout.into(),
             stderr_tail: "err\u{1b}[0m".into(),
+            flaky: None,
         }
     }
 

@@ -60,6 +60,12 @@ pub struct SuiteOptions {
     /// `loglevel=5`, lets `WARNING:` splats (KERN_WARNING) reach the console
     /// despite the runner's `quiet`, so `forbid` can see them.
     pub base_append: Option<String>,
+    /// How many times a case is run again when its guest hung, panicked or
+    /// did not boot (never for a failed check: a snapshot or exit-status
+    /// failure is not retried). A case that passes on a retry is reported
+    /// as flaky with its first verdict. Default 0; `cargo xtask ci` uses 1
+    /// in the nested rig, whose emulated SVM hangs a guest now and then.
+    pub retries: u32,
 }
 
 /// The default [`SuiteOptions::base_append`].
@@ -97,6 +103,7 @@ impl SuiteOptions {
             progress: true,
             cc: std::env::var("CC").unwrap_or_else(|_| "cc".to_owned()),
             base_append: Some(BASE_APPEND.to_owned()),
+            retries: 0,
         }
     }
 
@@ -378,6 +385,7 @@ impl Session {
             artifacts: artifacts.clone(),
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+            flaky: None,
         };
 
         let probe_errors: Vec<FailReason> = s
@@ -489,6 +497,16 @@ impl Session {
     }
 }
 
+/// Whether a case with this verdict may be run again: the guest hung,
+/// panicked or did not boot — what a flaky host (the nested rig) causes;
+/// never a failed check.
+pub fn retryable(v: &Verdict) -> bool {
+    matches!(
+        v,
+        Verdict::Timeout | Verdict::Panic | Verdict::BootFailure(_)
+    )
+}
+
 /// `base` then the scenario's own arguments (later ones win in the kernel).
 fn join_append(base: Option<&str>, own: Option<&str>) -> Option<String> {
     let parts: Vec<&str> = [base, own]
@@ -570,7 +588,21 @@ pub fn run_suite(options: &SuiteOptions, backend: &dyn Backend) -> Result<Summar
                     let queued = queue.lock().map_or(0, |q| q.len());
                     eprintln!("[ run ] {} ({queued} queued)", case.name());
                 }
-                let r = session.run_case(case, backend);
+                let mut r = session.run_case(case, backend);
+                let mut first: Option<String> = None;
+                for _ in 0..options.retries {
+                    if !retryable(&r.verdict) {
+                        break;
+                    }
+                    if options.progress {
+                        eprintln!("[retry] {} ({})", case.name(), r.verdict);
+                    }
+                    first.get_or_insert_with(|| r.verdict.to_string());
+                    r = session.run_case(case, backend);
+                }
+                if r.verdict.passed() {
+                    r.flaky = first;
+                }
                 if options.progress {
                     if let Ok(mut d) = done.lock() {
                         *d += 1;
@@ -604,6 +636,16 @@ pub fn run_suite(options: &SuiteOptions, backend: &dyn Backend) -> Result<Summar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hangs_and_crashes_are_retried() {
+        assert!(retryable(&Verdict::Timeout));
+        assert!(retryable(&Verdict::Panic));
+        assert!(retryable(&Verdict::BootFailure("triple fault".into())));
+        assert!(!retryable(&Verdict::Pass));
+        assert!(!retryable(&Verdict::Fail(Vec::new())));
+        assert!(!retryable(&Verdict::VmmError("no kernel".into())));
+    }
 
     #[test]
     fn utc_stamps() {

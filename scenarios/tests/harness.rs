@@ -2,9 +2,12 @@
 //! script written by each test) plays the runner contract back from files:
 //! for guest command `… NAME` it prints `cases/NAME/stdout` and
 //! `cases/NAME/stderr`, copies `cases/NAME/console` to `--console FILE`,
+//! appends a line to `cases/NAME/runs`,
 //! prints `cases/NAME/verdict` as its last stderr line and exits with
 //! `cases/NAME/exit`; it records its argv in `cases/NAME/argv`; with
-//! `cases/NAME/sleep` it hangs that many seconds instead. What is
+//! `cases/NAME/sleep` it hangs that many seconds instead; with
+//! `cases/NAME/first` (a verdict line) it prints that and exits 124 once,
+//! removing the file (a guest that hung on the first try). What is
 //! tested is the harness: argument passing, output parsing, evaluation,
 //! snapshots (`.snap.new`, `--update`), artifacts, JUnit, the summary.
 
@@ -29,10 +32,12 @@ done
 for last in "$@"; do :; done
 case_dir="$here/cases/$last"
 { echo "$all"; } > "$case_dir/argv"
+echo run >> "$case_dir/runs"
 [ -f "$case_dir/console" ] && cat "$case_dir/console" > "$console"
 [ -f "$case_dir/stdout" ] && cat "$case_dir/stdout"
 [ -f "$case_dir/stderr" ] && cat "$case_dir/stderr" >&2
 [ -f "$case_dir/sleep" ] && exec sleep "$(cat "$case_dir/sleep")"
+if [ -f "$case_dir/first" ]; then cat "$case_dir/first" >&2; rm "$case_dir/first"; exit 124; fi
 [ -f "$case_dir/verdict" ] && cat "$case_dir/verdict" >&2
 exit "$(cat "$case_dir/exit" 2>/dev/null || echo 0)"
 "#;
@@ -281,6 +286,57 @@ fn harness_runner_contract_arguments_and_artifacts() {
         std::fs::read_to_string(s.run_dir.join("summary.txt")).unwrap(),
         s.table
     );
+}
+
+#[test]
+fn harness_retries_hangs_only_and_reports_them_as_flaky() {
+    let mut f = Fixture::new("retries");
+    let hang_once = |f: &Fixture, name: &str| {
+        std::fs::write(
+            f.root.join("cases").join(name).join("first"),
+            "kestrel: verdict=timeout boot=- total=60000\n",
+        )
+        .unwrap();
+    };
+    f.scenario("flaky", "run = [\"p\", \"flaky\"]\nsnapshot = []\n");
+    f.case("flaky", "", "", PASS, 0);
+    hang_once(&f, "flaky");
+    f.scenario("fails", "run = [\"p\", \"fails\"]\nsnapshot = []\n");
+    f.case(
+        "fails",
+        "",
+        "",
+        "kestrel: verdict=fail:3 boot=700 total=900",
+        3,
+    );
+
+    // No retries (the default): the hang is the verdict.
+    let s = f.run(false);
+    assert_eq!(Fixture::verdict(&s, "flaky"), &Verdict::Timeout);
+
+    // One retry: the hang is run again and passes, reported as flaky; a
+    // failed check is not retried.
+    hang_once(&f, "flaky");
+    f.options.retries = 1;
+    let s = f.run(false);
+    let flaky = s.results.iter().find(|r| r.scenario == "flaky").unwrap();
+    assert!(flaky.verdict.passed(), "{:?}", flaky.verdict);
+    assert!(
+        flaky.flaky.as_deref().unwrap().contains("timeout"),
+        "{:?}",
+        flaky.flaky
+    );
+    assert!(s.table.contains("flaky, passed on a retry"), "{}", s.table);
+    let fails = s.results.iter().find(|r| r.scenario == "fails").unwrap();
+    assert!(!fails.verdict.passed() && fails.flaky.is_none());
+    let runs = std::fs::read_to_string(f.root.join("cases/fails/runs")).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        2,
+        "a failed check runs once per suite run"
+    );
+    let runs = std::fs::read_to_string(f.root.join("cases/flaky/runs")).unwrap();
+    assert_eq!(runs.lines().count(), 3, "the hang ran again on the retry");
 }
 
 #[test]

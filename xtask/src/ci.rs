@@ -9,7 +9,9 @@
 //!    the real-KVM tier in three L1 boots (each retried on a rig failure):
 //!    QEMU-KVM boots L2 guests there and the runner's real-kernel test
 //!    binaries (built here, in release mode) boot every Debian series
-//!    under kestrel; the host root over virtio-fs; the scenario suite;
+//!    under kestrel; the host root over virtio-fs; the ABI matrix (every
+//!    scenario on the four Debian series, which includes the 6.1 suite
+//!    `xtask test` runs) plus `xtask test` itself on one scenario;
 //! 6. the bisect fixture: a git tree made from Debian's 6.1 source (kept
 //!    with its build directory between runs: ~3 min then, ~20 min the first
 //!    time), built here; `cargo xtask bisect` must name its regressing
@@ -122,8 +124,11 @@ pub fn run() -> Result<()> {
             test_bin("host_root")?,
         ),
         (
-            "rig: the scenario suite",
-            format!("echo '==> scenarios'; {xtask} test --here --jobs 1 || rc=1\n"),
+            "rig: the ABI matrix (every scenario × Debian 5.10, 6.1, 6.12, 7.2) and `xtask test`",
+            format!(
+                "echo '==> matrix'; {xtask} matrix --here --jobs 1 --retries 1 || rc=1\n\
+                 echo '==> test'; {xtask} test --here --filter boot_smoke || rc=1\n"
+            ),
         ),
     ];
     for (name, body) in parts {

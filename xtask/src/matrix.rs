@@ -46,6 +46,10 @@ pub struct MatrixArgs {
     /// with apt when missing and we are root).
     #[arg(long)]
     pub screenshot: bool,
+    /// Run a case again (up to N times) when its guest hung, panicked or
+    /// did not boot; a case that then passes is reported as flaky.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -108,6 +112,7 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
     if let Some(jobs) = args.jobs {
         cmd.extend(["--jobs".into(), jobs.to_string()]);
     }
+    cmd.extend(["--retries".into(), args.retries.to_string()]);
     if args.update {
         cmd.push("--update".into());
     }
@@ -156,6 +161,7 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
         options.jobs = jobs;
     }
     options.update = args.update;
+    options.retries = args.retries;
     options.per_kernel_snapshots = true;
 
     // Rows: every scenario the filter selects on any column (planned on

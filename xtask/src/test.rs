@@ -34,6 +34,10 @@ pub struct TestArgs {
     /// Record snapshot differences per kernel series (`<name>@<series>.snap`).
     #[arg(long)]
     pub per_kernel: bool,
+    /// Run a case again (up to N times) when its guest hung, panicked or
+    /// did not boot; a case that then passes is reported as flaky.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -63,6 +67,7 @@ pub fn run(args: &TestArgs) -> Result<bool> {
         options.jobs = jobs;
     }
     options.update = args.update;
+    options.retries = args.retries;
     options.per_kernel_snapshots = args.per_kernel;
     options.junit = args.junit.clone();
     let summary = run_suite(&options, &KestrelBinary::new(kestrel))?;
@@ -115,6 +120,7 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
     if let Some(jobs) = args.jobs {
         cmd.extend(["--jobs".into(), jobs.to_string()]);
     }
+    cmd.extend(["--retries".into(), args.retries.to_string()]);
     if args.update {
         cmd.push("--update".into());
     }
