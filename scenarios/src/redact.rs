@@ -50,8 +50,9 @@ const PIDS: &[(&str, &str)] = &[(
     "$1$2[PID]",
 )];
 
-/// Release-shaped strings: `6.1.0-31-cloud-amd64`, `5.10.234`.
-const RELEASE_SHAPE: &str = r"\b\d+\.\d+\.\d+(?:-[0-9A-Za-z][0-9A-Za-z._+~-]*)?";
+/// Release-shaped strings: `6.1.0-31-cloud-amd64`, `5.10.234`,
+/// `6.12.107+deb13-cloud-amd64` (Debian's releases since trixie).
+const RELEASE_SHAPE: &str = r"\b\d+\.\d+\.\d+(?:[-+][0-9A-Za-z][0-9A-Za-z._+~-]*)?";
 
 static ALWAYS_RE: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| compile(ALWAYS));
 static PIDS_RE: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| compile(PIDS));
@@ -164,6 +165,14 @@ mod tests {
             ..Redactions::default()
         };
         assert_eq!(normalise("uname: 7.2-rc1+\n", &exact), "uname: [RELEASE]\n");
+        let shape = Redactions {
+            release: Some(None),
+            ..Redactions::default()
+        };
+        assert_eq!(
+            normalise("6.12.107+deb13-cloud-amd64 and 6.1.0-50-cloud-amd64\n", &shape),
+            "[RELEASE] and [RELEASE]\n"
+        );
         assert_eq!(
             release_from_log("[ 0.0] Linux version 6.12.9-amd64 (x)"),
             Some("6.12.9-amd64".into())
