@@ -170,7 +170,10 @@ mod tests {
             ..Redactions::default()
         };
         assert_eq!(
-            normalise("6.12.107+deb13-cloud-amd64 and 6.1.0-50-cloud-amd64\n", &shape),
+            normalise(
+                "6.12.107+deb13-cloud-amd64 and 6.1.0-50-cloud-amd64\n",
+                &shape
+            ),
             "[RELEASE] and [RELEASE]\n"
         );
         assert_eq!(
