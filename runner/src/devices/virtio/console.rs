@@ -301,15 +301,23 @@ impl Engine {
         let port = &mut self.ports[p];
         let scratch = &mut self.scratch;
         let mut used = 0;
+        // The driver need not notify while we drain (VRING_USED_F_NO_NOTIFY);
+        // buffers it adds meanwhile are taken in the same round, so one
+        // interrupt returns them all.
         let result = (|| -> Result<(), QueueError> {
-            let chains: Vec<_> = queue.iter(&mem)?.collect();
-            for chain in chains {
-                let bufs = Buffers::of(chain, &mem)?;
-                port.write(&bufs, &mem, scratch);
-                queue.add_used(&mem, bufs.head, 0)?;
-                used += 1;
+            loop {
+                queue.disable_notification(&mem)?;
+                let chains: Vec<_> = queue.iter(&mem)?.collect();
+                for chain in chains {
+                    let bufs = Buffers::of(chain, &mem)?;
+                    port.write(&bufs, &mem, scratch);
+                    queue.add_used(&mem, bufs.head, 0)?;
+                    used += 1;
+                }
+                if !queue.enable_notification(&mem)? {
+                    return Ok(());
+                }
             }
-            Ok(())
         })();
         port.flush();
         if used > 0 {
