@@ -117,7 +117,7 @@ pub fn ensure_qemu() -> Result<Qemu> {
 }
 
 /// The QEMU on `PATH`, installed with apt first when missing and we are root.
-fn system_qemu() -> Result<Qemu> {
+pub fn system_qemu() -> Result<Qemu> {
     let bin = match which(QEMU) {
         Some(bin) => bin,
         None => {
