@@ -34,14 +34,7 @@ pub(crate) fn progress(msg: impl std::fmt::Display) {
 /// Fetches `series` into the cache (the caller found it missing).
 pub(crate) fn fetch(cache: &Cache, series: Series) -> Result<CachedKernel> {
     let started = Instant::now();
-    let tools = Tools::find()?;
-    let entries = read_system_sources(Path::new(ETC_APT))?;
-    let mirrors = debian_mirrors(&entries);
-    if mirrors.is_empty() {
-        return Err(Error::NoMirror {
-            searched: format!("{ETC_APT}/sources.list, {ETC_APT}/sources.list.d/"),
-        });
-    }
+    let (tools, mirrors) = system_apt()?;
     let _lock = cache.lock(series)?;
     // Another process may have finished the same fetch while we waited.
     if let Some(entry) = cache.lookup(series)? {
@@ -146,6 +139,19 @@ fn fill_staging(
         download_bytes: total,
         unpacked_bytes: dir_size(&root),
     })
+}
+
+/// apt's programs and the system's Debian mirrors (never a hard-coded
+/// host), or one sentence on why apt cannot be used here.
+pub(crate) fn system_apt() -> Result<(Tools, Vec<Mirror>)> {
+    let tools = Tools::find()?;
+    let mirrors = debian_mirrors(&read_system_sources(Path::new(ETC_APT))?);
+    if mirrors.is_empty() {
+        return Err(Error::NoMirror {
+            searched: format!("{ETC_APT}/sources.list, {ETC_APT}/sources.list.d/"),
+        });
+    }
+    Ok((tools, mirrors))
 }
 
 /// The external programs a fetch needs.

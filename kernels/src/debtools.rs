@@ -16,10 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::apt::{self, progress, PrivateApt, Tools};
+use crate::apt::{self, progress, PrivateApt};
 use crate::cache::{lock_in, remove_dir_all, Cache, PackageRef};
 use crate::error::{Error, Result};
-use crate::sources::{debian_mirrors, read_system_sources};
 
 /// Packages unpacked together into one cache entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,19 +51,6 @@ pub fn lookup(cache: &Cache, suite: &str, set: ToolSet) -> Option<UnpackedTools>
     })
 }
 
-/// The candidate version of `set`'s first package in `suite` of the
-/// system's mirror (refreshing the private index), or `None` when the suite
-/// does not have it.
-pub fn candidate(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Option<String>> {
-    let apt = private_apt(cache, suite)?;
-    progress(format_args!(
-        "updating the {suite} package index from {}",
-        apt.uris
-    ));
-    apt.update()?;
-    Ok(apt.show(set.packages[0])?.map(|s| s.version))
-}
-
 /// The cached entry of `set`, else downloads its packages from `suite` and
 /// unpacks them (progress on stderr).
 pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<UnpackedTools> {
@@ -78,7 +64,8 @@ pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Unpacke
     if let Some(found) = lookup(cache, suite, set) {
         return Ok(found);
     }
-    let apt = private_apt(cache, suite)?;
+    let (tools, mirrors) = apt::system_apt()?;
+    let apt = PrivateApt::create(cache, suite, &mirrors, tools)?;
     progress(format_args!(
         "updating the {suite} package index from {}",
         apt.uris
@@ -89,25 +76,24 @@ pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Unpacke
         suite: suite.to_owned(),
         uris: apt.uris.clone(),
     };
-    let first = apt
-        .show(set.packages[0])?
-        .ok_or_else(|| missing(set.packages[0]))?;
-    let mut refs = Vec::new();
+    // All at the first package's version: `apt-get download name=version`
+    // then fails rather than mix versions.
+    let mut refs: Vec<PackageRef> = Vec::new();
     for name in set.packages {
         let stanza = apt.show(name)?.ok_or_else(|| missing(name))?;
-        // All of one version: `show` gives the candidate, which for a
-        // consistent suite is the same; a mismatch is asked for exactly.
+        let version = refs.first().map_or(stanza.version, |p| p.version.clone());
         refs.push(PackageRef {
             name: (*name).to_owned(),
-            version: first.version.clone(),
+            version,
             size: stanza.size,
         });
     }
+    let version = refs[0].version.clone();
     let total: u64 = refs.iter().map(|p| p.size).sum();
     progress(format_args!(
         "downloading {} {} from {suite} ({}): {}",
         set.name,
-        first.version,
+        version,
         apt::human(total),
         set.packages.join(" ")
     ));
@@ -128,30 +114,18 @@ pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Unpacke
     progress(format_args!(
         "cached {} {} in {} ({:.1} s)",
         set.name,
-        first.version,
+        version,
         dir.display(),
         started.elapsed().as_secs_f64()
     ));
     Ok(UnpackedTools {
         root: dir.join("root"),
-        version: first.version,
+        version,
     })
 }
 
 fn entry_dir(cache: &Cache, suite: &str, set: ToolSet) -> PathBuf {
     cache.root().join("tools").join(suite).join(set.name)
-}
-
-fn private_apt(cache: &Cache, suite: &'static str) -> Result<PrivateApt> {
-    let tools = Tools::find()?;
-    let etc_apt = Path::new(apt::ETC_APT);
-    let mirrors = debian_mirrors(&read_system_sources(etc_apt)?);
-    if mirrors.is_empty() {
-        return Err(Error::NoMirror {
-            searched: format!("{0}/sources.list, {0}/sources.list.d/", apt::ETC_APT),
-        });
-    }
-    PrivateApt::create(cache, suite, &mirrors, tools)
 }
 
 fn fill(apt: &PrivateApt, staging: &Path, refs: &[PackageRef]) -> Result<()> {

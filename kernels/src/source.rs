@@ -22,10 +22,9 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use crate::apt::{self, progress, PrivateApt, Tools};
+use crate::apt::{self, progress, PrivateApt};
 use crate::cache::{escape, lock_in, remove_dir_all, unescape, write_synced, Cache};
 use crate::error::{Error, Result};
-use crate::sources::{debian_mirrors, read_system_sources};
 use crate::spec::Series;
 
 /// The meta package whose dependency names the versioned source package.
@@ -174,14 +173,7 @@ pub fn fetch(cache: &Cache, series: Series) -> Result<SourceTree> {
         return Ok(tree);
     }
     let started = Instant::now();
-    let tools = Tools::find()?;
-    let etc_apt = Path::new(apt::ETC_APT);
-    let mirrors = debian_mirrors(&read_system_sources(etc_apt)?);
-    if mirrors.is_empty() {
-        return Err(Error::NoMirror {
-            searched: format!("{0}/sources.list, {0}/sources.list.d/", apt::ETC_APT),
-        });
-    }
+    let (tools, mirrors) = apt::system_apt()?;
     let name = format!("{ENTRY_PREFIX}{}", series.name());
     let sources = cache.sources_dir();
     let _lock = lock_in(&sources, &name, &format!("the debian:{series} source"))?;

@@ -98,24 +98,16 @@ pub fn run(args: &MatrixArgs) -> Result<bool> {
 }
 
 fn in_rig(args: &MatrixArgs) -> Result<bool> {
-    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
-    let mut cmd = vec![
-        xtask.to_string_lossy().into_owned(),
-        "matrix".into(),
-        "--here".into(),
-        "--kernels".into(),
-        args.kernels.join(","),
-    ];
-    for f in &args.filter {
-        cmd.extend(["--filter".into(), f.clone()]);
+    let cmd = crate::test::HereCmd {
+        sub: "matrix",
+        kernel_flag: "--kernels",
+        kernels: &args.kernels,
+        filters: &args.filter,
+        jobs: args.jobs,
+        retries: args.retries,
+        update: args.update,
     }
-    if let Some(jobs) = args.jobs {
-        cmd.extend(["--jobs".into(), jobs.to_string()]);
-    }
-    cmd.extend(["--retries".into(), args.retries.to_string()]);
-    if args.update {
-        cmd.push("--update".into());
-    }
+    .argv()?;
     let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 600), 2, &|| false)?;
     Ok(code == 0)
 }

@@ -105,25 +105,56 @@ pub fn ensure_guest_tools() -> Result<()> {
     Ok(())
 }
 
+/// The suite options `test` and `matrix` forward to their own `--here`
+/// run inside the rig.
+pub struct HereCmd<'a> {
+    /// The xtask subcommand.
+    pub sub: &'a str,
+    /// Its kernel-list flag (`--kernel`, `--kernels`).
+    pub kernel_flag: &'a str,
+    pub kernels: &'a [String],
+    pub filters: &'a [String],
+    pub jobs: Option<usize>,
+    pub retries: u32,
+    pub update: bool,
+}
+
+impl HereCmd<'_> {
+    /// `xtask SUB --here …` as argv.
+    pub fn argv(&self) -> Result<Vec<String>> {
+        let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+        let mut cmd = vec![
+            xtask.to_string_lossy().into_owned(),
+            self.sub.into(),
+            "--here".into(),
+            self.kernel_flag.into(),
+            self.kernels.join(","),
+        ];
+        for f in self.filters {
+            cmd.extend(["--filter".into(), f.clone()]);
+        }
+        if let Some(jobs) = self.jobs {
+            cmd.extend(["--jobs".into(), jobs.to_string()]);
+        }
+        cmd.extend(["--retries".into(), self.retries.to_string()]);
+        if self.update {
+            cmd.push("--update".into());
+        }
+        Ok(cmd)
+    }
+}
+
 fn in_rig(args: &TestArgs) -> Result<bool> {
-    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
-    let mut cmd = vec![
-        xtask.to_string_lossy().into_owned(),
-        "test".into(),
-        "--here".into(),
-        "--kernel".into(),
-        args.kernel.join(","),
-    ];
-    for f in &args.filter {
-        cmd.extend(["--filter".into(), f.clone()]);
+    let mut cmd = HereCmd {
+        sub: "test",
+        kernel_flag: "--kernel",
+        kernels: &args.kernel,
+        filters: &args.filter,
+        jobs: args.jobs,
+        retries: args.retries,
+        update: args.update,
     }
-    if let Some(jobs) = args.jobs {
-        cmd.extend(["--jobs".into(), jobs.to_string()]);
-    }
-    cmd.extend(["--retries".into(), args.retries.to_string()]);
-    if args.update {
-        cmd.push("--update".into());
-    }
+    .argv()?;
     if args.per_kernel {
         cmd.push("--per-kernel".into());
     }

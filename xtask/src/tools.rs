@@ -97,23 +97,16 @@ pub fn ensure_qemu() -> Result<Qemu> {
     if qemu_major(&system.version).is_some_and(|m| m >= NESTED_QEMU_MAJOR) {
         return Ok(system);
     }
-    match backports_qemu() {
-        Ok(Some(qemu)) => Ok(qemu),
-        Ok(None) => {
-            step(format!(
-                "using the system's {} (older than {NESTED_QEMU_MAJOR}.0: nested guests with 2 vCPUs are unreliable)",
-                system.version
-            ));
-            Ok(system)
-        }
-        Err(e) => {
-            step(format!(
-                "using the system's {} (older than {NESTED_QEMU_MAJOR}.0: nested guests with 2 vCPUs are unreliable): a newer one could not be fetched: {e:#}",
-                system.version
-            ));
-            Ok(system)
-        }
-    }
+    let why = match backports_qemu() {
+        Ok(Some(qemu)) => return Ok(qemu),
+        Ok(None) => String::new(),
+        Err(e) => format!(": a newer one could not be fetched: {e:#}"),
+    };
+    step(format!(
+        "using the system's {} (older than {NESTED_QEMU_MAJOR}.0: nested guests with 2 vCPUs are unreliable){why}",
+        system.version
+    ));
+    Ok(system)
 }
 
 /// The QEMU on `PATH`, installed with apt first when missing and we are root.
