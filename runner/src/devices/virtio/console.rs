@@ -27,17 +27,14 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{Buffers, ChainError};
+use super::worker::{QueueWorker, Stop};
 use super::{device_id, ActivateError, Activation, Interrupt, VirtioDevice};
 use crate::log;
 use crate::memory::GuestMemory;
@@ -195,24 +192,12 @@ struct Engine {
     scratch: Vec<u8>,
 }
 
-/// What the worker does after its next round.
-const RUN: u8 = 0;
-const STOP_NOW: u8 = 1;
-const DRAIN_AND_STOP: u8 = 2;
-
-struct Worker {
-    wake: EventFd,
-    stop: Arc<AtomicU8>,
-    done: Receiver<()>,
-    handle: JoinHandle<()>,
-}
-
 /// The virtio-console device.
 pub struct Console {
     engine: Arc<Mutex<Engine>>,
     port_count: usize,
     queue_sizes: Vec<u16>,
-    worker: Option<Worker>,
+    worker: Option<QueueWorker>,
 }
 
 /// Receive queue of port `p` (port 0 is special: before the control queues).
@@ -482,64 +467,23 @@ impl Console {
 
     /// Starts the worker on `events` (the transport's queue eventfd).
     fn spawn_worker(&mut self, events: EventFd, interrupt: Interrupt) -> std::io::Result<()> {
-        let wake = events.try_clone()?;
-        let stop = Arc::new(AtomicU8::new(RUN));
-        let (done_tx, done) = mpsc::channel();
         let engine = self.engine.clone();
-        let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(WORKER_NAME.into())
-            .spawn(move || {
-                loop {
-                    if let Err(e) = events.read() {
-                        if e.kind() == std::io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        log::warn(format_args!("{WORKER_NAME}: queue eventfd: {e}"));
-                        break;
-                    }
-                    let order = flag.load(Ordering::Acquire);
-                    if order == STOP_NOW {
-                        break;
-                    }
-                    let round = catch_unwind(AssertUnwindSafe(|| lock(&engine).notify_all()));
-                    if round.is_err() {
-                        interrupt.set_needs_reset(format_args!("{WORKER_NAME} panicked"));
-                    }
-                    if order == DRAIN_AND_STOP {
-                        break;
-                    }
-                }
-                let _ = done_tx.send(());
-            })?;
-        self.worker = Some(Worker {
-            wake,
-            stop,
-            done,
-            handle,
-        });
+        self.worker = Some(QueueWorker::spawn(
+            WORKER_NAME,
+            events,
+            interrupt,
+            move || lock(&engine).notify_all(),
+            || {},
+        )?);
         Ok(())
     }
 
     /// Stops the worker (after one more round if `drain`); waits up to
     /// [`DRAIN_LIMIT`] for it, then leaves it behind.
     fn stop_worker(&mut self, drain: bool) {
-        let Some(w) = self.worker.take() else {
-            return;
-        };
-        let order = if drain { DRAIN_AND_STOP } else { STOP_NOW };
-        w.stop.store(order, Ordering::Release);
-        if let Err(e) = w.wake.write(1) {
-            log::warn(format_args!("cannot wake {WORKER_NAME}: {e}"));
-            return;
-        }
-        match w.done.recv_timeout(DRAIN_LIMIT) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                let _ = w.handle.join();
-            }
-            Err(RecvTimeoutError::Timeout) => log::warn(format_args!(
-                "{WORKER_NAME} did not finish within {DRAIN_LIMIT:?} (its output sink blocks); leaving it"
-            )),
+        if let Some(w) = self.worker.take() {
+            let how = if drain { Stop::AfterRound } else { Stop::Now };
+            w.stop(how, DRAIN_LIMIT, "its output sink blocks");
         }
     }
 }
@@ -612,9 +556,7 @@ impl VirtioDevice for Console {
 
     fn queue_notify(&mut self, index: usize) {
         match &self.worker {
-            Some(w) => {
-                let _ = w.wake.write(1);
-            }
+            Some(w) => w.wake(),
             None => lock(&self.engine).notify(index),
         }
     }
@@ -651,6 +593,7 @@ mod tests {
     use crate::devices::virtio::testing::*;
     use crate::devices::virtio::VIRTIO_F_VERSION_1;
     use crate::devices::IrqLine;
+    use std::sync::mpsc;
     use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
 

@@ -20,12 +20,8 @@
 //! worker runs (one stuck in a host file system call past [`STOP_LIMIT`]
 //! is left behind, never joined forever).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -34,6 +30,7 @@ use virtiofs_lite::queue::serve_chain;
 use virtiofs_lite::{FsConfig, FsDevice, Server, ServerConfig};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::{QueueWorker, Stop};
 use super::{device_id, ActivateError, Activation, Interrupt, VirtioDevice};
 use crate::log;
 use crate::memory::GuestMemory;
@@ -160,40 +157,19 @@ fn drain(
     Ok(used_any && queue.needs_notification(mem)?)
 }
 
-struct Worker {
-    wake: EventFd,
-    stop: Arc<AtomicBool>,
-    done: Receiver<()>,
-    handle: JoinHandle<()>,
-}
-
 /// The virtio-fs device of one [`Share`].
 pub struct Fs {
     engine: Arc<Mutex<Engine>>,
     config: Vec<u8>,
     features: u64,
     queue_sizes: Vec<u16>,
-    worker: Option<Worker>,
+    worker: Option<QueueWorker>,
 }
 
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     // A panic while serving is caught and breaks the device; the tables
     // behind the lock stay usable for a reset.
     engine.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Names the calling thread [`WORKER_NAME`] for the OS too (`ps`, `top`,
-/// `/proc/<pid>/task/*/comm`): the kernel keeps the first 15 bytes, where
-/// `std` refuses a name longer than that and leaves the inherited one.
-fn set_os_thread_name() {
-    let name = c"kestrel_virtio_fs";
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string from a valid
-    // pointer (a C string literal with static lifetime) and affects only
-    // the calling thread.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
-    if rc != 0 {
-        log::debug(format_args!("cannot name {WORKER_NAME} for the OS"));
-    }
 }
 
 impl Fs {
@@ -242,59 +218,20 @@ impl Fs {
     }
 
     fn spawn_worker(&mut self, events: EventFd, interrupt: Interrupt) -> std::io::Result<()> {
-        let wake = events.try_clone()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (done_tx, done) = mpsc::channel();
-        let engine = self.engine.clone();
-        let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(WORKER_NAME.into())
-            .spawn(move || {
-                set_os_thread_name();
-                loop {
-                    if let Err(e) = events.read() {
-                        if e.kind() == std::io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        log::warn(format_args!("{WORKER_NAME}: queue eventfd: {e}"));
-                        break;
-                    }
-                    if flag.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let round = catch_unwind(AssertUnwindSafe(|| lock(&engine).serve()));
-                    if round.is_err() {
-                        interrupt.set_needs_reset(format_args!("{WORKER_NAME} panicked"));
-                        lock(&engine).running = None;
-                    }
-                }
-                let _ = done_tx.send(());
-            })?;
-        self.worker = Some(Worker {
-            wake,
-            stop,
-            done,
-            handle,
-        });
+        let (serving, breaking) = (self.engine.clone(), self.engine.clone());
+        self.worker = Some(QueueWorker::spawn(
+            WORKER_NAME,
+            events,
+            interrupt,
+            move || lock(&serving).serve(),
+            move || lock(&breaking).running = None,
+        )?);
         Ok(())
     }
 
     fn stop_worker(&mut self) {
-        let Some(w) = self.worker.take() else {
-            return;
-        };
-        w.stop.store(true, Ordering::Release);
-        if let Err(e) = w.wake.write(1) {
-            log::warn(format_args!("cannot wake {WORKER_NAME}: {e}"));
-            return;
-        }
-        match w.done.recv_timeout(STOP_LIMIT) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                let _ = w.handle.join();
-            }
-            Err(RecvTimeoutError::Timeout) => log::warn(format_args!(
-                "{WORKER_NAME} did not finish within {STOP_LIMIT:?} (a host file system call blocks); leaving it"
-            )),
+        if let Some(w) = self.worker.take() {
+            w.stop(Stop::Now, STOP_LIMIT, "a host file system call blocks");
         }
     }
 }
@@ -366,9 +303,7 @@ impl VirtioDevice for Fs {
 
     fn queue_notify(&mut self, _index: usize) {
         match &self.worker {
-            Some(w) => {
-                let _ = w.wake.write(1);
-            }
+            Some(w) => w.wake(),
             None => lock(&self.engine).serve(),
         }
     }
@@ -410,6 +345,7 @@ mod tests {
     use crate::devices::virtio::testing::*;
     use crate::devices::virtio::VIRTIO_F_VERSION_1;
     use crate::devices::IrqLine;
+    use std::sync::atomic::Ordering;
     use vm_memory::{Bytes, GuestAddress};
 
     const HIPRIO: usize = 0;

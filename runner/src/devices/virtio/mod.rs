@@ -21,6 +21,7 @@ pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
