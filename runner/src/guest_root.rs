@@ -9,7 +9,8 @@
 //! `/lib/modules/<release>` (see [`add_modules`] for hosts without
 //! `/lib/modules`). The command starts in kestrel's working
 //! directory; when a tmpfs would hide it, that directory is shared
-//! read-only at its own path. Without the host root (`--no-host-root`, or
+//! read-only at its own path; a read-only `--share DIR:DIR` the root
+//! already shows as it is adds no device. Without the host root (`--no-host-root`, or
 //! a kernel without virtiofs) the command runs in the initramfs as before.
 //!
 //! Invariants: every share's host directory exists and is canonical when
@@ -216,6 +217,9 @@ pub fn plan(req: &Request, has_virtiofs: bool) -> Result<Plan, RootError> {
         plan.add_share(dir, path, true);
     }
     for (host, guest, writable) in extra {
+        if host_root && !writable && plan.shows_as_is(&host, &guest) {
+            continue;
+        }
         plan.add_share(host, guest, writable);
     }
     if host_root {
@@ -235,6 +239,17 @@ pub fn plan(req: &Request, has_virtiofs: bool) -> Result<Plan, RootError> {
 }
 
 impl Plan {
+    /// Whether the host root already shows `host` read-only at `guest`:
+    /// the same path, hidden by no tmpfs and beneath no other share. A
+    /// read-only `--share DIR:DIR` of such a directory needs no device
+    /// (the scenario suite asks for its probes directory this way, which
+    /// matters only when a tmpfs such as `/tmp` covers it).
+    fn shows_as_is(&self, host: &Path, guest: &str) -> bool {
+        host.to_str() == Some(guest)
+            && !self.tmpfs.iter().any(|t| under(guest, t))
+            && !self.shares.iter().any(|s| under(guest, &s.path))
+    }
+
     fn add_share(&mut self, host_dir: PathBuf, guest: String, writable: bool) {
         let tag = fs::share_tag(self.shares.len());
         self.devices.push(Share {
@@ -466,6 +481,44 @@ mod tests {
             ..req()
         };
         assert_eq!(plan(&many, true), Err(RootError::TooMany(MAX_SHARES + 1)));
+    }
+
+    #[test]
+    fn a_read_only_share_the_root_already_shows_needs_no_device() {
+        let share = |s: String| Request {
+            shares: vec![s],
+            ..req()
+        };
+        // /usr is visible through the read-only root as it is.
+        assert!(plan(&share("/usr:/usr".into()), true)
+            .unwrap()
+            .shares
+            .is_empty());
+        // Under a tmpfs, elsewhere, writable, or without the host root it
+        // is a device of its own.
+        let dir = scratch("as-is");
+        let d = dir.display().to_string();
+        for s in [
+            format!("{d}:/elsewhere"),
+            format!("{d}:{d}:rw"),
+            "/usr:/usr:rw".into(),
+            "/usr:/opt/usr".into(),
+        ] {
+            assert_eq!(
+                plan(&share(s.clone()), true).unwrap().shares.len(),
+                1,
+                "{s}"
+            );
+        }
+        let hidden = plan(&share(format!("{d}:{d}")), true).unwrap();
+        let is_hidden = TMPFS_PATHS.iter().any(|t| under(&d, t));
+        assert_eq!(hidden.shares.len(), usize::from(is_hidden));
+        let no_root = Request {
+            host_root: false,
+            ..share("/usr:/usr".into())
+        };
+        assert_eq!(plan(&no_root, true).unwrap().shares.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct RunRequest {
     pub console_path: PathBuf,
     /// Directory the runner starts in (the guest command's working directory).
     pub workdir: PathBuf,
+    /// Host directories the command needs at their own path, read-only
+    /// (`--share DIR:DIR`; the runner adds a device only where the guest's
+    /// root does not already show them, e.g. under its `/tmp`).
+    pub shares: Vec<PathBuf>,
 }
 
 /// The runner could not be used at all.
@@ -114,6 +118,10 @@ impl KestrelBinary {
         if let Some(a) = &r.append {
             args.push("--append".to_owned());
             args.push(a.clone());
+        }
+        for dir in &r.shares {
+            let d = dir.display();
+            args.extend(["--share".to_owned(), format!("{d}:{d}")]);
         }
         args.push("--".to_owned());
         args.extend(r.argv.iter().cloned());
@@ -417,11 +425,12 @@ mod tests {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -n hi".into()],
             console_path: "/t/console.log".into(),
             workdir: "/w".into(),
+            shares: vec!["/t/probes".into()],
         };
         assert_eq!(
             k.args(&r).join(" "),
             "run --quiet --initrd /i --kernel /cache/vmlinuz-6.1 --cpus 2 --memory 256 --timeout 30 --console /t/console.log \
-             --append loglevel=7 quiet -- /bin/sh -c echo -n hi"
+             --append loglevel=7 quiet --share /t/probes:/t/probes -- /bin/sh -c echo -n hi"
         );
     }
 }

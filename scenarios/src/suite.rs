@@ -8,7 +8,7 @@
 //! failure — and writes the case's artifacts.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -304,14 +304,27 @@ fn utc_stamp(t: SystemTime) -> String {
     )
 }
 
+/// `p` made absolute and without `.` or `..` components (the runner takes
+/// only such paths for `--share`).
 fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
+    let full = if p.is_absolute() {
         p.to_owned()
     } else {
         std::env::current_dir()
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_owned())
+    };
+    let mut out = PathBuf::new();
+    for c in full.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
     }
+    out
 }
 
 impl Session {
@@ -411,6 +424,11 @@ impl Session {
             argv,
             console_path: artifacts.join("console.log"),
             workdir: self.options.workdir.clone(),
+            shares: if s.probes.is_empty() {
+                Vec::new()
+            } else {
+                vec![self.probes.out_dir().to_path_buf()]
+            },
         };
         if let Err(e) = std::fs::create_dir_all(&artifacts) {
             result.verdict = Verdict::Fail(vec![FailReason::Harness {
@@ -645,6 +663,15 @@ mod tests {
         assert!(!retryable(&Verdict::Pass));
         assert!(!retryable(&Verdict::Fail(Vec::new())));
         assert!(!retryable(&Verdict::VmmError("no kernel".into())));
+    }
+
+    #[test]
+    fn absolute_paths_lose_dot_components() {
+        assert_eq!(absolute(Path::new("/a/./b/../c/")), PathBuf::from("/a/c"));
+        assert!(absolute(Path::new("t/../k")).is_absolute());
+        assert!(!absolute(Path::new("t/../k"))
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir)));
     }
 
     #[test]

@@ -513,6 +513,10 @@ fn harness_probes_build_on_the_host_and_expand() {
         argv.contains(&format!("-- {} uses_probe", built.display())),
         "{argv}"
     );
+    // The probes directory is asked for at its own path, so a guest whose
+    // /tmp is a fresh tmpfs still sees it.
+    let dir = built.parent().unwrap().display().to_string();
+    assert!(argv.contains(&format!("--share {dir}:{dir} ")), "{argv}");
     let bad = Fixture::verdict(&s, "bad_probe").reason();
     assert!(bad.starts_with("probe build failed: "), "{bad}");
 }
