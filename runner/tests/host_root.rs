@@ -19,12 +19,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kestrel_kernels::{Cache, Fetch, Kernel, KernelSpec};
+use kestrel_kernels::Kernel;
 
-const KESTREL: &str = env!("CARGO_BIN_EXE_kestrel");
+mod common;
+
+use common::{require, target_dir, KESTREL};
 /// The kernel every test boots.
 const SERIES: &str = "6.1";
 /// `--timeout` of a quick boot.
@@ -35,73 +36,6 @@ const SLOW: &str = "900";
 const BIG: u64 = 256 << 20;
 
 // ---- prerequisites ----
-
-fn strict() -> bool {
-    std::env::var_os("KESTREL_REAL_KVM_TESTS").is_some_and(|v| v == "1")
-}
-
-/// `Some(value)`, or skip (print and `None`), or fail when [`strict`].
-fn require<T>(what: Result<T, String>) -> Option<T> {
-    match what {
-        Ok(v) => Some(v),
-        Err(why) if strict() => panic!("KESTREL_REAL_KVM_TESTS=1 but {why}"),
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
-fn hardware_kvm() -> Result<(), String> {
-    static DOCTOR: OnceLock<Result<(), String>> = OnceLock::new();
-    DOCTOR
-        .get_or_init(|| {
-            let out = Command::new(KESTREL)
-                .arg("doctor")
-                .output()
-                .map_err(|e| format!("cannot run kestrel doctor: {e}"))?;
-            if out.status.code() == Some(0) {
-                return Ok(());
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            Err(format!(
-                "KVM is not hardware-speed here ({}); run inside the nested rig",
-                text.lines().last().unwrap_or("no report")
-            ))
-        })
-        .clone()
-}
-
-fn target_dir() -> PathBuf {
-    Path::new(KESTREL)
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
-
-fn init_present() -> Result<(), String> {
-    let init = std::env::var_os("KESTREL_INIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("x86_64-unknown-linux-gnu/release/kestrel-init"));
-    if init.is_file() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the guest init {} is missing (cargo xtask builds it)",
-            init.display()
-        ))
-    }
-}
-
-fn cached() -> Result<Kernel, String> {
-    let spec: KernelSpec = format!("debian:{SERIES}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let cache = Cache::from_env().map_err(|e| e.to_string())?;
-    kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly)
-        .map_err(|e| format!("{e} (cargo xtask kernel fetch debian:{SERIES})"))
-}
 
 /// A program on the host's `PATH`.
 fn host_program(name: &str) -> Result<PathBuf, String> {
@@ -115,12 +49,11 @@ fn host_program(name: &str) -> Result<PathBuf, String> {
 
 /// Everything a boot needs, plus host `programs`.
 fn prerequisites(programs: &[&str]) -> Option<Kernel> {
-    require(hardware_kvm())?;
-    require(init_present())?;
+    let kernel = common::prerequisites(SERIES)?;
     for p in programs {
         require(host_program(p))?;
     }
-    require(cached())
+    Some(kernel)
 }
 
 // ---- running kestrel ----

@@ -18,14 +18,15 @@
 //! (`--nocapture` shows the boot times).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kestrel_kernels::{Cache, Fetch, Kernel, KernelSpec};
+use kestrel_kernels::Kernel;
 
-const KESTREL: &str = env!("CARGO_BIN_EXE_kestrel");
+mod common;
+
+use common::{prerequisites, require, target_dir, KESTREL};
 /// 512 MiB in kB, and the lowest MemTotal within 10% of it.
 const MEM_512_KB: u64 = 512 * 1024;
 const MEM_512_MIN_KB: u64 = MEM_512_KB * 9 / 10 + 1;
@@ -40,86 +41,6 @@ const PACK: [&str; 4] = ["--pack", "sh", "--pack", "sleep"];
 /// Exit 3 when the guest sees CPUs 0-1 online, else print them and exit 10.
 const TWO_CPUS_THEN_EXIT_3: &str = "read o < /sys/devices/system/cpu/online; \
      [ \"$o\" = 0-1 ] || { echo \"online=$o\"; exit 10; }; exit 3";
-
-// ---- prerequisites ----
-
-/// CI in the rig: a missing prerequisite fails instead of skipping.
-fn strict() -> bool {
-    std::env::var_os("KESTREL_REAL_KVM_TESTS").is_some_and(|v| v == "1")
-}
-
-/// `Some(value)`, or skip (print and `None`), or fail when [`strict`].
-fn require<T>(what: Result<T, String>) -> Option<T> {
-    match what {
-        Ok(v) => Some(v),
-        Err(why) if strict() => panic!("KESTREL_REAL_KVM_TESTS=1 but {why}"),
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
-/// `kestrel doctor` says KVM runs at hardware speed (asked once).
-fn hardware_kvm() -> Result<(), String> {
-    static DOCTOR: OnceLock<Result<(), String>> = OnceLock::new();
-    DOCTOR
-        .get_or_init(|| {
-            let out = Command::new(KESTREL)
-                .arg("doctor")
-                .output()
-                .map_err(|e| format!("cannot run kestrel doctor: {e}"))?;
-            if out.status.code() == Some(0) {
-                return Ok(());
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            let verdict = text.lines().last().unwrap_or("no report");
-            Err(format!(
-                "KVM is not hardware-speed here ({verdict}); run inside the nested rig"
-            ))
-        })
-        .clone()
-}
-
-/// The target dir this test's `kestrel` was built in.
-fn target_dir() -> PathBuf {
-    let exe = Path::new(KESTREL);
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
-
-/// The static init where kestrel will look for it.
-fn init_present() -> Result<(), String> {
-    let init = std::env::var_os("KESTREL_INIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("x86_64-unknown-linux-gnu/release/kestrel-init"));
-    if init.is_file() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the guest init {} is missing (cargo xtask builds it)",
-            init.display()
-        ))
-    }
-}
-
-/// A Debian kernel from the cache.
-fn cached(series: &str) -> Result<Kernel, String> {
-    let spec: KernelSpec = format!("debian:{series}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let cache = Cache::from_env().map_err(|e| e.to_string())?;
-    kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly).map_err(|e| e.to_string())
-}
-
-/// Everything a boot of `debian:<series>` needs, or skip/fail.
-fn prerequisites(series: &str) -> Option<Kernel> {
-    require(hardware_kvm())?;
-    require(init_present())?;
-    require(cached(series))
-}
 
 // ---- running kestrel ----
 

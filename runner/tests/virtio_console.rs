@@ -24,6 +24,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+mod common;
+
 use kestrel::devices::virtio::console::{STDERR_PORT, STDOUT_PORT};
 use kestrel::doctor::{time_probe, KvmClass};
 use kestrel_initramfs::image::{concat, job_archive, BaseImage};
@@ -179,16 +181,7 @@ fn guest_rate(stderr: &[u8]) -> Option<f64> {
 /// The set-up, or skip with the reason printed; with
 /// `KESTREL_REAL_KVM_TESTS=1` (CI in the rig) a missing prerequisite fails.
 fn skip() -> Option<&'static Setup> {
-    match setup() {
-        Ok(s) => Some(s),
-        Err(why) if std::env::var_os("KESTREL_REAL_KVM_TESTS").is_some_and(|v| v == "1") => {
-            panic!("KESTREL_REAL_KVM_TESTS=1 but a prerequisite is missing: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
+    common::require(setup().map_err(|why| format!("a prerequisite is missing: {why}")))
 }
 
 fn describe(out: &Output) -> String {

@@ -1,0 +1,93 @@
+//! Prerequisites shared by the real-kernel test files: hardware-speed KVM,
+//! the guest init, a cached Debian kernel. Without one a test is skipped
+//! with the reason printed; under `KESTREL_REAL_KVM_TESTS=1` (CI in the
+//! rig) it fails instead, so a broken set-up is never a silent pass.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use kestrel_kernels::{Cache, Fetch, Kernel, KernelSpec};
+
+/// The kestrel binary under test.
+pub const KESTREL: &str = env!("CARGO_BIN_EXE_kestrel");
+
+/// CI in the rig: a missing prerequisite fails instead of skipping.
+pub fn strict() -> bool {
+    std::env::var_os("KESTREL_REAL_KVM_TESTS").is_some_and(|v| v == "1")
+}
+
+/// `Some(value)`, or skip (print and `None`), or fail when [`strict`].
+pub fn require<T>(what: Result<T, String>) -> Option<T> {
+    match what {
+        Ok(v) => Some(v),
+        Err(why) if strict() => panic!("KESTREL_REAL_KVM_TESTS=1 but {why}"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// `kestrel doctor` says KVM runs at hardware speed (asked once).
+pub fn hardware_kvm() -> Result<(), String> {
+    static DOCTOR: OnceLock<Result<(), String>> = OnceLock::new();
+    DOCTOR
+        .get_or_init(|| {
+            let out = Command::new(KESTREL)
+                .arg("doctor")
+                .output()
+                .map_err(|e| format!("cannot run kestrel doctor: {e}"))?;
+            if out.status.code() == Some(0) {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let verdict = text.lines().last().unwrap_or("no report");
+            Err(format!(
+                "KVM is not hardware-speed here ({verdict}); run inside the nested rig"
+            ))
+        })
+        .clone()
+}
+
+/// Cargo's target directory (the kestrel binary is in `<target>/<profile>/`).
+pub fn target_dir() -> PathBuf {
+    Path::new(KESTREL)
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// The static init where kestrel will look for it.
+pub fn init_present() -> Result<(), String> {
+    let init = std::env::var_os("KESTREL_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("x86_64-unknown-linux-gnu/release/kestrel-init"));
+    if init.is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the guest init {} is missing (cargo xtask builds it)",
+            init.display()
+        ))
+    }
+}
+
+/// A Debian kernel from the cache.
+pub fn cached(series: &str) -> Result<Kernel, String> {
+    let spec: KernelSpec = format!("debian:{series}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let cache = Cache::from_env().map_err(|e| e.to_string())?;
+    kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly)
+        .map_err(|e| format!("{e} (cargo xtask kernel fetch debian:{series})"))
+}
+
+/// Everything a boot of `debian:<series>` needs, or skip/fail.
+pub fn prerequisites(series: &str) -> Option<Kernel> {
+    require(hardware_kvm())?;
+    require(init_present())?;
+    require(cached(series))
+}
