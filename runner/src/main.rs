@@ -51,6 +51,10 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             started.elapsed().as_millis()
         ))
     };
+    // Before any virtio-fs table is sized from it: one handle per inode
+    // the guest holds spares re-opens from the parent chain.
+    let nofile = virtiofs_lite::raise_nofile_limit();
+    log::debug(format_args!("RLIMIT_NOFILE is {nofile}"));
     let config = Config::try_from(args)?;
     phase("kernel and initramfs ready");
     let vm = Vm::try_from(config)?;

@@ -127,6 +127,9 @@ struct Inode {
     lookups: u64,
     children: u64,
     fd: Option<Arc<OwnedFd>>,
+    /// `st_mode & S_IFMT` of the inode `fd` holds (set with every fd: an
+    /// inode's type never changes, so opens need no fstat to check it).
+    kind: u32,
     tick: u64,
 }
 
@@ -167,6 +170,7 @@ impl InodeTable {
                 lookups: 1,
                 children: 0,
                 fd: Some(Arc::new(root_fd)),
+                kind: libc::S_IFDIR,
                 tick: 0,
             },
         );
@@ -197,9 +201,10 @@ impl InodeTable {
         }
     }
 
-    fn install(&mut self, id: u64, fd: Arc<OwnedFd>) {
+    fn install(&mut self, id: u64, fd: Arc<OwnedFd>, kind: u32) {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.fd = Some(fd);
+            n.kind = kind;
         }
         self.touch(id);
     }
@@ -251,7 +256,7 @@ impl InodeTable {
                 return Err(Errno(libc::ESTALE));
             }
             let fd = Arc::new(fd);
-            self.install(step, fd.clone());
+            self.install(step, fd.clone(), st.st_mode & S_IFMT);
             self.reopens += 1;
             base = fd;
         }
@@ -260,12 +265,14 @@ impl InodeTable {
     }
 
     /// Counts one guest lookup of the inode `key` reached as `parent/name`.
-    fn add_lookup(&mut self, parent: u64, name: &CStr, key: (u64, u64), fd: Arc<OwnedFd>) -> u64 {
+    fn add_lookup(&mut self, parent: u64, name: &CStr, st: &libc::stat64, fd: Arc<OwnedFd>) -> u64 {
+        let key = (st.st_dev, st.st_ino);
+        let kind = st.st_mode & S_IFMT;
         if let Some(&id) = self.by_key.get(&key) {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.lookups = n.lookups.saturating_add(1);
                 if n.fd.is_none() {
-                    self.install(id, fd);
+                    self.install(id, fd, kind);
                     self.evict_excess();
                 } else {
                     self.touch(id);
@@ -284,6 +291,7 @@ impl InodeTable {
                 lookups: 1,
                 children: 0,
                 fd: None,
+                kind,
                 tick: 0,
             },
         );
@@ -291,7 +299,7 @@ impl InodeTable {
             p.children += 1;
         }
         self.by_key.insert(key, id);
-        self.install(id, fd);
+        self.install(id, fd, kind);
         self.evict_excess();
         id
     }
@@ -366,7 +374,13 @@ impl InodeTable {
 
 enum Handle {
     File(OwnedFd),
-    Dir { nodeid: u64, fd: Mutex<OwnedFd> },
+    /// An open directory: its node, its device (every entry's `st_dev`
+    /// in READDIRPLUS before mapping) and the descriptor.
+    Dir {
+        nodeid: u64,
+        dev: u64,
+        fd: Mutex<OwnedFd>,
+    },
 }
 
 struct HandleTable {
@@ -479,6 +493,14 @@ impl PassthroughFs {
         lock(&self.inodes).fd_of(id)
     }
 
+    /// The O_PATH handle of `id`, its file type and its device.
+    fn fd_kind(&self, id: u64) -> SysResult<(Arc<OwnedFd>, u32, u64)> {
+        let mut t = lock(&self.inodes);
+        let fd = t.fd_of(id)?;
+        let n = t.nodes.get(&id).ok_or(Errno(libc::ESTALE))?;
+        Ok((fd, n.kind, n.key.0))
+    }
+
     fn mapped(&self, mut st: libc::stat64) -> libc::stat64 {
         lock(&self.inodes).map_ino(&mut st);
         st
@@ -519,7 +541,7 @@ impl PassthroughFs {
         if !t.nodes.contains_key(&parent) {
             return Err(Errno(libc::ESTALE));
         }
-        let nodeid = t.add_lookup(parent, name, (st.st_dev, st.st_ino), Arc::new(fd));
+        let nodeid = t.add_lookup(parent, name, &st, Arc::new(fd));
         t.map_ino(&mut st);
         Ok(Entry { nodeid, st })
     }
@@ -556,10 +578,16 @@ impl PassthroughFs {
         sys::fstatfs(fd.as_fd())
     }
 
-    /// Re-opens the O_PATH handle `fd` for I/O, after checking its type.
-    fn reopen(&self, fd: BorrowedFd<'_>, flags: i32, want_dir: bool) -> SysResult<OwnedFd> {
-        let st = sys::fstat(fd)?;
-        match st.st_mode & S_IFMT {
+    /// Re-opens the O_PATH handle `fd` for I/O, after checking its type
+    /// `kind` (the `st_mode & S_IFMT` it had when the handle was opened).
+    fn reopen(
+        &self,
+        fd: BorrowedFd<'_>,
+        kind: u32,
+        flags: i32,
+        want_dir: bool,
+    ) -> SysResult<OwnedFd> {
+        match kind {
             libc::S_IFREG if !want_dir => {}
             libc::S_IFDIR if want_dir => {}
             libc::S_IFDIR => return Err(Errno(libc::EISDIR)),
@@ -622,8 +650,8 @@ impl PassthroughFs {
     /// OPEN: a handle for reading (and writing, on a writable share).
     pub fn open(&self, id: u64, flags: u32) -> SysResult<u64> {
         let flags = self.open_flags(flags)?;
-        let fd = self.fd(id)?;
-        let file = self.reopen(fd.as_fd(), flags, false)?;
+        let (fd, kind, _) = self.fd_kind(id)?;
+        let file = self.reopen(fd.as_fd(), kind, flags, false)?;
         self.add_handle(Handle::File(file))
     }
 
@@ -654,10 +682,11 @@ impl PassthroughFs {
 
     /// OPENDIR.
     pub fn opendir(&self, id: u64) -> SysResult<u64> {
-        let fd = self.fd(id)?;
-        let dir = self.reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY, true)?;
+        let (fd, kind, dev) = self.fd_kind(id)?;
+        let dir = self.reopen(fd.as_fd(), kind, libc::O_RDONLY | libc::O_DIRECTORY, true)?;
         self.add_handle(Handle::Dir {
             nodeid: id,
+            dev,
             fd: Mutex::new(dir),
         })
     }
@@ -679,13 +708,10 @@ impl PassthroughFs {
         mut emit: impl FnMut(DirEntry<'_>) -> bool,
     ) -> SysResult<()> {
         let h = self.handle(fh)?;
-        let Handle::Dir { fd, .. } = &*h else {
+        let Handle::Dir { fd, dev, .. } = &*h else {
             return Err(Errno(libc::ENOTDIR));
         };
-        let dir_dev = {
-            let d = lock(fd);
-            sys::fstat(d.as_fd())?.st_dev
-        };
+        let dir_dev = *dev;
         let d = lock(fd);
         sys::lseek(d.as_fd(), offset as i64)?;
         let mut buf = vec![0u8; 32 * 1024];
@@ -903,7 +929,8 @@ impl PassthroughFs {
             match handle.as_deref() {
                 Some(Handle::File(f)) => sys::ftruncate(f.as_fd(), size)?,
                 _ => {
-                    let f = self.reopen(fd.as_fd(), libc::O_WRONLY, false)?;
+                    let kind = st.st_mode & S_IFMT;
+                    let f = self.reopen(fd.as_fd(), kind, libc::O_WRONLY, false)?;
                     sys::ftruncate(f.as_fd(), size)?;
                 }
             }

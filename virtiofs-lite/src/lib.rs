@@ -33,4 +33,4 @@ pub mod vhost;
 pub use device::{DeviceError, FsDevice};
 pub use fs::{Error, FsConfig};
 pub use server::{Server, ServerConfig};
-pub use sys::Errno;
+pub use sys::{raise_nofile_limit, Errno};

@@ -135,6 +135,8 @@ fn run(args: &Args) -> Result<()> {
     if !(0.0..=86400.0).contains(&args.cache_timeout) {
         bail!("--cache-timeout must be between 0 and 86400 seconds");
     }
+    let nofile = virtiofs_lite::raise_nofile_limit();
+    log::debug!("RLIMIT_NOFILE is {nofile}");
     let mut fs = FsConfig {
         writable: args.writable,
         ..FsConfig::default()

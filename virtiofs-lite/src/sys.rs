@@ -313,6 +313,45 @@ pub fn nofile_limit() -> u64 {
     unsafe { lim.assume_init() }.rlim_cur
 }
 
+/// Ceiling [`raise_nofile_limit`] aims for (virtiofsd's default too).
+pub const NOFILE_WANTED: u64 = 1 << 20;
+
+/// Raises this process's `RLIMIT_NOFILE` so the inode table can keep a
+/// handle per inode the guest holds (fewer re-opens from the parent chain):
+/// the soft limit to the hard one, and as root both to [`NOFILE_WANTED`]
+/// (bounded by `fs.nr_open`) where the hard limit is lower. Call it before
+/// [`crate::FsConfig::default`] sizes the tables. Returns the soft limit
+/// now in force; never fails (the limit stays as it was).
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = MaybeUninit::<libc::rlimit64>::uninit();
+    // SAFETY: `lim` is valid for writes of one rlimit64.
+    if unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } != 0 {
+        return nofile_limit();
+    }
+    // SAFETY: getrlimit succeeded, so it filled `lim`.
+    let old = unsafe { lim.assume_init() };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(NOFILE_WANTED);
+    let wanted = NOFILE_WANTED.min(nr_open).max(old.rlim_max);
+    for max in [wanted, old.rlim_max] {
+        if old.rlim_cur >= max {
+            break;
+        }
+        let new = libc::rlimit64 {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: `new` is a valid rlimit64; raising a limit affects only
+        // this process (and fails without privilege, changing nothing).
+        if unsafe { libc::setrlimit64(libc::RLIMIT_NOFILE, &new) } == 0 {
+            break;
+        }
+    }
+    nofile_limit()
+}
+
 /// Runs `f` with this thread's file-system uid/gid switched to the
 /// caller's, so files a guest user creates belong to that user. Only when
 /// we are root (otherwise the switch is impossible and pointless).
@@ -345,4 +384,28 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 /// The decimal name of `fd` inside `/proc/self/fd`.
 pub fn fd_name(fd: BorrowedFd<'_>) -> CString {
     CString::new(fd.as_raw_fd().to_string()).expect("digits contain no NUL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raising_nofile_reaches_at_least_the_hard_limit() {
+        let before = nofile_limit();
+        let after = raise_nofile_limit();
+        assert!(after >= before);
+        let mut lim = MaybeUninit::<libc::rlimit64>::uninit();
+        // SAFETY: `lim` is valid for writes of one rlimit64.
+        assert_eq!(
+            unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: getrlimit succeeded, so it filled `lim`.
+        let lim = unsafe { lim.assume_init() };
+        assert_eq!(lim.rlim_cur, lim.rlim_max, "the soft limit is the hard one");
+        assert_eq!(after, lim.rlim_cur);
+        // Idempotent.
+        assert_eq!(raise_nofile_limit(), after);
+    }
 }

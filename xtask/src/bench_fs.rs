@@ -120,7 +120,7 @@ pub fn run(args: &FsArgs) -> Result<()> {
     for run in 1..=args.runs {
         for (i, vmm) in VMMS.iter().enumerate() {
             let stdout = match i {
-                0 => run_kestrel(&kestrel, &args.kernel, &script)?,
+                0 => run_kestrel(&kestrel, &args.kernel, &script, &modules)?,
                 1 => run_qemu(&qemu, &initrd, &kernel.image, dir.path(), Server::Virtiofsd)?,
                 _ => run_qemu(
                     &qemu,
@@ -280,10 +280,16 @@ fn sha256_host(path: &Path) -> Result<String> {
         .to_string())
 }
 
-fn run_kestrel(kestrel: &Path, kernel: &str, script: &str) -> Result<String> {
+/// `modules` may sit under a directory kestrel's guest covers with a
+/// tmpfs (the cache in `/root`, the guest user's fresh home): it is asked
+/// for at its own path, as the QEMU guests see it through the root.
+fn run_kestrel(kestrel: &Path, kernel: &str, script: &str, modules: &Path) -> Result<String> {
+    let m = modules.display();
     let out = Command::new(kestrel)
         .args([
             "run",
+            "--share",
+            &format!("{m}:{m}"),
             "--kernel",
             kernel,
             "--memory",
