@@ -397,10 +397,8 @@ mod tests {
         assert!(after >= before);
         let mut lim = MaybeUninit::<libc::rlimit64>::uninit();
         // SAFETY: `lim` is valid for writes of one rlimit64.
-        assert_eq!(
-            unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) },
-            0
-        );
+        let rc = unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) };
+        assert_eq!(rc, 0);
         // SAFETY: getrlimit succeeded, so it filled `lim`.
         let lim = unsafe { lim.assume_init() };
         assert_eq!(lim.rlim_cur, lim.rlim_max, "the soft limit is the hard one");
