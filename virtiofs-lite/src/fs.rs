@@ -375,12 +375,44 @@ impl InodeTable {
 enum Handle {
     File(OwnedFd),
     /// An open directory: its node, its device (every entry's `st_dev`
-    /// in READDIRPLUS before mapping) and the descriptor.
+    /// in READDIRPLUS before mapping) and its entry stream.
     Dir {
         nodeid: u64,
         dev: u64,
-        fd: Mutex<OwnedFd>,
+        stream: Mutex<DirStream>,
     },
+}
+
+/// Bytes of `getdents64` records an open directory buffers.
+const DIR_BUF: usize = 8 * 1024;
+
+/// A directory read in order, like a `DIR*`: the records `getdents64`
+/// returned and not yet sent stay buffered, so READDIR calls that go on
+/// where the last one stopped (the kernel's way) cost no seek and no
+/// re-read; any other offset seeks. Over a FUSE or NFS host directory a
+/// re-read is another round trip to that server.
+struct DirStream {
+    fd: OwnedFd,
+    /// Allocated on the first read, dropped at the end of the directory.
+    buf: Vec<u8>,
+    /// The next unsent record is `buf[pos..len]`.
+    pos: usize,
+    len: usize,
+    /// The offset cookie of the stream's position (the next unsent
+    /// record's); `None`: unknown, the next READDIR seeks.
+    at: Option<u64>,
+}
+
+impl DirStream {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            buf: Vec::new(),
+            pos: 0,
+            len: 0,
+            at: None,
+        }
+    }
 }
 
 struct HandleTable {
@@ -687,7 +719,7 @@ impl PassthroughFs {
         self.add_handle(Handle::Dir {
             nodeid: id,
             dev,
-            fd: Mutex::new(dir),
+            stream: Mutex::new(DirStream::new(dir)),
         })
     }
 
@@ -708,48 +740,60 @@ impl PassthroughFs {
         mut emit: impl FnMut(DirEntry<'_>) -> bool,
     ) -> SysResult<()> {
         let h = self.handle(fh)?;
-        let Handle::Dir { fd, dev, .. } = &*h else {
+        let Handle::Dir { stream, dev, .. } = &*h else {
             return Err(Errno(libc::ENOTDIR));
         };
         let dir_dev = *dev;
-        let d = lock(fd);
-        sys::lseek(d.as_fd(), offset as i64)?;
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut d = lock(stream);
+        let d = &mut *d;
+        if d.at != Some(offset) {
+            d.at = None;
+            d.pos = 0;
+            d.len = 0;
+            sys::lseek(d.fd.as_fd(), offset as i64)?;
+            d.at = Some(offset);
+        }
         loop {
-            let n = sys::getdents64(d.as_fd(), &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            let mut pos = 0;
-            while pos + 19 <= n {
-                // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name…
-                let rec = &buf[pos..n];
-                let ino = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
-                let off = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-                let reclen = usize::from(u16::from_le_bytes([rec[16], rec[17]]));
-                if reclen < 19 || reclen > rec.len() {
-                    return Err(Errno(libc::EIO));
-                }
-                let typ = rec[18];
-                let raw = &rec[19..reclen];
-                let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-                let mut st: libc::stat64 = {
-                    // SAFETY: stat64 is plain old data; zero is a valid value.
-                    unsafe { std::mem::zeroed() }
-                };
-                st.st_dev = dir_dev;
-                st.st_ino = ino;
-                let st = self.mapped(st);
-                if !emit(DirEntry {
-                    ino: st.st_ino,
-                    next_off: off,
-                    typ,
-                    name,
-                }) {
+            if d.pos + 19 > d.len {
+                d.buf.resize(DIR_BUF, 0);
+                let n = sys::getdents64(d.fd.as_fd(), &mut d.buf).inspect_err(|_| d.at = None)?;
+                d.pos = 0;
+                d.len = n;
+                if n == 0 {
+                    d.buf = Vec::new();
                     return Ok(());
                 }
-                pos += reclen;
             }
+            // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name…
+            let rec = &d.buf[d.pos..d.len];
+            let ino = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
+            let off = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+            let reclen = usize::from(u16::from_le_bytes([rec[16], rec[17]]));
+            if reclen < 19 || reclen > rec.len() {
+                d.at = None;
+                return Err(Errno(libc::EIO));
+            }
+            let typ = rec[18];
+            let raw = &rec[19..reclen];
+            let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+            let mut st: libc::stat64 = {
+                // SAFETY: stat64 is plain old data; zero is a valid value.
+                unsafe { std::mem::zeroed() }
+            };
+            st.st_dev = dir_dev;
+            st.st_ino = ino;
+            let st = self.mapped(st);
+            if !emit(DirEntry {
+                ino: st.st_ino,
+                next_off: off,
+                typ,
+                name,
+            }) {
+                // Did not fit: it is the first record of the next call.
+                return Ok(());
+            }
+            d.pos += reclen;
+            d.at = Some(off);
         }
     }
 
@@ -964,7 +1008,7 @@ impl PassthroughFs {
         let h = self.handle(fh)?;
         match &*h {
             Handle::File(fd) => sys::fsync(fd.as_fd(), data_only),
-            Handle::Dir { fd, .. } => sys::fsync(lock(fd).as_fd(), data_only),
+            Handle::Dir { stream, .. } => sys::fsync(lock(stream).fd.as_fd(), data_only),
         }
     }
 
