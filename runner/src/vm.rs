@@ -233,6 +233,8 @@ pub struct Vm {
     _buses: Arc<Buses>,
     /// Shut down after the vCPUs stop, so queued guest output is written.
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The ioeventfds KVM completes InterruptACK writes on (never read).
+    _absorbed: Vec<EventFd>,
     /// The VM fd and guest RAM (KVM maps RAM by host address): must outlive
     /// every vCPU thread, so it is leaked if a thread cannot be stopped.
     vm: Option<VmHandle>,
@@ -314,6 +316,7 @@ impl TryFrom<Config> for Vm {
         let mut mmio = Bus::new(Space::Mmio);
         let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
         let mut virtio_transports = Vec::new();
+        let mut absorbed = Vec::new();
         if !raw {
             let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
             if let Boot::Kernel { shares, .. } = &config.boot {
@@ -331,6 +334,11 @@ impl TryFrom<Config> for Vm {
                 let notify = EventFd::new(0).map_err(VmError::EventFd)?;
                 vm.register_mmio_ioeventfd(&notify, range.start + regs::QUEUE_NOTIFY)?;
                 transport.set_queue_events(notify);
+                // InterruptStatus is read-to-clear, so an acknowledgement
+                // has nothing left to do: KVM completes the write itself.
+                let ack = EventFd::new(0).map_err(VmError::EventFd)?;
+                vm.register_mmio_ioeventfd(&ack, range.start + regs::INTERRUPT_ACK)?;
+                absorbed.push(ack);
                 let transport = Arc::new(Mutex::new(transport));
                 let len = range.end - range.start;
                 mmio.insert(range.start, len, transport.clone())?;
@@ -390,6 +398,7 @@ impl TryFrom<Config> for Vm {
             probe,
             _buses: buses,
             virtio: virtio_transports,
+            _absorbed: absorbed,
             vm: Some(vm),
         })
     }

@@ -254,7 +254,7 @@ impl MmioTransport {
             },
             regs::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max)),
             regs::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready)),
-            regs::INTERRUPT_STATUS => self.interrupt.status(),
+            regs::INTERRUPT_STATUS => self.interrupt.take_status(),
             regs::STATUS => {
                 let broken = if self.interrupt.needs_reset() {
                     status::DEVICE_NEEDS_RESET
@@ -766,10 +766,17 @@ mod tests {
         q.add_out(&mem, b"def");
         q.kick(&mut t);
         assert_eq!(q.used(&mem), vec![(0, 0), (1, 0)]);
+        // Read-to-clear: the read is the acknowledgement (KVM absorbs the
+        // ACK write in a VM); an ACK that does reach us changes nothing.
         assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 1);
+        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0);
         write_reg(&mut t, regs::INTERRUPT_ACK, 1);
         assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0);
-        assert_eq!(seen.lock().unwrap().notified, vec![0]);
+        q.add_out(&mem, b"ghi");
+        q.kick(&mut t);
+        write_reg(&mut t, regs::INTERRUPT_ACK, 1);
+        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0, "acked");
+        assert_eq!(seen.lock().unwrap().notified, vec![0, 0]);
         // Queue registers are frozen while running.
         write_reg(&mut t, regs::QUEUE_SEL, 0);
         write_reg(&mut t, regs::QUEUE_READY, 0);
