@@ -302,15 +302,20 @@ pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: i64) -> SysResult<usize> {
     Ok(n as usize)
 }
 
-/// The soft `RLIMIT_NOFILE` of this process.
-pub fn nofile_limit() -> u64 {
+/// This process's `RLIMIT_NOFILE` (soft and hard), if it can be read.
+fn nofile() -> Option<libc::rlimit64> {
     let mut lim = MaybeUninit::<libc::rlimit64>::uninit();
     // SAFETY: `lim` is valid for writes of one rlimit64.
     if unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } != 0 {
-        return 1024;
+        return None;
     }
     // SAFETY: getrlimit succeeded, so it filled `lim`.
-    unsafe { lim.assume_init() }.rlim_cur
+    Some(unsafe { lim.assume_init() })
+}
+
+/// The soft `RLIMIT_NOFILE` of this process.
+pub fn nofile_limit() -> u64 {
+    nofile().map_or(1024, |l| l.rlim_cur)
 }
 
 /// Ceiling [`raise_nofile_limit`] aims for (virtiofsd's default too).
@@ -323,13 +328,9 @@ pub const NOFILE_WANTED: u64 = 1 << 20;
 /// [`crate::FsConfig::default`] sizes the tables. Returns the soft limit
 /// now in force; never fails (the limit stays as it was).
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = MaybeUninit::<libc::rlimit64>::uninit();
-    // SAFETY: `lim` is valid for writes of one rlimit64.
-    if unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } != 0 {
+    let Some(old) = nofile() else {
         return nofile_limit();
-    }
-    // SAFETY: getrlimit succeeded, so it filled `lim`.
-    let old = unsafe { lim.assume_init() };
+    };
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -395,12 +396,7 @@ mod tests {
         let before = nofile_limit();
         let after = raise_nofile_limit();
         assert!(after >= before);
-        let mut lim = MaybeUninit::<libc::rlimit64>::uninit();
-        // SAFETY: `lim` is valid for writes of one rlimit64.
-        let rc = unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        // SAFETY: getrlimit succeeded, so it filled `lim`.
-        let lim = unsafe { lim.assume_init() };
+        let lim = nofile().expect("getrlimit");
         assert_eq!(lim.rlim_cur, lim.rlim_max, "the soft limit is the hard one");
         assert_eq!(after, lim.rlim_cur);
         // Idempotent.

@@ -817,28 +817,6 @@ fn protocol_edges_get_error_replies_not_panics() {
     }
 }
 
-/// One READDIR reply on handle `fh`: (name, offset cookie after it).
-fn readdir_page(c: &mut Client, dir: u64, fh: u64, offset: u64) -> Vec<(String, u64)> {
-    let body = enc(&abi::ReadIn {
-        fh,
-        offset,
-        size: 1024,
-        ..Default::default()
-    });
-    let (e, p) = c.call(op::READDIR, dir, &body);
-    assert_eq!(e, 0, "readdir");
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < p.len() {
-        let d = abi::Dirent::from_bytes(&p[pos..]).expect("dirent");
-        let start = pos + abi::Dirent::SIZE;
-        let name = String::from_utf8(p[start..start + d.namelen as usize].to_vec()).unwrap();
-        out.push((name, d.off));
-        pos += abi::dirent_size(d.namelen as usize);
-    }
-    out
-}
-
 #[test]
 fn a_directory_handle_lists_from_whatever_offset_is_asked() {
     // More entries than one buffered getdents64 read holds, so the stream
@@ -856,10 +834,10 @@ fn a_directory_handle_lists_from_whatever_offset_is_asked() {
     let mut c = Client::new(&share, false);
     let dir = c.lookup(ROOT, "many").unwrap().nodeid;
     let fh = c.opendir(dir).unwrap();
-    let mut pages = vec![(0u64, readdir_page(&mut c, dir, fh, 0))];
+    let mut pages = vec![(0u64, c.readdir_page(dir, fh, 0, 1024))];
     loop {
         let next = pages.last().unwrap().1.last().unwrap().1;
-        let page = readdir_page(&mut c, dir, fh, next);
+        let page = c.readdir_page(dir, fh, next, 1024);
         if page.is_empty() {
             break;
         }
@@ -875,11 +853,11 @@ fn a_directory_handle_lists_from_whatever_offset_is_asked() {
     // Out of order on the same handle: each offset gives the same page.
     for i in [7, 3, 0, pages.len() - 1, 12, 12, 1] {
         let (offset, page) = &pages[i];
-        assert_eq!(&readdir_page(&mut c, dir, fh, *offset), page, "page {i}");
+        assert_eq!(&c.readdir_page(dir, fh, *offset, 1024), page, "page {i}");
     }
     // Past the end: nothing.
     let end = all.last().unwrap().1;
-    assert!(readdir_page(&mut c, dir, fh, end).is_empty());
+    assert!(c.readdir_page(dir, fh, end, 1024).is_empty());
     c.release(dir, fh, true);
 }
 

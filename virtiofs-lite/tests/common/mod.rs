@@ -214,31 +214,47 @@ impl Client {
         out
     }
 
+    /// One READDIR reply of at most `chunk` bytes on handle `fh` from
+    /// `offset`: (name, offset cookie after it) pairs.
+    pub fn readdir_page(
+        &mut self,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        chunk: u32,
+    ) -> Vec<(String, u64)> {
+        let body = enc(&abi::ReadIn {
+            fh,
+            offset,
+            size: chunk,
+            ..Default::default()
+        });
+        let (e, p) = self.call(op::READDIR, dir, &body);
+        assert_eq!(e, 0, "readdir");
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < p.len() {
+            let d = abi::Dirent::from_bytes(&p[pos..]).expect("dirent");
+            let start = pos + abi::Dirent::SIZE;
+            let name = String::from_utf8(p[start..start + d.namelen as usize].to_vec()).unwrap();
+            out.push((name, d.off));
+            pos += abi::dirent_size(d.namelen as usize);
+        }
+        out
+    }
+
     /// All names of a directory via READDIR in `chunk`-byte replies.
     pub fn readdir(&mut self, dir: u64, chunk: u32) -> Vec<String> {
         let fh = self.opendir(dir).expect("opendir");
         let mut out = Vec::new();
         let mut offset = 0;
         loop {
-            let body = enc(&abi::ReadIn {
-                fh,
-                offset,
-                size: chunk,
-                ..Default::default()
-            });
-            let (e, p) = self.call(op::READDIR, dir, &body);
-            assert_eq!(e, 0, "readdir");
-            if p.is_empty() {
+            let page = self.readdir_page(dir, fh, offset, chunk);
+            let Some(&(_, last)) = page.last() else {
                 break;
-            }
-            let mut pos = 0;
-            while pos < p.len() {
-                let d = abi::Dirent::from_bytes(&p[pos..]).expect("dirent");
-                let start = pos + abi::Dirent::SIZE;
-                out.push(String::from_utf8(p[start..start + d.namelen as usize].to_vec()).unwrap());
-                offset = d.off;
-                pos += abi::dirent_size(d.namelen as usize);
-            }
+            };
+            offset = last;
+            out.extend(page.into_iter().map(|(name, _)| name));
         }
         self.release(dir, fh, true);
         out
