@@ -9,13 +9,16 @@
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_sregs,
     kvm_userspace_memory_region, kvm_xcr, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use std::sync::{Arc, Mutex};
+
+use crate::devices::virtio::page::RegisterPage;
 use crate::layout;
 use crate::memory::GuestMemory;
 
@@ -117,6 +120,8 @@ impl Kvm {
         Ok(VmHandle {
             fd,
             _memory: memory.clone(),
+            pages: Mutex::new(Vec::new()),
+            first_page_slot: memory.num_regions() as u32,
         })
     }
 }
@@ -125,6 +130,10 @@ impl Kvm {
 pub struct VmHandle {
     fd: VmFd,
     _memory: GuestMemory,
+    /// Register pages mapped read-only into the guest (kept alive here),
+    /// in memory slots from `first_page_slot` on.
+    pages: Mutex<Vec<Arc<RegisterPage>>>,
+    first_page_slot: u32,
 }
 
 impl VmHandle {
@@ -166,6 +175,46 @@ impl VmHandle {
         self.fd
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(ioctl("IOEVENTFD"))
+    }
+
+    /// Like [`register_mmio_ioeventfd`](Self::register_mmio_ioeventfd),
+    /// for 32-bit writes of exactly `value` only (others exit as usual).
+    pub fn register_mmio_ioeventfd_for(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        value: u32,
+    ) -> Result<(), KvmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), value)
+            .map_err(ioctl("IOEVENTFD"))
+    }
+
+    /// Maps `page` into the guest at `addr` (page-aligned) read-only: guest
+    /// reads are memory reads, guest writes still exit as MMIO writes.
+    /// `Ok(false)` where KVM cannot (no `KVM_CAP_READONLY_MEM`); then
+    /// reads exit too.
+    pub fn map_register_page(&self, addr: u64, page: &Arc<RegisterPage>) -> Result<bool, KvmError> {
+        if !self.fd.check_extension(Cap::ReadonlyMem) {
+            return Ok(false);
+        }
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        let spec = kvm_userspace_memory_region {
+            slot: self.first_page_slot + pages.len() as u32,
+            flags: KVM_MEM_READONLY,
+            guest_phys_addr: addr,
+            memory_size: layout::PAGE_SIZE,
+            userspace_addr: page.host_address(),
+        };
+        // SAFETY: the page is one page-aligned, page-long allocation owned
+        // by the `Arc`, a clone of which this handle keeps in `pages` for as
+        // long as the VM exists (the handle is leaked, never dropped, if a
+        // vCPU thread cannot be stopped), so KVM never maps freed memory.
+        // KVM only reads it (read-only slot); the VMM writes it with atomics.
+        unsafe { self.fd.set_user_memory_region(spec) }
+            .map_err(ioctl("SET_USER_MEMORY_REGION (register page)"))?;
+        pages.push(page.clone());
+        Ok(true)
     }
 
     /// `KVM_CREATE_VCPU` with this APIC id.

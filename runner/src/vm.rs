@@ -334,10 +334,21 @@ impl TryFrom<Config> for Vm {
                 let notify = EventFd::new(0).map_err(VmError::EventFd)?;
                 vm.register_mmio_ioeventfd(&notify, range.start + regs::QUEUE_NOTIFY)?;
                 transport.set_queue_events(notify);
-                // InterruptStatus is read-to-clear, so an acknowledgement
-                // has nothing left to do: KVM completes the write itself.
+                // The guest reads registers from the transport's page with
+                // no exit, and KVM completes the usual acknowledgement (of
+                // a used-buffer interrupt) itself: an interrupt costs the
+                // guest no exit to the VMM (see `Interrupt::ack`).
+                if !vm.map_register_page(range.start, transport.page())? {
+                    log::debug(format_args!(
+                        "KVM has no read-only memory slots: virtio-mmio register reads exit"
+                    ));
+                }
                 let ack = EventFd::new(0).map_err(VmError::EventFd)?;
-                vm.register_mmio_ioeventfd(&ack, range.start + regs::INTERRUPT_ACK)?;
+                vm.register_mmio_ioeventfd_for(
+                    &ack,
+                    range.start + regs::INTERRUPT_ACK,
+                    virtio::INT_VRING,
+                )?;
                 absorbed.push(ack);
                 let transport = Arc::new(Mutex::new(transport));
                 let len = range.end - range.start;

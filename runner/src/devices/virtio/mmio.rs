@@ -7,8 +7,13 @@
 //! the device. Legacy drivers are refused: the version register says 2 and
 //! `FEATURES_OK` only sticks when the driver accepted `VIRTIO_F_VERSION_1`.
 //!
-//! Invariants: registers are 32-bit, aligned; other accesses below the
-//! config space read 0 and are dropped. A queue becomes ready only with a
+//! Reads never reach the transport's logic: every readable register sits
+//! in the transport's [`RegisterPage`], written after each register write
+//! and mapped read-only into the guest where KVM allows (see
+//! [`super::page`]), so the device's config space is read once.
+//!
+//! Invariants: registers are 32-bit, aligned; other writes below the
+//! config space are dropped. A queue becomes ready only with a
 //! power-of-two size within its maximum, aligned rings inside guest RAM;
 //! anything else the guest does wrong (bad queue settings, notifying a
 //! queue that is not there or not ready, a panic in the device) sets
@@ -16,15 +21,17 @@
 //! feature registers are frozen once `DRIVER_OK` is set.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::page::RegisterPage;
 use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::Device;
-use crate::log;
 use crate::memory::GuestMemory;
+use crate::{layout, log};
 
 /// Register offsets.
 pub mod regs {
@@ -196,7 +203,7 @@ impl MmioTransport {
             }
             queues.push(QueueSettings::new(size));
         }
-        Ok(MmioTransport {
+        let transport = MmioTransport {
             device,
             mem,
             interrupt,
@@ -208,7 +215,55 @@ impl MmioTransport {
             queues,
             queue_events: None,
             active: false,
-        })
+        };
+        transport.render_fixed();
+        transport.render();
+        Ok(transport)
+    }
+
+    /// The page the guest reads this transport's registers from.
+    pub fn page(&self) -> &Arc<RegisterPage> {
+        self.interrupt.page()
+    }
+
+    /// The registers that never change, and the device's config space.
+    fn render_fixed(&self) {
+        let page = self.page();
+        page.store(regs::MAGIC, MAGIC_VALUE);
+        page.store(regs::VERSION, VERSION);
+        page.store(regs::DEVICE_ID, self.device.device_type());
+        page.store(regs::VENDOR_ID, VENDOR_ID);
+        // No shared memory regions: their lengths read all ones.
+        for offset in [regs::SHM_LEN_LOW, 0x0b4, regs::SHM_BASE_LOW, 0x0bc] {
+            page.store(offset, u32::MAX);
+        }
+        let mut config = vec![0u8; (layout::VIRTIO_MMIO_SIZE - regs::CONFIG) as usize];
+        let device = &self.device;
+        if catch_unwind(AssertUnwindSafe(|| device.read_config(0, &mut config))).is_err() {
+            config.fill(0);
+            self.broken(format_args!("the device panicked reading its config"));
+        }
+        page.fill_from(regs::CONFIG, &config);
+    }
+
+    /// The registers that depend on what the driver wrote: called after
+    /// every register write, before the vCPU that wrote runs on.
+    fn render(&self) {
+        let page = self.page();
+        let features = match self.device_features_sel {
+            0 => self.offered_features() as u32,
+            1 => (self.offered_features() >> 32) as u32,
+            _ => 0,
+        };
+        page.store(regs::DEVICE_FEATURES, features);
+        let queue = self.queues.get(self.queue_sel as usize);
+        page.store(regs::QUEUE_NUM_MAX, queue.map_or(0, |q| u32::from(q.max)));
+        page.store(regs::QUEUE_READY, queue.map_or(0, |q| u32::from(q.ready)));
+        // DEVICE_NEEDS_RESET is the interrupt's (a worker may set it).
+        let status = self.status;
+        page.update(regs::STATUS, |old| {
+            status | (old & status::DEVICE_NEEDS_RESET)
+        });
     }
 
     /// Notifies arrive on `events` (a KVM ioeventfd on the notify register,
@@ -238,38 +293,6 @@ impl MmioTransport {
 
     fn broken(&self, why: std::fmt::Arguments<'_>) {
         self.interrupt.set_needs_reset(why);
-    }
-
-    fn read_register(&self, offset: u64) -> u32 {
-        let queue = self.queues.get(self.queue_sel as usize);
-        match offset {
-            regs::MAGIC => MAGIC_VALUE,
-            regs::VERSION => VERSION,
-            regs::DEVICE_ID => self.device.device_type(),
-            regs::VENDOR_ID => VENDOR_ID,
-            regs::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.offered_features() as u32,
-                1 => (self.offered_features() >> 32) as u32,
-                _ => 0,
-            },
-            regs::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max)),
-            regs::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready)),
-            regs::INTERRUPT_STATUS => self.interrupt.take_status(),
-            regs::STATUS => {
-                let broken = if self.interrupt.needs_reset() {
-                    status::DEVICE_NEEDS_RESET
-                } else {
-                    0
-                };
-                self.status | broken
-            }
-            regs::SHM_LEN_LOW | 0x0b4 | regs::SHM_BASE_LOW | 0x0bc => u32::MAX,
-            regs::CONFIG_GENERATION => self.interrupt.config_generation(),
-            _ => {
-                log::debug(format_args!("virtio-mmio read of {offset:#x}: reads 0"));
-                0
-            }
-        }
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
@@ -475,32 +498,10 @@ impl MmioTransport {
 }
 
 impl Device for MmioTransport {
+    /// Only reached where the page is not mapped into the guest: the
+    /// same bytes the mapped page would show.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= regs::CONFIG {
-            let device = &self.device;
-            if catch_unwind(AssertUnwindSafe(|| {
-                device.read_config(offset - regs::CONFIG, data)
-            }))
-            .is_err()
-            {
-                data.fill(0);
-                self.broken(format_args!("the device panicked reading its config"));
-            }
-            return;
-        }
-        match <[u8; 4]>::try_from(&*data) {
-            Ok(_) if offset.is_multiple_of(4) => {
-                let value = self.read_register(offset);
-                data.copy_from_slice(&value.to_le_bytes());
-            }
-            _ => {
-                log::debug(format_args!(
-                    "virtio-mmio: {}-byte read at {offset:#x}; registers are 32-bit aligned",
-                    data.len()
-                ));
-                data.fill(0);
-            }
-        }
+        self.page().read(offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -517,7 +518,8 @@ impl Device for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(bytes) if offset.is_multiple_of(4) => {
-                self.write_register(offset, u32::from_le_bytes(bytes))
+                self.write_register(offset, u32::from_le_bytes(bytes));
+                self.render();
             }
             _ => log::debug(format_args!(
                 "virtio-mmio: {}-byte write at {offset:#x} dropped; registers are 32-bit aligned",
@@ -766,15 +768,17 @@ mod tests {
         q.add_out(&mem, b"def");
         q.kick(&mut t);
         assert_eq!(q.used(&mem), vec![(0, 0), (1, 0)]);
-        // Read-to-clear: the read is the acknowledgement (KVM absorbs the
-        // ACK write in a VM); an ACK that does reach us changes nothing.
+        // Reading does not clear; an ACK that reaches the transport does
+        // (in a VM, KVM absorbs an ACK of exactly 1 and the bit stays).
         assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 1);
-        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0);
+        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 1);
+        assert_eq!(t.page().load(regs::INTERRUPT_STATUS), 1, "in the page");
         write_reg(&mut t, regs::INTERRUPT_ACK, 1);
-        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0);
+        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0, "acked");
         q.add_out(&mem, b"ghi");
         q.kick(&mut t);
-        write_reg(&mut t, regs::INTERRUPT_ACK, 1);
+        assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 1);
+        write_reg(&mut t, regs::INTERRUPT_ACK, 3);
         assert_eq!(read_reg(&mut t, regs::INTERRUPT_STATUS), 0, "acked");
         assert_eq!(seen.lock().unwrap().notified, vec![0, 0]);
         // Queue registers are frozen while running.
@@ -828,6 +832,34 @@ mod tests {
             assert_eq!(read_reg(&mut t, regs::QUEUE_READY), 0);
         }
         assert_eq!(seen.lock().unwrap().resets, 2);
+    }
+
+    #[test]
+    fn every_register_the_driver_reads_is_in_the_page_after_each_write() {
+        // What a guest sees through the mapped page, with no exit: the
+        // page must already hold the answer when a write returns.
+        let (mut t, _, mem) = transport();
+        let page = t.page().clone();
+        write_reg(&mut t, regs::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(page.load(regs::DEVICE_FEATURES), 1 | 1 << 8);
+        write_reg(&mut t, regs::QUEUE_SEL, 1);
+        assert_eq!(page.load(regs::QUEUE_NUM_MAX), 8);
+        negotiate(&mut t, FEATURES);
+        assert_eq!(page.load(regs::STATUS), S_ACK | S_DRIVER | S_FEATURES_OK);
+        DriverQueue::new(&mem, 0, 16).setup(&mut t);
+        write_reg(&mut t, regs::QUEUE_SEL, 0);
+        assert_eq!(page.load(regs::QUEUE_READY), 1);
+        // A worker thread marking the device broken shows at once, and
+        // a later status write by the driver does not hide it.
+        t.interrupt.set_needs_reset(format_args!("test"));
+        assert_ne!(page.load(regs::STATUS) & S_NEEDS_RESET, 0);
+        write_reg(&mut t, regs::STATUS, ALL);
+        assert_ne!(page.load(regs::STATUS) & S_NEEDS_RESET, 0);
+        assert_eq!(page.load(regs::INTERRUPT_STATUS) & 2, 2);
+        write_reg(&mut t, regs::STATUS, 0);
+        assert_eq!(page.load(regs::STATUS), 0);
+        assert_eq!(page.load(regs::INTERRUPT_STATUS), 0);
+        assert_eq!(page.load(regs::MAGIC), MAGIC_VALUE);
     }
 
     #[test]

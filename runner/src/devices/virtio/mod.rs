@@ -19,11 +19,11 @@ pub mod chain;
 pub mod console;
 pub mod fs;
 pub mod mmio;
+pub mod page;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -34,6 +34,8 @@ use super::IrqLine;
 use crate::acpi::VirtioMmioSlot;
 use crate::memory::GuestMemory;
 use crate::{layout, log};
+use mmio::regs;
+use page::RegisterPage;
 
 /// `VIRTIO_F_VERSION_1`: the modern interface. The transport offers it for
 /// every device and refuses drivers that do not accept it.
@@ -97,6 +99,8 @@ pub trait VirtioDevice: Send {
     /// Device feature bits (the transport adds [`VIRTIO_F_VERSION_1`]).
     fn features(&self) -> u64;
     /// Reads device config space at `offset` (bytes past its end read 0).
+    /// The transport reads it once, when it is created, into the register
+    /// page the guest reads: a device's config space must not change.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space (ignore what is read-only).
     fn write_config(&mut self, offset: u64, data: &[u8]);
@@ -113,26 +117,23 @@ pub trait VirtioDevice: Send {
 }
 
 /// The device side of one transport's interrupt: the interrupt status
-/// register, the `DEVICE_NEEDS_RESET` flag and the GSI (an irqfd, edge
-/// triggered, as the DSDT describes it). Cheap to clone; safe to use from
-/// any thread.
+/// register, the `DEVICE_NEEDS_RESET` bit (both kept in the transport's
+/// [`RegisterPage`], where the guest reads them) and the GSI (an irqfd,
+/// edge triggered, as the DSDT describes it). Cheap to clone; safe to use
+/// from any thread.
 #[derive(Clone)]
 pub struct Interrupt(Arc<InterruptState>);
 
 struct InterruptState {
-    status: AtomicU32,
-    needs_reset: AtomicBool,
-    config_generation: AtomicU32,
+    page: Arc<RegisterPage>,
     line: IrqLine,
 }
 
 impl Interrupt {
-    /// An interrupt raising `line`.
+    /// An interrupt raising `line`, with a fresh register page.
     pub fn new(line: IrqLine) -> Self {
         Interrupt(Arc::new(InterruptState {
-            status: AtomicU32::new(0),
-            needs_reset: AtomicBool::new(false),
-            config_generation: AtomicU32::new(0),
+            page: RegisterPage::new(),
             line,
         }))
     }
@@ -142,16 +143,14 @@ impl Interrupt {
         self.raise(INT_VRING);
     }
 
-    /// Tells the driver that the config space changed.
-    pub fn signal_config_change(&self) {
-        self.0.config_generation.fetch_add(1, Ordering::AcqRel);
-        self.raise(INT_CONFIG);
-    }
-
     /// Marks the device broken (`DEVICE_NEEDS_RESET`) because of `why`,
     /// once until the next reset, and tells the driver.
     pub fn set_needs_reset(&self, why: std::fmt::Arguments<'_>) {
-        if !self.0.needs_reset.swap(true, Ordering::AcqRel) {
+        let old = self
+            .0
+            .page
+            .set_bits(regs::STATUS, mmio::status::DEVICE_NEEDS_RESET);
+        if old & mmio::status::DEVICE_NEEDS_RESET == 0 {
             log::warn(format_args!(
                 "virtio device needs a reset: {why} (a guest driver bug or a hostile guest)"
             ));
@@ -161,43 +160,40 @@ impl Interrupt {
 
     /// Whether the device is marked broken.
     pub fn needs_reset(&self) -> bool {
-        self.0.needs_reset.load(Ordering::Acquire)
+        self.0.page.load(regs::STATUS) & mmio::status::DEVICE_NEEDS_RESET != 0
     }
 
+    /// Sets `bit` in InterruptStatus, then raises the line (so the driver,
+    /// woken by the line, reads the bit).
     fn raise(&self, bit: u32) {
-        self.0.status.fetch_or(bit, Ordering::AcqRel);
+        self.0.page.set_bits(regs::INTERRUPT_STATUS, bit);
         if let Err(e) = self.0.line.trigger() {
             log::debug(format_args!("virtio interrupt: {e}"));
         }
     }
 
-    /// Reads the interrupt status register, which clears it: the driver
-    /// has now seen these events. Linux's virtio-mmio driver reads it once
-    /// per interrupt and acknowledges exactly what it read, so for it this
-    /// is what the acknowledgement would do; it lets `vm.rs` leave
-    /// InterruptACK writes to KVM (an ioeventfd nobody reads), and an
-    /// interrupt costs the guest one exit to the VMM instead of two. A
-    /// bit raised after the read stays set for the next interrupt.
-    pub(crate) fn take_status(&self) -> u32 {
-        self.0.status.swap(0, Ordering::AcqRel)
-    }
-
-    /// The driver acknowledged `bits` (only reached when no ioeventfd
-    /// absorbs the register: the bits are clear already, see
-    /// [`take_status`](Self::take_status)).
+    /// The driver acknowledged `bits`. `vm.rs` lets KVM absorb the common
+    /// acknowledgement, of [`INT_VRING`] alone (an ioeventfd matching that
+    /// value, which nobody reads), so that bit stays set once raised: to
+    /// Linux's `vm_interrupt` it means "look at the queues", which is what
+    /// every interrupt we raise asks for anyway, and an interrupt then
+    /// costs the guest no exit to the VMM at all. Any other value reaches
+    /// here and clears what it names.
     pub(crate) fn ack(&self, bits: u32) {
-        self.0.status.fetch_and(!bits, Ordering::AcqRel);
+        self.0.page.clear_bits(regs::INTERRUPT_STATUS, bits);
     }
 
-    /// The config generation register.
-    pub(crate) fn config_generation(&self) -> u32 {
-        self.0.config_generation.load(Ordering::Acquire)
+    /// The register page this interrupt's status lives in.
+    pub(crate) fn page(&self) -> &Arc<RegisterPage> {
+        &self.0.page
     }
 
     /// Device reset: no pending interrupt, not broken.
     pub(crate) fn clear(&self) {
-        self.0.status.store(0, Ordering::Release);
-        self.0.needs_reset.store(false, Ordering::Release);
+        self.0.page.store(regs::INTERRUPT_STATUS, 0);
+        self.0
+            .page
+            .clear_bits(regs::STATUS, mmio::status::DEVICE_NEEDS_RESET);
     }
 }
 
