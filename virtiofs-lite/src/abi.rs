@@ -93,6 +93,9 @@ pub mod init_flags {
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
     pub const MAX_PAGES: u32 = 1 << 22;
     pub const CACHE_SYMLINKS: u32 = 1 << 23;
+    /// The kernel can do without OPENDIR: an ENOSYS reply to it means
+    /// "always succeeds, send no more" (no RELEASEDIR either).
+    pub const NO_OPENDIR_SUPPORT: u32 = 1 << 24;
 }
 
 /// `fuse_setattr_in.valid` bits.

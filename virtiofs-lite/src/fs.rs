@@ -428,7 +428,15 @@ pub struct PassthroughFs {
     writable: bool,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HandleTable>,
+    /// Directories READDIR reaches by node, without a handle: the kernel
+    /// skips OPENDIR/RELEASEDIR once the server answers OPENDIR with
+    /// ENOSYS (FUSE_NO_OPENDIR_SUPPORT), then sends READDIR with fh 0.
+    /// Least recently used first; at most [`NODE_DIRS`] (each holds an fd).
+    node_dirs: Mutex<Vec<(u64, Arc<Handle>)>>,
 }
+
+/// How many directories [`PassthroughFs::node_dirs`] keeps open.
+const NODE_DIRS: usize = 16;
 
 impl std::fmt::Debug for PassthroughFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -505,6 +513,7 @@ impl PassthroughFs {
                 next: 1,
                 max: cfg.max_handles,
             }),
+            node_dirs: Mutex::new(Vec::new()),
         })
     }
 
@@ -587,6 +596,7 @@ impl PassthroughFs {
     pub fn reset(&self) {
         lock(&self.inodes).reset();
         lock(&self.handles).map.clear();
+        lock(&self.node_dirs).clear();
     }
 
     /// GETATTR.
@@ -714,39 +724,85 @@ impl PassthroughFs {
 
     /// OPENDIR.
     pub fn opendir(&self, id: u64) -> SysResult<u64> {
+        let h = self.open_dir(id)?;
+        self.add_handle(h)
+    }
+
+    fn open_dir(&self, id: u64) -> SysResult<Handle> {
         let (fd, kind, dev) = self.fd_kind(id)?;
         let dir = self.reopen(fd.as_fd(), kind, libc::O_RDONLY | libc::O_DIRECTORY, true)?;
-        self.add_handle(Handle::Dir {
+        Ok(Handle::Dir {
             nodeid: id,
             dev,
             stream: Mutex::new(DirStream::new(dir)),
         })
     }
 
-    /// The node id of the directory behind handle `fh`.
-    pub fn dir_nodeid(&self, fh: u64) -> SysResult<u64> {
-        match &*self.handle(fh)? {
+    /// The open directory of node `id` for a request without a handle
+    /// (`fh` 0, see [`node_dirs`](Self::node_dirs)), opened if need be.
+    fn node_dir(&self, id: u64) -> SysResult<Arc<Handle>> {
+        {
+            let mut dirs = lock(&self.node_dirs);
+            if let Some(i) = dirs.iter().position(|(node, _)| *node == id) {
+                let hit = dirs.remove(i);
+                let h = hit.1.clone();
+                dirs.push(hit);
+                return Ok(h);
+            }
+        }
+        let h = Arc::new(self.open_dir(id)?);
+        let mut dirs = lock(&self.node_dirs);
+        // Another request queue's worker may have opened it meanwhile.
+        dirs.retain(|(node, _)| *node != id);
+        if dirs.len() >= NODE_DIRS {
+            dirs.remove(0);
+        }
+        dirs.push((id, h.clone()));
+        Ok(h)
+    }
+
+    /// The open directory behind `fh`, or node `id`'s when `fh` is 0
+    /// (never a handle number).
+    fn dir_handle(&self, fh: u64, id: u64) -> SysResult<Arc<Handle>> {
+        let h = if fh == 0 {
+            self.node_dir(id)?
+        } else {
+            self.handle(fh)?
+        };
+        match &*h {
+            Handle::Dir { .. } => Ok(h),
+            Handle::File(_) => Err(Errno(libc::ENOTDIR)),
+        }
+    }
+
+    /// The node id of the directory behind handle `fh` (`id` itself when
+    /// `fh` is 0).
+    pub fn dir_nodeid(&self, fh: u64, id: u64) -> SysResult<u64> {
+        match &*self.dir_handle(fh, id)? {
             Handle::Dir { nodeid, .. } => Ok(*nodeid),
             Handle::File(_) => Err(Errno(libc::ENOTDIR)),
         }
     }
 
-    /// READDIR: calls `emit` for entries from `offset` on until it returns
-    /// `false` (entry did not fit) or the directory ends.
+    /// READDIR of handle `fh` (or of node `id` when `fh` is 0): calls
+    /// `emit` for entries from `offset` on until it returns `false` (entry
+    /// did not fit) or the directory ends. Offset 0 always reads the
+    /// directory afresh, as `rewinddir` does.
     pub fn readdir(
         &self,
         fh: u64,
+        id: u64,
         offset: u64,
         mut emit: impl FnMut(DirEntry<'_>) -> bool,
     ) -> SysResult<()> {
-        let h = self.handle(fh)?;
+        let h = self.dir_handle(fh, id)?;
         let Handle::Dir { stream, dev, .. } = &*h else {
             return Err(Errno(libc::ENOTDIR));
         };
         let dir_dev = *dev;
         let mut d = lock(stream);
         let d = &mut *d;
-        if d.at != Some(offset) {
+        if d.at != Some(offset) || offset == 0 {
             d.at = None;
             d.pos = 0;
             d.len = 0;
@@ -1003,9 +1059,14 @@ impl PassthroughFs {
         sys::pwrite(fd.as_fd(), data, offset)
     }
 
-    /// FSYNC / FSYNCDIR.
-    pub fn fsync(&self, fh: u64, data_only: bool) -> SysResult<()> {
-        let h = self.handle(fh)?;
+    /// FSYNC of handle `fh`; FSYNCDIR (`dir`) of `fh` or, when `fh` is 0,
+    /// of node `id`.
+    pub fn fsync(&self, fh: u64, id: u64, dir: bool, data_only: bool) -> SysResult<()> {
+        let h = if dir {
+            self.dir_handle(fh, id)?
+        } else {
+            self.handle(fh)?
+        };
         match &*h {
             Handle::File(fd) => sys::fsync(fd.as_fd(), data_only),
             Handle::Dir { stream, .. } => sys::fsync(lock(stream).fd.as_fd(), data_only),

@@ -51,6 +51,10 @@ pub struct Server {
     fs: PassthroughFs,
     cfg: ServerConfig,
     initialized: AtomicBool,
+    /// The kernel said it can do without OPENDIR (FUSE_NO_OPENDIR_SUPPORT):
+    /// we answer it ENOSYS, which saves the guest a round trip per
+    /// directory it lists, and RELEASEDIR.
+    no_opendir: AtomicBool,
     stats: Stats,
 }
 
@@ -182,6 +186,7 @@ impl Server {
             fs,
             cfg,
             initialized: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             stats: Stats {
                 count: std::array::from_fn(|_| AtomicU64::new(0)),
                 nanos: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -374,6 +379,12 @@ impl Server {
             }
             op::OPENDIR => {
                 let _: abi::OpenIn = arg(d)?;
+                if self.no_opendir.load(Ordering::Acquire) {
+                    // The kernel takes this as "opendir always succeeds"
+                    // and never sends OPENDIR or RELEASEDIR again: its
+                    // READDIRs come with fh 0 (see `PassthroughFs::readdir`).
+                    return Err(Errno(libc::ENOSYS));
+                }
                 let fh = fs.opendir(node)?;
                 Ok(encoded(&abi::OpenOut {
                     fh,
@@ -388,7 +399,7 @@ impl Server {
             op::READDIR | op::READDIRPLUS => {
                 let a: abi::ReadIn = arg(d)?;
                 let limit = (a.size as usize).min(room).min(self.cfg.max_io as usize);
-                self.readdir(a.fh, a.offset, limit, h.opcode == op::READDIRPLUS)
+                self.readdir(a.fh, node, a.offset, limit, h.opcode == op::READDIRPLUS)
             }
             op::FLUSH => {
                 let _: abi::FlushIn = arg(d)?;
@@ -401,7 +412,8 @@ impl Server {
             }
             op::FSYNC | op::FSYNCDIR if fs.writable() => {
                 let a: abi::FsyncIn = arg(d)?;
-                fs.fsync(a.fh, a.fsync_flags & abi::FSYNC_FDATASYNC != 0)?;
+                let dir = h.opcode == op::FSYNCDIR;
+                fs.fsync(a.fh, node, dir, a.fsync_flags & abi::FSYNC_FDATASYNC != 0)?;
                 Ok(Vec::new())
             }
             op::CREATE => {
@@ -524,6 +536,8 @@ impl Server {
             | f::MAX_PAGES
             | f::CACHE_SYMLINKS;
         let max_io = self.cfg.max_io.max(4096) & !4095;
+        self.no_opendir
+            .store(a.flags & f::NO_OPENDIR_SUPPORT != 0, Ordering::Release);
         self.initialized.store(true, Ordering::Release);
         Ok(encoded(&abi::InitOut {
             major: abi::KERNEL_VERSION,
@@ -539,10 +553,10 @@ impl Server {
         }))
     }
 
-    fn readdir(&self, fh: u64, offset: u64, limit: usize, plus: bool) -> OpResult {
-        let dir = self.fs.dir_nodeid(fh)?;
+    fn readdir(&self, fh: u64, node: u64, offset: u64, limit: usize, plus: bool) -> OpResult {
+        let dir = self.fs.dir_nodeid(fh, node)?;
         let mut out = Vec::with_capacity(limit.min(64 * 1024));
-        self.fs.readdir(fh, offset, |e| {
+        self.fs.readdir(fh, node, offset, |e| {
             let size = if plus {
                 abi::direntplus_size(e.name.len())
             } else {

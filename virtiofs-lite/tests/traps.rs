@@ -86,7 +86,7 @@ fn symlinks_pointing_outside_are_read_as_links_never_followed() {
         assert_eq!(c.readlink(e.nodeid).unwrap(), target.as_bytes());
         // Opening the link itself never reaches its target.
         assert_eq!(c.open(e.nodeid, libc::O_RDONLY), Err(libc::ELOOP));
-        assert_eq!(c.opendir(e.nodeid), Err(libc::ELOOP));
+        assert_eq!(c.list_error(e.nodeid), libc::ELOOP);
     }
     // A link to a directory outside is no way in: looking up through it fails.
     let etc = c.lookup(sub, "etc").unwrap().nodeid;
@@ -173,7 +173,7 @@ fn device_nodes_and_fifos_inside_the_share_are_never_opened() {
     // server tried; it must refuse at once, for reading and for writing.
     assert_eq!(c.open(fifo.nodeid, libc::O_RDONLY), Err(libc::EPERM));
     assert_eq!(c.open(fifo.nodeid, libc::O_WRONLY), Err(libc::EPERM));
-    assert_eq!(c.opendir(fifo.nodeid), Err(libc::EPERM));
+    assert_eq!(c.list_error(fifo.nodeid), libc::EPERM);
     if have_dev {
         let null = c.lookup(ROOT, "null").unwrap();
         assert_eq!(null.attr.mode & S_IFMT, libc::S_IFCHR);
@@ -831,9 +831,25 @@ fn a_directory_handle_lists_from_whatever_offset_is_asked() {
         )
         .unwrap();
     }
-    let mut c = Client::new(&share, false);
+    // A kernel with FUSE_NO_OPENDIR_SUPPORT (handle 0: the server keeps
+    // the stream by node), and an older one (a real handle).
+    for flags in [u32::MAX, !abi::init_flags::NO_OPENDIR_SUPPORT] {
+        list_from_any_offset(&share, flags);
+    }
+}
+
+fn list_from_any_offset(share: &Path, flags: u32) {
+    let mut c = Client::with_init(
+        share,
+        ServerConfig {
+            fs: FsConfig::default(),
+            ..ServerConfig::default()
+        },
+        flags,
+    );
     let dir = c.lookup(ROOT, "many").unwrap().nodeid;
     let fh = c.opendir(dir).unwrap();
+    assert_eq!(fh == 0, flags & abi::init_flags::NO_OPENDIR_SUPPORT != 0);
     let mut pages = vec![(0u64, c.readdir_page(dir, fh, 0, 1024))];
     loop {
         let next = pages.last().unwrap().1.last().unwrap().1;
@@ -930,4 +946,68 @@ fn readdir_and_readdirplus_resume_from_offsets_and_see_every_name_once() {
         16 + 1000,
     );
     assert_eq!((e, p.as_slice()), (0, &big[..1000]), "clamped to the room");
+}
+
+#[test]
+fn directories_listed_without_opendir_stay_right_across_many_and_changes() {
+    // The kernel lists with handle 0 once OPENDIR answered ENOSYS: the
+    // server keeps a few directory streams by node. Interleave more
+    // directories than it keeps, change one between listings, and check
+    // every listing; FSYNCDIR with handle 0 works on a writable share.
+    let (_tmp, share) = fixture();
+    let mut dirs = Vec::new();
+    for d in 0..40 {
+        let p = share.join(format!("d{d:02}"));
+        std::fs::create_dir(&p).unwrap();
+        for f in 0..=d % 5 {
+            std::fs::write(p.join(format!("f{f}")), b"").unwrap();
+        }
+        dirs.push(p);
+    }
+    let mut c = Client::new(&share, true);
+    let nodes: Vec<u64> = (0..40)
+        .map(|d| c.lookup(ROOT, &format!("d{d:02}")).unwrap().nodeid)
+        .collect();
+    assert_eq!(c.opendir(nodes[0]), Ok(0), "zero-message opendir");
+    for round in 0..3 {
+        for (d, &node) in nodes.iter().enumerate() {
+            // Two entries per page, so each listing takes several READDIRs
+            // and the streams of other directories come between them.
+            let mut names = Vec::new();
+            let mut offset = 0;
+            loop {
+                let page = c.readdir_page(node, 0, offset, 64);
+                let Some(&(_, last)) = page.last() else { break };
+                offset = last;
+                names.extend(page.into_iter().map(|(n, _)| n));
+            }
+            names.sort();
+            let mut want: Vec<String> = [".".to_string(), "..".to_string()]
+                .into_iter()
+                .chain((0..=d % 5).map(|f| format!("f{f}")))
+                .collect();
+            if round > 0 && d == 3 {
+                want.push("new".into());
+            }
+            want.sort();
+            assert_eq!(names, want, "round {round}, d{d:02}");
+        }
+        if round == 0 {
+            // Created on the host after d03 was listed (and its stream
+            // kept): a new listing starts at offset 0 and sees it.
+            std::fs::write(dirs[3].join("new"), b"").unwrap();
+        }
+    }
+    // Listed, changed, listed again at once (its stream still kept).
+    let before = c.readdir_page(nodes[5], 0, 0, 4096).len();
+    std::fs::write(dirs[5].join("late"), b"").unwrap();
+    let again = c.readdir_page(nodes[5], 0, 0, 4096);
+    assert_eq!(again.len(), before + 1);
+    assert!(again.iter().any(|(n, _)| n == "late"));
+    let body = enc(&abi::FsyncIn::default());
+    assert_eq!(c.call(op::FSYNCDIR, nodes[1], &body).0, 0);
+    // A file is not a directory, by handle 0 either.
+    let file = c.lookup(nodes[1], "f0").unwrap().nodeid;
+    assert_eq!(c.list_error(file), libc::ENOTDIR);
+    assert_eq!(c.call(op::FSYNCDIR, file, &body).0, libc::ENOTDIR);
 }

@@ -47,12 +47,17 @@ pub fn parse_reply(reply: &[u8], unique: u64) -> (i32, Vec<u8>) {
     (-h.error, reply[abi::OutHeader::SIZE..].to_vec())
 }
 
+/// INIT offering every flag, as a recent kernel offers what it knows.
 pub fn init_body() -> Vec<u8> {
+    init_body_with(0xffff_ffff)
+}
+
+pub fn init_body_with(flags: u32) -> Vec<u8> {
     enc(&abi::InitIn {
         major: 7,
         minor: 37,
         max_readahead: 128 * 1024,
-        flags: 0xffff_ffff,
+        flags,
         ..Default::default()
     })
 }
@@ -77,11 +82,16 @@ impl Client {
     }
 
     pub fn with_config(root: &Path, cfg: ServerConfig) -> Self {
+        Self::with_init(root, cfg, 0xffff_ffff)
+    }
+
+    /// A client whose INIT offers only `flags` (an older kernel's).
+    pub fn with_init(root: &Path, cfg: ServerConfig, flags: u32) -> Self {
         let mut c = Self {
             server: Server::new(root, cfg).expect("server"),
             unique: 0,
         };
-        let (e, _) = c.call(op::INIT, 0, &init_body());
+        let (e, _) = c.call(op::INIT, 0, &init_body_with(flags));
         assert_eq!(e, 0);
         c
     }
@@ -140,10 +150,32 @@ impl Client {
         }
     }
 
+    /// OPENDIR as the kernel does it: ENOSYS (the server takes up the
+    /// kernel's FUSE_NO_OPENDIR_SUPPORT) means success with handle 0, and
+    /// READDIRs then name the directory by node alone.
     pub fn opendir(&mut self, node: u64) -> Result<u64, i32> {
         match self.call(op::OPENDIR, node, &enc(&abi::OpenIn::default())) {
             (0, p) => Ok(abi::OpenOut::from_bytes(&p).expect("open").fh),
+            (libc::ENOSYS, _) => Ok(0),
             (e, _) => Err(e),
+        }
+    }
+
+    /// The error listing `node` meets: at OPENDIR, or at the first READDIR
+    /// when OPENDIR costs no message; 0 if it can be listed.
+    pub fn list_error(&mut self, node: u64) -> i32 {
+        match self.opendir(node) {
+            Err(e) => e,
+            Ok(fh) => {
+                let body = enc(&abi::ReadIn {
+                    fh,
+                    size: 4096,
+                    ..Default::default()
+                });
+                let e = self.call(op::READDIR, node, &body).0;
+                self.release(node, fh, true);
+                e
+            }
         }
     }
 
@@ -165,6 +197,10 @@ impl Client {
             fh,
             ..Default::default()
         });
+        if dir && fh == 0 {
+            // No OPENDIR was sent, so no RELEASEDIR either (the kernel's way).
+            return;
+        }
         let opc = if dir { op::RELEASEDIR } else { op::RELEASE };
         assert_eq!(self.call(opc, node, &body).0, 0);
     }

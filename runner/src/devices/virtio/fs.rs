@@ -160,6 +160,9 @@ fn drain(
 /// The virtio-fs device of one [`Share`].
 pub struct Fs {
     engine: Arc<Mutex<Engine>>,
+    /// For the request counts logged at shutdown (`KESTREL_LOG=debug`).
+    server: Arc<Server>,
+    tag: String,
     config: Vec<u8>,
     features: u64,
     queue_sizes: Vec<u16>,
@@ -197,9 +200,12 @@ impl Fs {
             },
         )
         .map_err(open)?;
-        let device = FsDevice::new(Arc::new(server), &share.tag, REQUEST_QUEUES)
+        let server = Arc::new(server);
+        let device = FsDevice::new(server.clone(), &share.tag, REQUEST_QUEUES)
             .map_err(|_| FsError::Tag(share.tag.clone()))?;
         Ok(Fs {
+            server,
+            tag: share.tag.clone(),
             config: device.config_space().to_vec(),
             // The transport offers VERSION_1 itself.
             features: F_INDIRECT_DESC | F_EVENT_IDX,
@@ -317,6 +323,17 @@ impl VirtioDevice for Fs {
         // Nothing to flush: replies the guest never reads are worthless.
         self.stop_worker();
         lock(&self.engine).running = None;
+        let counts: Vec<String> = self
+            .server
+            .stats()
+            .iter()
+            .map(|s| format!("{}×{} ({} ms)", s.opcode, s.count, s.nanos / 1_000_000))
+            .collect();
+        log::debug(format_args!(
+            "virtio-fs {}: FUSE requests served, opcode×count (time in the server): {}",
+            self.tag,
+            counts.join(" ")
+        ));
     }
 }
 
