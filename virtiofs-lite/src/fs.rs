@@ -84,6 +84,8 @@ pub struct Entry {
 /// One directory entry as read from the host.
 #[derive(Debug)]
 pub struct DirEntry<'a> {
+    /// Node id of the directory it is in.
+    pub dir: u64,
     /// Inode number (mapped).
     pub ino: u64,
     /// Offset of the next entry (the cookie to resume from).
@@ -775,15 +777,6 @@ impl PassthroughFs {
         }
     }
 
-    /// The node id of the directory behind handle `fh` (`id` itself when
-    /// `fh` is 0).
-    pub fn dir_nodeid(&self, fh: u64, id: u64) -> SysResult<u64> {
-        match &*self.dir_handle(fh, id)? {
-            Handle::Dir { nodeid, .. } => Ok(*nodeid),
-            Handle::File(_) => Err(Errno(libc::ENOTDIR)),
-        }
-    }
-
     /// READDIR of handle `fh` (or of node `id` when `fh` is 0): calls
     /// `emit` for entries from `offset` on until it returns `false` (entry
     /// did not fit) or the directory ends. Offset 0 always reads the
@@ -796,7 +789,12 @@ impl PassthroughFs {
         mut emit: impl FnMut(DirEntry<'_>) -> bool,
     ) -> SysResult<()> {
         let h = self.dir_handle(fh, id)?;
-        let Handle::Dir { stream, dev, .. } = &*h else {
+        let Handle::Dir {
+            stream,
+            dev,
+            nodeid,
+        } = &*h
+        else {
             return Err(Errno(libc::ENOTDIR));
         };
         let dir_dev = *dev;
@@ -840,6 +838,7 @@ impl PassthroughFs {
             st.st_ino = ino;
             let st = self.mapped(st);
             if !emit(DirEntry {
+                dir: *nodeid,
                 ino: st.st_ino,
                 next_off: off,
                 typ,

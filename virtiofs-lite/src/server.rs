@@ -554,7 +554,6 @@ impl Server {
     }
 
     fn readdir(&self, fh: u64, node: u64, offset: u64, limit: usize, plus: bool) -> OpResult {
-        let dir = self.fs.dir_nodeid(fh, node)?;
         let mut out = Vec::with_capacity(limit.min(64 * 1024));
         self.fs.readdir(fh, node, offset, |e| {
             let size = if plus {
@@ -571,7 +570,7 @@ impl Server {
                     // The kernel never links these; nodeid 0 = no lookup counted.
                     abi::EntryOut::default()
                 } else {
-                    match self.fs.lookup_for_readdir(dir, e.name) {
+                    match self.fs.lookup_for_readdir(e.dir, e.name) {
                         Ok(en) => {
                             ino = en.st.st_ino;
                             self.entry_out(&en)

@@ -47,6 +47,16 @@ pub fn parse_reply(reply: &[u8], unique: u64) -> (i32, Vec<u8>) {
     (-h.error, reply[abi::OutHeader::SIZE..].to_vec())
 }
 
+/// The body of a READ, READDIR or READDIRPLUS.
+pub fn read_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
+    enc(&abi::ReadIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    })
+}
+
 /// INIT offering every flag, as a recent kernel offers what it knows.
 pub fn init_body() -> Vec<u8> {
     init_body_with(0xffff_ffff)
@@ -167,11 +177,7 @@ impl Client {
         match self.opendir(node) {
             Err(e) => e,
             Ok(fh) => {
-                let body = enc(&abi::ReadIn {
-                    fh,
-                    size: 4096,
-                    ..Default::default()
-                });
+                let body = read_in(fh, 0, 4096);
                 let e = self.call(op::READDIR, node, &body).0;
                 self.release(node, fh, true);
                 e
@@ -180,12 +186,7 @@ impl Client {
     }
 
     pub fn read(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
-        let body = enc(&abi::ReadIn {
-            fh,
-            offset,
-            size,
-            ..Default::default()
-        });
+        let body = read_in(fh, offset, size);
         match self.call(op::READ, node, &body) {
             (0, p) => Ok(p),
             (e, _) => Err(e),
@@ -223,12 +224,7 @@ impl Client {
         let mut out = Vec::new();
         let mut offset = 0;
         loop {
-            let body = enc(&abi::ReadIn {
-                fh,
-                offset,
-                size: chunk,
-                ..Default::default()
-            });
+            let body = read_in(fh, offset, chunk);
             let (e, p) = self.call(op::READDIRPLUS, dir, &body);
             assert_eq!(e, 0, "readdirplus");
             if p.is_empty() {
@@ -259,12 +255,7 @@ impl Client {
         offset: u64,
         chunk: u32,
     ) -> Vec<(String, u64)> {
-        let body = enc(&abi::ReadIn {
-            fh,
-            offset,
-            size: chunk,
-            ..Default::default()
-        });
+        let body = read_in(fh, offset, chunk);
         let (e, p) = self.call(op::READDIR, dir, &body);
         assert_eq!(e, 0, "readdir");
         let mut out = Vec::new();
