@@ -155,6 +155,94 @@ impl Status {
     }
 }
 
+/// The prefix of a phase mark the init writes on the status channel before
+/// the status line: `KESTREL-PHASE <phase> uptime_us=<N>`, `N` the guest's
+/// `CLOCK_BOOTTIME` in microseconds when the phase began.
+pub const PHASE_PREFIX: &str = "KESTREL-PHASE ";
+
+/// A point in the guest's boot that the init reports (in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// The init runs (PID 1 started, `/dev`, `/proc`, `/sys` mounted, spec read).
+    Init,
+    /// The spec's modules are loaded.
+    Modules,
+    /// The command's root is mounted (shares, tmpfs, binds).
+    Root,
+    /// The command is about to be executed.
+    Command,
+    /// The command exited (everything it started reaped).
+    CommandEnd,
+}
+
+impl Phase {
+    /// Every phase, in boot order.
+    pub const ALL: [Phase; 5] = [
+        Phase::Init,
+        Phase::Modules,
+        Phase::Root,
+        Phase::Command,
+        Phase::CommandEnd,
+    ];
+
+    /// The name on the wire and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Init => "init",
+            Phase::Modules => "modules",
+            Phase::Root => "root",
+            Phase::Command => "command",
+            Phase::CommandEnd => "command-end",
+        }
+    }
+
+    /// The phase called `name`.
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// One phase mark as it travels on the status channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseMark {
+    /// Which phase.
+    pub phase: Phase,
+    /// Guest uptime (`CLOCK_BOOTTIME`) in microseconds.
+    pub uptime_us: u64,
+}
+
+impl PhaseMark {
+    /// The line written on the channel, newline included.
+    pub fn line(&self) -> String {
+        format!(
+            "{PHASE_PREFIX}{} uptime_us={}\n",
+            self.phase.name(),
+            self.uptime_us
+        )
+    }
+
+    /// Parses one line (a trailing `\r` or surrounding noise before the
+    /// prefix is allowed, as for status lines).
+    pub fn parse_line(line: &str) -> Option<PhaseMark> {
+        let (_, rest) = line.trim_end_matches('\r').split_once(PHASE_PREFIX)?;
+        let mut words = rest.split_ascii_whitespace();
+        let phase = Phase::from_name(words.next()?)?;
+        let uptime_us = words.next()?.strip_prefix("uptime_us=")?.parse().ok()?;
+        words
+            .next()
+            .is_none()
+            .then_some(PhaseMark { phase, uptime_us })
+    }
+
+    /// Every well-formed mark in `channel`, in order.
+    pub fn find_all(channel: &[u8]) -> Vec<PhaseMark> {
+        String::from_utf8_lossy(channel)
+            .lines()
+            .filter_map(PhaseMark::parse_line)
+            .collect()
+    }
+}
+
 /// A spec that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -406,6 +494,43 @@ mod tests {
             stderr: Dest::Path("/dev/ttyS2".into()),
             status: Some(Dest::Path("/dev/ttyS1".into())),
         }
+    }
+
+    #[test]
+    fn phase_marks_round_trip_and_junk_is_ignored() {
+        for (i, phase) in Phase::ALL.into_iter().enumerate() {
+            let mark = PhaseMark {
+                phase,
+                uptime_us: 1_000_000 * i as u64 + 7,
+            };
+            let line = mark.line();
+            assert!(line.ends_with('\n') && line.starts_with(PHASE_PREFIX));
+            assert_eq!(PhaseMark::parse_line(line.trim_end()), Some(mark));
+            assert_eq!(Phase::from_name(phase.name()), Some(phase));
+        }
+        let channel = "noise\r\nKESTREL-PHASE init uptime_us=5\r\n\
+             KESTREL-PHASE bogus uptime_us=1\n\
+             KESTREL-PHASE root uptime_us=x\n\
+             KESTREL-PHASE root uptime_us=9 extra\n\
+             KESTREL-PHASE command uptime_us=12\n\
+             KESTREL-STATUS exit=0\n";
+        let marks = PhaseMark::find_all(channel.as_bytes());
+        assert_eq!(
+            marks,
+            vec![
+                PhaseMark {
+                    phase: Phase::Init,
+                    uptime_us: 5
+                },
+                PhaseMark {
+                    phase: Phase::Command,
+                    uptime_us: 12
+                }
+            ]
+        );
+        // Phase lines never look like a status.
+        assert_eq!(Status::find_in(b"KESTREL-PHASE init uptime_us=5\n"), None);
+        assert_eq!(Status::find_in(channel.as_bytes()), Some(Status::Exit(0)));
     }
 
     #[test]

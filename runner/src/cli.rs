@@ -15,6 +15,7 @@ use crate::boot::{Initrd, KernelKind};
 use crate::guest_root::{self, RootError};
 use crate::initrd::{self, InitrdError};
 use crate::vm::{Boot, Config, ConfigError, Console};
+use crate::vmlinux::{self, NotUnpacked};
 use crate::{guest_modules, log};
 
 /// Run a command inside a Linux kernel under KVM and report one verdict.
@@ -93,9 +94,30 @@ pub struct RunArgs {
     /// instead of root.
     #[arg(long)]
     pub user: bool,
+    /// How to enter a bzImage: `auto` unpacks its kernel once on the host
+    /// (cached) and enters through PVH when the kernel has a PVH note, else
+    /// boots the bzImage; `bzimage` always boots the bzImage (the kernel
+    /// decompresses itself); `pvh` requires the PVH path.
+    #[arg(long, value_enum, default_value_t = EntryChoice::Auto)]
+    pub entry: EntryChoice,
+    /// Print where the time went: kestrel's marks and the guest init's
+    /// phases (ms since the process started, guest uptime beside them).
+    #[arg(long)]
+    pub timings: bool,
     /// The guest command and its arguments (none: boot, report exit 0).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--entry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EntryChoice {
+    /// PVH when the kernel allows it, else the bzImage.
+    Auto,
+    /// The 64-bit boot protocol on the bzImage as it is.
+    Bzimage,
+    /// PVH, or an error saying why not.
+    Pvh,
 }
 
 /// An argument kestrel cannot use.
@@ -119,6 +141,14 @@ pub enum CliError {
     /// `--rw`, `--share` or the guest root.
     #[error(transparent)]
     Root(#[from] RootError),
+    /// `--entry pvh` on a kernel that cannot be entered that way.
+    #[error("--entry pvh: cannot boot {path} through PVH: {why}; use --entry auto or bzimage")]
+    NoPvh {
+        /// The kernel.
+        path: PathBuf,
+        /// Why not.
+        why: String,
+    },
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -188,10 +218,13 @@ impl TryFrom<RunArgs> for Config {
                 initrd::prepare(&req)?.initrd
             }
         };
+        let (image, kind, fallback) =
+            choose_entry(kernel.image, kind_of(kernel.format), args.entry)?;
         Ok(Config {
             boot: Boot::Kernel {
-                kind: Some(kind_of(kernel.format)),
-                kernel: kernel.image,
+                kind: Some(kind),
+                kernel: image,
+                fallback,
                 initrd: Some(initrd),
                 append: args.append,
                 shares,
@@ -207,6 +240,40 @@ impl TryFrom<RunArgs> for Config {
             console,
         })
     }
+}
+
+/// The image to load, its format, and the bzImage to fall back on when the
+/// unpacked kernel cannot be loaded (`--entry`, [`crate::vmlinux`]).
+fn choose_entry(
+    image: PathBuf,
+    kind: KernelKind,
+    entry: EntryChoice,
+) -> Result<(PathBuf, KernelKind, Option<PathBuf>), CliError> {
+    if kind != KernelKind::BzImage || entry == EntryChoice::Bzimage {
+        return Ok((image, kind, None));
+    }
+    match vmlinux::pvh_vmlinux(&image, &vmlinux_cache_dir()) {
+        Ok(elf) => {
+            log::debug(format_args!(
+                "entering {} through PVH (unpacked from {})",
+                elf.display(),
+                image.display()
+            ));
+            Ok((elf, KernelKind::Elf, Some(image)))
+        }
+        Err(NotUnpacked(why)) if entry == EntryChoice::Pvh => {
+            Err(CliError::NoPvh { path: image, why })
+        }
+        Err(NotUnpacked(why)) => {
+            log::debug(format_args!("booting the bzImage as it is: {why}"));
+            Ok((image, kind, None))
+        }
+    }
+}
+
+/// Where unpacked kernels are cached: beside the initramfs cache.
+pub fn vmlinux_cache_dir() -> PathBuf {
+    initrd::default_cache_dir().with_file_name("vmlinux")
 }
 
 /// The directory to show at `/lib/modules/<release>` for the kernel's

@@ -13,12 +13,14 @@
 //! - [`vcpu`] — vCPU state and threads.
 //! - [`xsave`] — CPUID leaf 0xD made consistent, and the matching XCR0.
 //! - [`vm`] — `Config` → `Vm` → `Outcome`.
+//! - [`vmlinux`] — a bzImage's kernel unpacked once on the host (PVH entry).
 //! - [`initrd`] — kestrel's own initramfs: cached base archive + per-run job.
 //! - [`guest_root`] — the guest's `/` (host root, tmpfs, `--rw`/`--share`
 //!   devices) as devices plus job-spec entries.
 //! - [`guest_modules`] — the kernel's modules at `/lib/modules/<release>`
 //!   with a generated kmod index (sidecar) when the tree has none.
 //! - [`verdict`] — verdict, exit code, final line.
+//! - [`timings`] — host and guest phase marks on one clock (`--timings`).
 //! - [`cli`], [`doctor`] — the `kestrel` command's front end.
 
 pub mod acpi;
@@ -35,9 +37,11 @@ pub mod kvm;
 pub mod layout;
 pub mod log;
 pub mod memory;
+pub mod timings;
 pub mod vcpu;
 pub mod verdict;
 pub mod vm;
+pub mod vmlinux;
 pub mod xsave;
 
 #[cfg(test)]

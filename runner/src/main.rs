@@ -9,11 +9,14 @@ use std::time::Instant;
 use clap::error::ErrorKind;
 use clap::Parser;
 use kestrel::cli::{clap_error_line, Cli, Command, RunArgs};
+use kestrel::event::Ending;
+use kestrel::timings::Timings;
 use kestrel::verdict::{verdict_line, EXIT_VMM_ERROR};
 use kestrel::vm::{Config, Vm};
 use kestrel::{doctor, log, verdict::Verdict};
 
 fn main() -> ExitCode {
+    let process_start = Instant::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => match run(*args) {
+        Command::Run(args) => match run(*args, process_start) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 // One sentence: our error messages already name the cause.
@@ -43,24 +46,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let started = Instant::now();
-    let phase = |what: &str| {
-        log::debug(format_args!(
-            "{what} at {} ms",
-            started.elapsed().as_millis()
-        ))
-    };
+fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
+    let mut timings = Timings::new(process_start);
+    let show_timings = args.timings;
     // Before any virtio-fs table is sized from it: one handle per inode
     // the guest holds spares re-opens from the parent chain.
     let nofile = virtiofs_lite::raise_nofile_limit();
     log::debug(format_args!("RLIMIT_NOFILE is {nofile}"));
     let config = Config::try_from(args)?;
-    phase("kernel and initramfs ready");
+    timings.host("inputs-ready", Instant::now());
     let vm = Vm::try_from(config)?;
-    phase("VM built");
+    timings.host("vm-built", Instant::now());
     let outcome = vm.run();
-    phase("VM ended and torn down");
+    timings.host("vcpus-released", outcome.released);
+    timings.guest(&outcome.marks);
+    if let Some(at) = outcome.status_at {
+        timings.host("status", at);
+    }
+    timings.host(ending_mark(&outcome.ending), outcome.ended);
+    timings.host("exit", Instant::now());
+    if show_timings {
+        eprint!("{}", timings.render());
+    } else {
+        log::debug(format_args!("timings:\n{}", timings.render()));
+    }
     match &outcome.verdict {
         Verdict::BootFailure(why) | Verdict::VmmError(why) => eprintln!("kestrel: {why}"),
         _ => {}
@@ -79,4 +88,17 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         verdict_line(&outcome.verdict, outcome.boot, outcome.total)
     );
     Ok(outcome.verdict.exit_code())
+}
+
+/// The timing mark for how the VM ended.
+fn ending_mark(ending: &Ending) -> &'static str {
+    match ending {
+        Ending::Reset => "guest-reset",
+        Ending::TripleFault => "triple-fault",
+        Ending::Halted => "halted",
+        Ending::Crash => "guest-crash",
+        Ending::Timeout => "timeout",
+        Ending::StatusGraceExpired => "status-grace-expired",
+        Ending::VmmFailure(_) => "vmm-failure",
+    }
 }

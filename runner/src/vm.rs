@@ -18,6 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use kestrel_initramfs::job::PhaseMark;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi;
@@ -35,6 +36,7 @@ use crate::kvm::{Kvm, KvmError, VmHandle};
 use crate::layout;
 use crate::log;
 use crate::memory::{self, MemoryError};
+use crate::timings;
 use crate::vcpu::{self, Buses, VcpuSetup, VcpuThread};
 use crate::verdict::Verdict;
 
@@ -58,6 +60,9 @@ pub enum Boot {
         kernel: PathBuf,
         /// Its format if known (the kernel cache checked it); else sniffed.
         kind: Option<boot::KernelKind>,
+        /// The bzImage `kernel` was unpacked from ([`crate::vmlinux`]):
+        /// booted instead when `kernel` cannot be loaded.
+        fallback: Option<PathBuf>,
         /// Initial ramdisk.
         initrd: Option<boot::Initrd>,
         /// Appended to [`boot::cmdline::DEFAULT_ARGS`].
@@ -210,8 +215,19 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// How the VM ended.
     pub ending: Ending,
-    /// From the start of `run` to the first byte on the status channel.
+    /// From the start of `run` (vCPUs released) to the init's first phase
+    /// mark: the time to init.
     pub boot: Option<Duration>,
+    /// When the VM was being built (`Vm::try_from` began).
+    pub built: Instant,
+    /// When the vCPUs were released.
+    pub released: Instant,
+    /// When the status line was complete.
+    pub status_at: Option<Instant>,
+    /// When the VM ended (reset, fault, timeout…), before teardown.
+    pub ended: Instant,
+    /// The init's phase marks, each with the moment its line arrived.
+    pub marks: Vec<(PhaseMark, Instant)>,
     /// From the start of building the VM to the end of `run`.
     pub total: Duration,
     /// The last console lines.
@@ -363,19 +379,34 @@ impl TryFrom<Config> for Vm {
             Boot::Kernel {
                 kernel,
                 kind,
+                fallback,
                 initrd,
                 append,
                 ..
             } => {
                 let cmdline = boot::cmdline::build(append).map_err(boot::BootError::from)?;
-                let spec = BootSpec {
+                let mut spec = BootSpec {
                     kernel,
                     kind: *kind,
                     initrd: initrd.as_ref(),
                     cmdline: &cmdline,
                     memory_bytes,
                 };
-                let entry = boot::load(&mem, &spec)?;
+                let entry = match (boot::load(&mem, &spec), fallback) {
+                    (Ok(entry), _) => entry,
+                    (Err(e), Some(bzimage)) => {
+                        log::warn(format_args!(
+                            "the unpacked kernel {} did not load ({e}); booting {} instead",
+                            kernel.display(),
+                            bzimage.display()
+                        ));
+                        let _ = std::fs::remove_file(kernel);
+                        spec.kernel = bzimage;
+                        spec.kind = Some(boot::KernelKind::BzImage);
+                        boot::load(&mem, &spec)?
+                    }
+                    (Err(e), None) => return Err(e.into()),
+                };
                 acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
                 entry
             }
@@ -440,6 +471,7 @@ impl Vm {
         // The limit covers building the VM too: `--timeout` is wall-clock.
         let ending = self.wait_for_end(self.created);
         let stopping = Instant::now();
+        let ended = stopping;
         self.stop_vcpus();
         log::debug(format_args!(
             "vCPUs stopped in {} ms",
@@ -453,9 +485,9 @@ impl Vm {
             }
         }
 
-        let (status, first_byte) = {
+        let (status, status_at, marks) = {
             let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            (s.status(), s.first_byte())
+            (s.status(), s.status_at(), s.marks().to_vec())
         };
         let (panicked, panic_line, console_tail) = {
             let c = self.console.lock().unwrap_or_else(PoisonError::into_inner);
@@ -464,7 +496,12 @@ impl Vm {
         Outcome {
             verdict: Verdict::decide(status, &ending, panicked),
             ending,
-            boot: first_byte.map(|t| t.saturating_duration_since(started)),
+            boot: timings::time_to_init(started, &marks),
+            built: self.created,
+            released: started,
+            status_at,
+            ended,
+            marks,
             total: self.created.elapsed(),
             console_tail,
             panic_line,
@@ -584,6 +621,7 @@ mod tests {
         c.boot = Boot::Kernel {
             kernel: "/etc/passwd".into(),
             kind: None,
+            fallback: None,
             initrd: None,
             append: String::new(),
             shares: Vec::new(),
@@ -593,6 +631,7 @@ mod tests {
         c.boot = Boot::Kernel {
             kernel: "/no/such/kernel".into(),
             kind: None,
+            fallback: None,
             initrd: None,
             append: String::new(),
             shares: Vec::new(),

@@ -17,7 +17,6 @@
 //! `cargo xtask rig -- env KESTREL_REAL_KVM_TESTS=1 <the test binary> --test-threads 1 --nocapture`
 //! (`--nocapture` shows the boot times).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -195,8 +194,9 @@ fn debian_7_2() {
     smoke("7.2", 1);
 }
 
-/// The ELF vmlinux inside the cached 6.12 bzImage (zstd payload), booted
-/// through its PVH entry (one vCPU: see [`smoke`]).
+/// The ELF vmlinux inside the cached 6.12 bzImage (zstd payload), given as
+/// the kernel itself and booted through its PVH entry (one vCPU: see
+/// [`smoke`]).
 #[test]
 fn pvh_vmlinux() {
     let Some(kernel) = prerequisites("6.12") else {
@@ -217,6 +217,49 @@ fn pvh_vmlinux() {
         "read o < /sys/devices/system/cpu/online; [ \"$o\" = 0 ] || exit 10; exit 3",
     );
     run.expect(3, "6.12 ELF vmlinux through PVH, exit 3");
+}
+
+/// Both ways into a bzImage on 6.1 (an lz4 payload): `--entry pvh` (the
+/// kernel unpacked on the host; `auto`, the default, takes the same path)
+/// and `--entry bzimage` (the guest decompresses itself).
+#[test]
+fn both_entries_boot_6_1() {
+    if prerequisites("6.1").is_none() {
+        return;
+    }
+    for entry in ["pvh", "bzimage"] {
+        let run = boot_sh(
+            &format!("6.1-{entry}"),
+            "debian:6.1",
+            &["--entry", entry, "--timings"],
+            "exit 3",
+        );
+        run.expect(3, &format!("debian:6.1 --entry {entry}, exit 3"));
+        // The init's phases reached the host, in order, before the status.
+        let phases: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("kestrel: phase "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let order = [
+            "vcpus-released",
+            "init",
+            "modules",
+            "root",
+            "command",
+            "command-end",
+            "status",
+            "guest-reset",
+            "exit",
+        ];
+        let seen: Vec<&str> = phases
+            .iter()
+            .copied()
+            .filter(|p| order.contains(p))
+            .collect();
+        assert_eq!(seen, order, "{}", run.stderr);
+    }
 }
 
 #[test]
@@ -306,41 +349,12 @@ fn vmlinux_of(kernel: &Kernel) -> Result<PathBuf, String> {
         return Ok(out);
     }
     let bz = std::fs::read(&kernel.image).map_err(|e| format!("reading the bzImage: {e}"))?;
-    let elf = unpack_bzimage(&bz)?;
+    let elf = kestrel::vmlinux::payload(&bz)
+        .and_then(kestrel::vmlinux::unpack)
+        .map_err(|e| e.0)?;
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::create_dir_all(out.parent().unwrap()).map_err(|e| e.to_string())?;
     std::fs::write(&tmp, elf).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-/// The payload of a bzImage (`payload_offset`/`payload_length` in the
-/// setup header, relative to the protected-mode code), zstd-decompressed.
-fn unpack_bzimage(bz: &[u8]) -> Result<Vec<u8>, String> {
-    let u32_at = |at: usize| {
-        bz.get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
-            .ok_or("truncated bzImage")
-    };
-    let setup_sects = match bz.get(0x1f1) {
-        Some(0) => 4,
-        Some(&n) => usize::from(n),
-        None => return Err("truncated bzImage".into()),
-    };
-    let start = (setup_sects + 1) * 512 + u32_at(0x248)?;
-    let payload = bz
-        .get(start..start + u32_at(0x24c)?)
-        .ok_or("bzImage payload out of bounds")?;
-    if !payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err("the bzImage payload is not zstd-compressed".into());
-    }
-    let mut elf = Vec::new();
-    ruzstd::decoding::StreamingDecoder::new(payload)
-        .map_err(|e| format!("zstd: {e}"))?
-        .read_to_end(&mut elf)
-        .map_err(|e| format!("zstd: {e}"))?;
-    if !elf.starts_with(b"\x7fELF") {
-        return Err("the bzImage payload is not an ELF vmlinux".into());
-    }
-    Ok(elf)
 }

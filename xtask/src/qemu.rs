@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kestrel_initramfs::job::Status;
+use kestrel_initramfs::job::{PhaseMark, Status};
 
 use crate::tools::Qemu;
 
@@ -123,6 +123,11 @@ pub struct Outcome {
     /// QEMU's own stderr (warnings, errors).
     pub qemu_log: String,
     pub wall: Duration,
+    /// The init's phase marks on the status channel, each with the time
+    /// from QEMU's start to its line's arrival.
+    pub marks: Vec<(PhaseMark, Duration)>,
+    /// From QEMU's start to the status line's arrival.
+    pub status_at: Option<Duration>,
 }
 
 impl Outcome {
@@ -169,7 +174,30 @@ enum Event {
 
 struct Channel {
     path: PathBuf,
-    reader: JoinHandle<Vec<u8>>,
+    reader: JoinHandle<Received>,
+}
+
+/// What a channel's reader kept: the bytes (for [`Sink::Capture`]) and,
+/// for each line kept, where it ends in them and when it arrived.
+#[derive(Default)]
+struct Received {
+    bytes: Vec<u8>,
+    line_ends: Vec<(usize, Instant)>,
+}
+
+impl Received {
+    /// Each complete line with its arrival time.
+    fn lines(&self) -> Vec<(String, Instant)> {
+        let mut start = 0;
+        self.line_ends
+            .iter()
+            .map(|&(end, at)| {
+                let line = String::from_utf8_lossy(&self.bytes[start..end]).into_owned();
+                start = end;
+                (line, at)
+            })
+            .collect()
+    }
 }
 
 fn listen(
@@ -208,8 +236,8 @@ fn read_channel(
     echo: bool,
     scan: bool,
     events: &Sender<Event>,
-) -> Vec<u8> {
-    let mut kept = Vec::new();
+) -> Received {
+    let mut kept = Received::default();
     let mut line = Vec::new();
     let Ok((mut stream, _)) = listener.accept() else {
         return kept;
@@ -224,7 +252,15 @@ fn read_channel(
         // Output errors (a closed pipe on our side) must not stop the
         // guest's channel from draining.
         match sink {
-            Sink::Capture => kept.extend_from_slice(bytes),
+            Sink::Capture => {
+                let now = Instant::now();
+                for (i, &b) in bytes.iter().enumerate() {
+                    if b == b'\n' {
+                        kept.line_ends.push((kept.bytes.len() + i + 1, now));
+                    }
+                }
+                kept.bytes.extend_from_slice(bytes);
+            }
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(bytes).and_then(|()| out.flush());
@@ -268,6 +304,11 @@ impl Channel {
     /// one still in `accept` (QEMU never connected) is woken by connecting
     /// to it ourselves.
     fn finish(self) -> Vec<u8> {
+        self.finish_timed().bytes
+    }
+
+    /// [`Channel::finish`] with each line's arrival time.
+    fn finish_timed(self) -> Received {
         if !self.reader.is_finished() {
             let _ = UnixStream::connect(&self.path);
         }
@@ -359,7 +400,17 @@ impl Guest {
         let wall = start.elapsed();
 
         let console = console.finish();
-        let status_bytes = status.finish();
+        let received = status.finish_timed();
+        let mut marks = Vec::new();
+        let mut status_at = None;
+        for (line, at) in received.lines() {
+            if let Some(mark) = PhaseMark::parse_line(line.trim_end_matches('\n')) {
+                marks.push((mark, at.saturating_duration_since(start)));
+            } else if status_at.is_none() && Status::find_in(line.as_bytes()).is_some() {
+                status_at = Some(at.saturating_duration_since(start));
+            }
+        }
+        let status_bytes = received.bytes;
         let (stdout, stderr) = match ports {
             Some((out, err)) => (out.finish(), err.finish()),
             None => (Vec::new(), Vec::new()),
@@ -372,6 +423,8 @@ impl Guest {
             stderr,
             qemu_log: std::fs::read_to_string(&qemu_log_path).unwrap_or_default(),
             wall,
+            marks,
+            status_at,
         })
     }
 

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 
-use kestrel_initramfs::job::Status;
+use kestrel_initramfs::job::{Dest, Phase, Status};
 
 use crate::error::InitError;
 
@@ -60,32 +60,29 @@ fn boot() -> Result<Status, InitError> {
     dev?;
     mounts::mount_table(mounts::EARLY, Path::new("/"))?;
     mounts::make_dev_links()?;
+    report::phase(Phase::Init);
 
     // 2. The job.
     let spec = spec::load(Path::new("/"))?;
 
     // 3. Modules; the uevent listener for virtio ports must predate them.
+    //    A status channel that needs no module (a UART) is opened first, so
+    //    the host sees the phases as they happen.
     let mut dests = dest::Dests::new(&spec);
+    let early_status = !matches!(spec.status, Some(Dest::VirtioPort(_)));
+    if early_status {
+        open_status(&mut dests, &spec, Ok(()))?;
+    }
     let loaded = modules::load_all(&spec.modules);
     if loaded.is_err() {
         dests.stop_waiting();
     }
+    report::phase(Phase::Modules);
 
     // 4. Destinations; status first, so later failures reach the host
     //    (even a module failure, when the status channel does not need it).
-    match spec
-        .status
-        .as_ref()
-        .map(|d| dests.open(d, "status"))
-        .transpose()
-    {
-        Ok(channel) => report::set_channel(channel.map(Into::into)),
-        Err(e) => {
-            // Reported on the fallback channel; a module failure is the likelier cause.
-            kmsg::error(&e.to_string());
-            loaded?;
-            return Err(e);
-        }
+    if !early_status {
+        open_status(&mut dests, &spec, loaded.clone())?;
     }
     loaded?;
     let streams = run::Streams {
@@ -96,9 +93,40 @@ fn boot() -> Result<Status, InitError> {
 
     // 5. The command's root.
     let root = root::prepare(&spec)?;
+    report::phase(Phase::Root);
 
     // 6–7. Run it and reap until it exits.
-    run::run(&spec, root.as_deref(), &streams)
+    report::phase(Phase::Command);
+    let status = run::run(&spec, root.as_deref(), &streams);
+    report::phase(Phase::CommandEnd);
+    status
+}
+
+/// Opens the spec's status channel and makes it the report channel. When
+/// that fails, `loaded` (the module loading's result, the likelier cause) is
+/// the error if it failed; the failure itself is logged.
+fn open_status(
+    dests: &mut dest::Dests,
+    spec: &kestrel_initramfs::job::Spec,
+    loaded: Result<(), InitError>,
+) -> Result<(), InitError> {
+    match spec
+        .status
+        .as_ref()
+        .map(|d| dests.open(d, "status"))
+        .transpose()
+    {
+        Ok(channel) => {
+            report::set_channel(channel.map(Into::into));
+            Ok(())
+        }
+        Err(e) => {
+            // Reported on the fallback channel; a module failure is the likelier cause.
+            kmsg::error(&e.to_string());
+            loaded?;
+            Err(e)
+        }
+    }
 }
 
 /// Makes sure descriptors 0–2 are open (on /dev/null) so files the init

@@ -4,14 +4,17 @@
 //! per boot (the first [`report`] wins; a panic after it cannot overwrite
 //! the verdict). Until the spec names a channel, reports go to
 //! [`FALLBACK_PATH`]. State lives in atomics so the panic hook never waits
-//! on a lock.
+//! on a lock. Phase marks ([`phase`]) go on the same channel before the
+//! status line; those made before the channel is chosen wait in memory and
+//! are sent, with the uptime they were made at, when it is.
 
 use std::fs::OpenOptions;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
 
-use kestrel_initramfs::job::{Status, STATUS_PREFIX};
+use kestrel_initramfs::job::{Phase, PhaseMark, Status, STATUS_PREFIX};
 
 use crate::{kmsg, run, sys};
 
@@ -24,11 +27,43 @@ const KMSG_ONLY: RawFd = -2;
 
 static STATUS_FD: AtomicI32 = AtomicI32::new(UNSET);
 static REPORTED: AtomicBool = AtomicBool::new(false);
+/// Phase marks made before the channel was chosen.
+static PENDING: Mutex<Vec<PhaseMark>> = Mutex::new(Vec::new());
 
-/// Sets the status channel from the spec: `None` means kmsg only.
+/// Sets the status channel from the spec: `None` means kmsg only. Marks
+/// made so far are sent on it now.
 pub fn set_channel(channel: Option<OwnedFd>) {
     let fd = channel.map_or(KMSG_ONLY, IntoRawFd::into_raw_fd);
     STATUS_FD.store(fd, Ordering::SeqCst);
+    let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    for mark in pending {
+        send_mark(fd, &mark);
+    }
+}
+
+/// Records that `phase` begins now: sent on the status channel, or kept
+/// until the channel is chosen. Never fails the boot.
+pub fn phase(phase: Phase) {
+    let mark = PhaseMark {
+        phase,
+        uptime_us: sys::uptime_us(),
+    };
+    let fd = STATUS_FD.load(Ordering::SeqCst);
+    if fd == UNSET {
+        PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(mark);
+    } else {
+        send_mark(fd, &mark);
+    }
+}
+
+/// Writes a mark without waiting for it to drain (the status line's drain
+/// covers everything before it).
+fn send_mark(fd: RawFd, mark: &PhaseMark) {
+    if fd >= 0 && !REPORTED.load(Ordering::SeqCst) {
+        if let Err(e) = sys::write_all(fd, mark.line().as_bytes()) {
+            kmsg::error(&format!("write phase mark: {}", crate::error::describe(&e)));
+        }
+    }
 }
 
 /// The exact bytes written on the status channel.
@@ -143,6 +178,26 @@ mod tests {
             let seen = format!("boot noise\r\n{}\r\n", line.trim_end());
             assert_eq!(Status::find_in(seen.as_bytes()), Some(status));
         }
+    }
+
+    #[test]
+    fn marks_wait_for_the_channel_then_flow_in_order() {
+        let path = std::env::temp_dir().join(format!("kestrel-marks-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        phase(Phase::Init);
+        phase(Phase::Modules);
+        assert_eq!(STATUS_FD.load(Ordering::SeqCst), UNSET);
+        assert_eq!(PENDING.lock().unwrap().len(), 2);
+        set_channel(Some(file.into()));
+        assert_ne!(STATUS_FD.load(Ordering::SeqCst), UNSET);
+        phase(Phase::Root);
+        let text = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let marks = PhaseMark::find_all(&text);
+        let phases: Vec<Phase> = marks.iter().map(|m| m.phase).collect();
+        assert_eq!(phases, [Phase::Init, Phase::Modules, Phase::Root]);
+        assert!(marks.windows(2).all(|w| w[0].uptime_us <= w[1].uptime_us));
+        assert!(marks[0].uptime_us > 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use kestrel_initramfs::job::Status;
+use kestrel_initramfs::job::{PhaseMark, Status};
 
 use crate::event::VmEvent;
 
@@ -24,6 +24,8 @@ pub const TAIL_LINES: usize = 30;
 const MAX_LINE: usize = 1024;
 /// Most bytes the status channel keeps.
 const MAX_STATUS_BYTES: usize = 64 * 1024;
+/// Most phase marks kept (the init sends a handful).
+const MAX_MARKS: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -129,8 +131,12 @@ impl Write for ConsoleLog {
 #[derive(Debug, Default)]
 pub struct StatusState {
     bytes: Vec<u8>,
+    /// Where the line being received starts in `bytes`.
+    line_start: usize,
     first_byte: Option<Instant>,
     reported: bool,
+    status_at: Option<Instant>,
+    marks: Vec<(PhaseMark, Instant)>,
 }
 
 impl StatusState {
@@ -142,6 +148,35 @@ impl StatusState {
     /// When the first byte arrived.
     pub fn first_byte(&self) -> Option<Instant> {
         self.first_byte
+    }
+
+    /// When the (first) complete status line arrived.
+    pub fn status_at(&self) -> Option<Instant> {
+        self.status_at
+    }
+
+    /// The phase marks received, each with the moment its line was complete.
+    pub fn marks(&self) -> &[(PhaseMark, Instant)] {
+        &self.marks
+    }
+
+    /// A line ended at the end of `bytes`: record a phase mark or a status.
+    fn line_done(&mut self, now: Instant) -> bool {
+        let line = &self.bytes[self.line_start..];
+        self.line_start = self.bytes.len();
+        let text = String::from_utf8_lossy(line);
+        if let Some(mark) = PhaseMark::parse_line(text.trim_end_matches('\n')) {
+            if self.marks.len() < MAX_MARKS {
+                self.marks.push((mark, now));
+            }
+            return false;
+        }
+        if !self.reported && Status::find_in(line).is_some() {
+            self.reported = true;
+            self.status_at = Some(now);
+            return true;
+        }
+        false
     }
 }
 
@@ -167,13 +202,17 @@ impl StatusChannel {
 
 impl Write for StatusChannel {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let now = Instant::now();
         let mut state = lock(&self.state);
-        state.first_byte.get_or_insert_with(Instant::now);
-        let room = MAX_STATUS_BYTES.saturating_sub(state.bytes.len());
-        state.bytes.extend_from_slice(&buf[..buf.len().min(room)]);
-        if !state.reported && buf.contains(&b'\n') && state.status().is_some() {
-            state.reported = true;
-            let _ = self.events.send(VmEvent::StatusReported);
+        state.first_byte.get_or_insert(now);
+        for chunk in buf.split_inclusive(|&b| b == b'\n') {
+            let room = MAX_STATUS_BYTES.saturating_sub(state.bytes.len());
+            state
+                .bytes
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if chunk.ends_with(b"\n") && state.line_done(now) {
+                let _ = self.events.send(VmEvent::StatusReported);
+            }
         }
         Ok(buf.len())
     }
@@ -229,7 +268,33 @@ mod tests {
         assert!(rx.try_recv().is_err(), "reported once");
         assert_eq!(state.lock().unwrap().status(), Some(Status::Exit(4)));
         ch.write_all(&vec![b'y'; 200_000]).unwrap();
+        ch.write_all(b"\nKESTREL-STATUS exit=5\n").unwrap();
+        assert!(rx.try_recv().is_err(), "nothing after the buffer is full");
         assert!(state.lock().unwrap().bytes.len() <= MAX_STATUS_BYTES);
         assert!(state.lock().unwrap().first_byte().is_some());
+    }
+
+    #[test]
+    fn phase_marks_are_timed_as_their_lines_end() {
+        use kestrel_initramfs::job::Phase;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (mut ch, state) = StatusChannel::new(tx);
+        let before = Instant::now();
+        for b in b"KESTREL-PHASE init uptime_us=1500\r\nKESTREL-PHASE modules uptime_us=2500\n" {
+            ch.write_all(&[*b]).unwrap();
+        }
+        ch.write_all(b"KESTREL-PHASE bogus uptime_us=1\nKESTREL-STATUS exit=0\n")
+            .unwrap();
+        assert_eq!(rx.try_recv(), Ok(VmEvent::StatusReported));
+        let state = state.lock().unwrap();
+        let marks: Vec<_> = state
+            .marks()
+            .iter()
+            .map(|(m, _)| (m.phase, m.uptime_us))
+            .collect();
+        assert_eq!(marks, [(Phase::Init, 1500), (Phase::Modules, 2500)]);
+        assert!(state.marks().iter().all(|(_, at)| *at >= before));
+        assert!(state.status_at().unwrap() >= state.marks()[1].1);
+        assert_eq!(state.status(), Some(Status::Exit(0)));
     }
 }
