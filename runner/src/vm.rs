@@ -175,8 +175,18 @@ impl Config {
     /// is a kernel.
     pub fn validate(&self) -> Result<(), ConfigError> {
         Config::validate_resources(self.cpus, self.memory_mib, self.timeout)?;
-        if let Boot::Kernel { kernel, initrd, .. } = &self.boot {
-            boot::sniff(kernel)?;
+        if let Boot::Kernel {
+            kernel,
+            fallback,
+            initrd,
+            ..
+        } = &self.boot
+        {
+            // A damaged unpacked kernel is replaced by its bzImage at load.
+            match (boot::sniff(kernel), fallback) {
+                (Err(_), Some(bzimage)) => boot::sniff(bzimage).map(drop)?,
+                (result, _) => result.map(drop)?,
+            }
             if let Some(initrd) = initrd {
                 let path = initrd.file();
                 File::open(path).map_err(|source| boot::BootError::InitrdIo {
@@ -394,7 +404,17 @@ impl TryFrom<Config> for Vm {
                 };
                 let entry = match (boot::load(&mem, &spec), fallback) {
                     (Ok(entry), _) => entry,
-                    (Err(e), Some(bzimage)) => {
+                    // Only a cache entry that cannot be read or parsed is
+                    // replaced; a too-small guest fails either way.
+                    (
+                        Err(
+                            e @ (boot::BootError::KernelIo { .. }
+                            | boot::BootError::Loader(_)
+                            | boot::BootError::NoPvhEntry
+                            | boot::BootError::NotAKernel(_)),
+                        ),
+                        Some(bzimage),
+                    ) => {
                         log::warn(format_args!(
                             "the unpacked kernel {} did not load ({e}); booting {} instead",
                             kernel.display(),
@@ -405,7 +425,7 @@ impl TryFrom<Config> for Vm {
                         spec.kind = Some(boot::KernelKind::BzImage);
                         boot::load(&mem, &spec)?
                     }
-                    (Err(e), None) => return Err(e.into()),
+                    (Err(e), _) => return Err(e.into()),
                 };
                 acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
                 entry
@@ -638,6 +658,33 @@ mod tests {
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("cannot read kernel /no/such/kernel"), "{msg}");
+    }
+
+    #[test]
+    fn a_damaged_unpacked_kernel_is_fine_when_its_bzimage_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("vmlinux-x.elf");
+        std::fs::write(&junk, b"JUNK and more").unwrap();
+        let mut bz = vec![0u8; 0x400];
+        bz[0x1fe] = 0x55;
+        bz[0x1ff] = 0xaa;
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let bzimage = dir.path().join("bzImage");
+        std::fs::write(&bzimage, &bz).unwrap();
+        let mut c = config();
+        c.boot = Boot::Kernel {
+            kernel: junk.clone(),
+            kind: Some(boot::KernelKind::Elf),
+            fallback: Some(bzimage),
+            initrd: None,
+            append: String::new(),
+            shares: Vec::new(),
+        };
+        assert!(c.validate().is_ok());
+        if let Boot::Kernel { fallback, .. } = &mut c.boot {
+            *fallback = None;
+        }
+        assert!(c.validate().is_err(), "no bzImage to fall back on");
     }
 
     #[test]

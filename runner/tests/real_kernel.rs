@@ -262,6 +262,36 @@ fn both_entries_boot_6_1() {
     }
 }
 
+/// A damaged cache entry of the unpacked kernel (same size, not an ELF
+/// any more) is not a failed run: kestrel boots the bzImage, drops the
+/// entry, and the next PVH boot unpacks it again.
+#[test]
+fn a_damaged_unpacked_kernel_falls_back_to_the_bzimage() {
+    if prerequisites("6.1").is_none() {
+        return;
+    }
+    let run = boot_sh("6.1-pvh", "debian:6.1", &["--entry", "pvh"], "exit 3");
+    run.expect(3, "debian:6.1 --entry pvh");
+    let cache = kestrel_kernels::Cache::from_env().expect("a kernel cache");
+    let dir = cache.root().join("vmlinux");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the unpacked-kernel cache exists after a PVH boot")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "elf"))
+        .collect();
+    assert!(!entries.is_empty());
+    for entry in &entries {
+        let mut bytes = std::fs::read(entry).unwrap();
+        bytes[..4].copy_from_slice(b"JUNK");
+        std::fs::write(entry, bytes).unwrap();
+    }
+    let run = boot_sh("6.1-damaged", "debian:6.1", &[], "exit 3");
+    run.expect(3, "debian:6.1 with a damaged unpacked kernel");
+    let run = boot_sh("6.1-pvh-again", "debian:6.1", &["--entry", "pvh"], "exit 3");
+    run.expect(3, "debian:6.1 --entry pvh after the damage");
+}
+
 #[test]
 fn a_hanging_guest_times_out_with_124() {
     if prerequisites("6.1").is_none() {
