@@ -442,24 +442,38 @@ fn script_interpreter(path: &Path) -> Option<PathBuf> {
 /// but the [`CACHE_MAX`] most recently used (every new `kestrel` build
 /// keys new archives, so old ones would otherwise pile up).
 fn prune(dir: &Path, keep: &Path) {
+    prune_cache(dir, keep, ("base-", ".cpio"), CACHE_MAX, Some(CACHE_KEEP));
+}
+
+/// Deletes the files in `dir` named `<prefix>…<suffix>` other than `keep`
+/// that were last used (mtime) longer than `max_age` ago, and all but the
+/// `max` most recently used (counting `keep`). Errors are ignored: a cache
+/// that cannot be tidied still works.
+pub(crate) fn prune_cache(
+    dir: &Path,
+    keep: &Path,
+    (prefix, suffix): (&str, &str),
+    max: usize,
+    max_age: Option<Duration>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut bases: Vec<(SystemTime, PathBuf)> = entries
+    let mut found: Vec<(SystemTime, PathBuf)> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p != keep)
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("base-") && n.ends_with(".cpio"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
         })
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
-    bases.sort_by_key(|b| std::cmp::Reverse(b.0));
-    for (i, (used, path)) in bases.iter().enumerate() {
-        let stale = used.elapsed().is_ok_and(|age| age > CACHE_KEEP);
-        if stale || i + 1 >= CACHE_MAX {
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (i, (used, path)) in found.iter().enumerate() {
+        let stale = max_age.is_some_and(|limit| used.elapsed().is_ok_and(|age| age > limit));
+        if stale || i + 1 >= max {
             let _ = std::fs::remove_file(path);
         }
     }

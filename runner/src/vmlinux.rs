@@ -295,31 +295,8 @@ pub fn pvh_vmlinux(bzimage: &Path, dir: &Path) -> Result<PathBuf, NotUnpacked> {
             let _ = std::fs::remove_file(&tmp);
             NotUnpacked(format!("cannot write {}: {e}", path.display()))
         })?;
-    prune(dir, &path);
+    crate::initrd::prune_cache(dir, &path, ("vmlinux-", ".elf"), CACHE_MAX, None);
     Ok(path)
-}
-
-/// Deletes all but the [`CACHE_MAX`] most recently used entries (`keep`
-/// always stays).
-fn prune(dir: &Path, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut found: Vec<(SystemTime, PathBuf)> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p != keep)
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinux-") && n.ends_with(".elf"))
-        })
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
-    for (_, path) in found.iter().skip(CACHE_MAX - 1) {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,11 @@ pub enum Error {
 pub struct FsConfig {
     /// Allow the guest to change the share.
     pub writable: bool,
+    /// The host user and group that get what the guest creates (made with
+    /// the guest caller's ids and permission checks, then handed over;
+    /// kestrel run under sudo: the invoking user). `None`: the guest
+    /// caller's own uid and gid. Only acts when the server runs as root.
+    pub owner: Option<(u32, u32)>,
     /// Upper bound on O_PATH handles the inode table keeps open.
     pub max_open_inodes: usize,
     /// Upper bound on open file and directory handles (the guest's opens).
@@ -65,6 +70,7 @@ impl Default for FsConfig {
         let nofile = usize::try_from(sys::nofile_limit()).unwrap_or(usize::MAX);
         Self {
             writable: false,
+            owner: None,
             max_open_inodes: (nofile / 4).clamp(16, 16384),
             max_handles: (nofile / 2).clamp(16, 65536),
         }
@@ -111,6 +117,19 @@ pub struct SetAttr {
     pub atime: Option<libc::timespec>,
     /// New modification time.
     pub mtime: Option<libc::timespec>,
+}
+
+/// `mode` (permission bits) without what would give privilege on the
+/// host: set-user-ID never, set-group-ID only on a directory (there it
+/// just chooses the group of new entries). The guest is untrusted; the
+/// server may run as root, so the host kernel would keep these bits.
+pub fn unprivileged(mode: u32, kind: u32) -> u32 {
+    let setgid = if kind == libc::S_IFDIR {
+        0
+    } else {
+        libc::S_ISGID
+    };
+    mode & 0o7777 & !(libc::S_ISUID | setgid)
 }
 
 /// Who asks (for ownership of new files).
@@ -428,6 +447,8 @@ pub struct PassthroughFs {
     root: PathBuf,
     proc_fds: OwnedFd,
     writable: bool,
+    /// [`FsConfig::owner`].
+    owner: Option<(u32, u32)>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HandleTable>,
     /// Directories READDIR reaches by node, without a handle: the kernel
@@ -505,6 +526,7 @@ impl PassthroughFs {
             root: root.into(),
             proc_fds,
             writable: cfg.writable,
+            owner: cfg.owner,
             inodes: Mutex::new(InodeTable::new(
                 fd,
                 (st.st_dev, st.st_ino),
@@ -859,6 +881,15 @@ impl PassthroughFs {
 
     // ---- writable share ----
 
+    /// Hands the new entry `name` in `dir` to [`FsConfig::owner`], if set
+    /// (it was made with the guest caller's ids and permission checks).
+    fn give_to_owner(&self, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+        match self.owner {
+            Some((uid, gid)) if sys::is_root() => sys::chown_at(dir, name, uid, gid),
+            _ => Ok(()),
+        }
+    }
+
     fn entry_of_new(&self, parent: u64, name: &CStr) -> SysResult<Entry> {
         self.lookup_checked(parent, name)
     }
@@ -883,12 +914,15 @@ impl PassthroughFs {
                 pfd.as_fd(),
                 &name,
                 flags | libc::O_CREAT | libc::O_NOFOLLOW,
-                mode & 0o7777,
+                unprivileged(mode, libc::S_IFREG),
             )
         })?;
         let st = sys::fstat(file.as_fd())?;
         if !is_type(&st, libc::S_IFREG) {
             return Err(Errno(libc::EPERM));
+        }
+        if let (Some((uid, gid)), true) = (self.owner, sys::is_root()) {
+            sys::fchown(file.as_fd(), uid, gid)?;
         }
         let entry = self.entry_of_new(parent, &name)?;
         let fh = match self.add_handle(Handle::File(file)) {
@@ -907,8 +941,9 @@ impl PassthroughFs {
         let name = check_name(name)?;
         let pfd = self.fd(parent)?;
         sys::as_caller(who.uid, who.gid, || {
-            sys::mkdirat(pfd.as_fd(), &name, mode & 0o7777)
+            sys::mkdirat(pfd.as_fd(), &name, unprivileged(mode, libc::S_IFDIR))
         })?;
+        self.give_to_owner(pfd.as_fd(), &name)?;
         self.entry_of_new(parent, &name)
     }
 
@@ -922,8 +957,13 @@ impl PassthroughFs {
         }
         let pfd = self.fd(parent)?;
         sys::as_caller(who.uid, who.gid, || {
-            sys::mknodat(pfd.as_fd(), &name, mode & (S_IFMT | 0o7777))
+            sys::mknodat(
+                pfd.as_fd(),
+                &name,
+                (mode & S_IFMT) | unprivileged(mode, mode & S_IFMT),
+            )
         })?;
+        self.give_to_owner(pfd.as_fd(), &name)?;
         self.entry_of_new(parent, &name)
     }
 
@@ -945,6 +985,7 @@ impl PassthroughFs {
         sys::as_caller(who.uid, who.gid, || {
             sys::symlinkat(&target, pfd.as_fd(), &name)
         })?;
+        self.give_to_owner(pfd.as_fd(), &name)?;
         self.entry_of_new(parent, &name)
     }
 
@@ -1013,7 +1054,7 @@ impl PassthroughFs {
             if is_type(&st, libc::S_IFLNK) {
                 return Err(Errno(libc::EOPNOTSUPP));
             }
-            sys::chmod_proc(&path, mode & 0o7777)?;
+            sys::chmod_proc(&path, unprivileged(mode, st.st_mode & S_IFMT))?;
         }
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchown(
@@ -1021,6 +1062,7 @@ impl PassthroughFs {
                 a.uid.unwrap_or(u32::MAX),
                 a.gid.unwrap_or(u32::MAX),
             )?;
+            drop_privilege(fd.as_fd(), &path)?;
         }
         if let Some(size) = a.size {
             let size = i64::try_from(size).map_err(|_| Errno(libc::EFBIG))?;
@@ -1033,6 +1075,7 @@ impl PassthroughFs {
                     sys::ftruncate(f.as_fd(), size)?;
                 }
             }
+            drop_privilege(fd.as_fd(), &path)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let omit = libc::timespec {
@@ -1055,7 +1098,9 @@ impl PassthroughFs {
             return Err(Errno(libc::EBADF));
         };
         let offset = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
-        sys::pwrite(fd.as_fd(), data, offset)
+        let n = sys::pwrite(fd.as_fd(), data, offset)?;
+        drop_privilege(fd.as_fd(), &sys::proc_fd_path(fd.as_fd()))?;
+        Ok(n)
     }
 
     /// FSYNC of handle `fh`; FSYNCDIR (`dir`) of `fh` or, when `fh` is 0,
@@ -1081,6 +1126,31 @@ impl PassthroughFs {
         };
         let off = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
         let len = i64::try_from(len).map_err(|_| Errno(libc::EINVAL))?;
-        sys::fallocate(fd.as_fd(), mode as i32, off, len)
+        sys::fallocate(fd.as_fd(), mode as i32, off, len)?;
+        drop_privilege(fd.as_fd(), &sys::proc_fd_path(fd.as_fd()))
     }
+}
+
+/// Clears set-user-ID, and set-group-ID with group execute, on the file `fd`
+/// (`path` is its `/proc/self/fd/N`) after a change to its contents or owner, as
+/// the kernel does for callers without `CAP_FSETID` (and virtiofsd's
+/// killpriv): a guest must not leave a privileged program behind on the
+/// host by rewriting one. As root the kernel keeps the bits, so the server
+/// clears them itself; otherwise the kernel already has.
+fn drop_privilege(fd: BorrowedFd<'_>, path: &CStr) -> SysResult<()> {
+    if !sys::is_root() {
+        return Ok(());
+    }
+    let st = sys::fstat(fd)?;
+    if st.st_mode & S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    let mut strip = st.st_mode & libc::S_ISUID;
+    if st.st_mode & libc::S_IXGRP != 0 {
+        strip |= st.st_mode & libc::S_ISGID;
+    }
+    if strip == 0 {
+        return Ok(());
+    }
+    sys::chmod_proc(path, st.st_mode & 0o7777 & !strip)
 }

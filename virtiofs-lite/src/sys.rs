@@ -242,6 +242,21 @@ pub fn chmod_proc(proc_path: &CStr, mode: u32) -> SysResult<()> {
     check(unsafe { libc::chmod(proc_path.as_ptr(), mode) }).map(drop)
 }
 
+/// `fchownat(dir, name, AT_SYMLINK_NOFOLLOW)`: a symlink itself, never its target.
+pub fn chown_at(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: `name` is NUL-terminated; the call reads only it.
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
     // SAFETY: the path is ""; AT_EMPTY_PATH makes the call act on `fd`.
     check(unsafe {
@@ -375,6 +390,12 @@ pub fn as_caller<T>(uid: u32, gid: u32, f: impl FnOnce() -> SysResult<T>) -> Sys
         libc::syscall(libc::SYS_setfsgid, 0);
     }
     r
+}
+
+/// Whether this process runs as root (`CAP_FSETID` keeps set-ID bits).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// `/proc/self/fd/N` for a descriptor, as a C string.

@@ -341,6 +341,7 @@ fn nofile_child(mode: &str) {
     let cfg = ServerConfig {
         fs: FsConfig {
             writable: false,
+            owner: None,
             max_open_inodes: if bounded { 16 } else { 1 << 20 },
             max_handles: 16,
         },
@@ -1010,4 +1011,190 @@ fn directories_listed_without_opendir_stay_right_across_many_and_changes() {
     let file = c.lookup(nodes[1], "f0").unwrap().nodeid;
     assert_eq!(c.list_error(file), libc::ENOTDIR);
     assert_eq!(c.call(op::FSYNCDIR, file, &body).0, libc::ENOTDIR);
+}
+
+/// CREATE with `mode` in `parent`; (entry, fh).
+fn create(c: &mut Client, parent: u64, name: &str, mode: u32) -> (abi::EntryOut, u64) {
+    let mut b = enc(&abi::CreateIn {
+        flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+        mode,
+        ..Default::default()
+    });
+    b.extend(cstr(name));
+    let (e, p) = c.call(op::CREATE, parent, &b);
+    assert_eq!(e, 0, "create {name}");
+    let entry = abi::EntryOut::from_bytes(&p).unwrap();
+    let fh = abi::OpenOut::from_bytes(&p[abi::EntryOut::SIZE..])
+        .unwrap()
+        .fh;
+    (entry, fh)
+}
+
+fn host_mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// The guest is untrusted and the server may run as root: no request
+/// leaves a set-user-ID or set-group-ID file on the host (issue 13:
+/// `chmod 4755` in a `--rw` directory used to).
+#[test]
+fn no_request_leaves_a_setid_file_on_the_host() {
+    let (_tmp, share) = fixture();
+    let mut c = Client::new(&share, true);
+    // CREATE with the bits asked for.
+    let (entry, fh) = create(&mut c, ROOT, "tool", 0o6755);
+    c.release(entry.nodeid, fh, false);
+    assert_eq!(host_mode(&share.join("tool")) & 0o6000, 0, "create");
+    // SETATTR mode (chmod 4755, 2755).
+    for mode in [0o4755, 0o2755, 0o6777] {
+        let set = enc(&abi::SetattrIn {
+            valid: abi::fattr::MODE,
+            mode,
+            ..Default::default()
+        });
+        let (e, p) = c.call(op::SETATTR, entry.nodeid, &set);
+        assert_eq!(e, 0);
+        let attr = abi::AttrOut::from_bytes(&p).unwrap().attr;
+        assert_eq!(attr.mode & 0o6000, 0, "chmod {mode:o} as the guest sees it");
+        assert_eq!(host_mode(&share.join("tool")) & 0o6000, 0, "chmod {mode:o}");
+        assert_eq!(host_mode(&share.join("tool")) & 0o777, mode & 0o777);
+    }
+    // MKNOD of a regular file.
+    let mut b = enc(&abi::MknodIn {
+        mode: libc::S_IFREG | 0o4755,
+        ..Default::default()
+    });
+    b.extend(cstr("made"));
+    assert_eq!(c.call(op::MKNOD, ROOT, &b).0, 0);
+    assert_eq!(host_mode(&share.join("made")) & 0o6000, 0, "mknod");
+    // A directory keeps set-group-ID (it only picks new entries' group),
+    // never set-user-ID.
+    let mut b = enc(&abi::MkdirIn {
+        mode: 0o6775,
+        umask: 0,
+    });
+    b.extend(cstr("dir"));
+    assert_eq!(c.call(op::MKDIR, ROOT, &b).0, 0);
+    let dir_mode = host_mode(&share.join("dir"));
+    assert_eq!(dir_mode & libc::S_ISUID, 0, "mkdir: {dir_mode:o}");
+
+    // A set-ID file already on the host loses its bits when the guest
+    // rewrites, truncates or chowns it (as the kernel does for callers
+    // without CAP_FSETID; as root the server does it).
+    for (name, how) in [("w", "write"), ("t", "truncate"), ("o", "chown")] {
+        let path = share.join(name);
+        std::fs::write(&path, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o6755)).unwrap();
+        let e = c.lookup(ROOT, name).unwrap();
+        match how {
+            "write" => {
+                let fh = c.open(e.nodeid, libc::O_WRONLY).unwrap();
+                let mut w = enc(&abi::WriteIn {
+                    fh,
+                    offset: 0,
+                    size: 4,
+                    ..Default::default()
+                });
+                w.extend_from_slice(b"evil");
+                assert_eq!(c.call(op::WRITE, e.nodeid, &w).0, 0);
+                c.release(e.nodeid, fh, false);
+            }
+            "truncate" => {
+                let set = enc(&abi::SetattrIn {
+                    valid: abi::fattr::SIZE,
+                    size: 1,
+                    ..Default::default()
+                });
+                assert_eq!(c.call(op::SETATTR, e.nodeid, &set).0, 0);
+            }
+            _ => {
+                let meta = std::fs::metadata(&path).unwrap();
+                let set = enc(&abi::SetattrIn {
+                    valid: abi::fattr::UID | abi::fattr::GID,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    ..Default::default()
+                });
+                assert_eq!(c.call(op::SETATTR, e.nodeid, &set).0, 0);
+            }
+        }
+        assert_eq!(
+            host_mode(&path) & 0o6000,
+            0,
+            "{how}: {:o}",
+            host_mode(&path)
+        );
+        assert_eq!(host_mode(&path) & 0o777, 0o755, "{how}");
+    }
+}
+
+/// Privilege through extended attributes is refused: the server has no
+/// SETXATTR, so `security.capability` (file capabilities) cannot be set.
+#[test]
+fn file_capabilities_cannot_be_set() {
+    let (_tmp, share) = fixture();
+    let mut c = Client::new(&share, true);
+    let (entry, fh) = create(&mut c, ROOT, "bin", 0o755);
+    c.release(entry.nodeid, fh, false);
+    let value = [
+        1u8, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    // fuse_setxattr_in: size, flags; then the name and the value.
+    let mut b = (value.len() as u32).to_le_bytes().to_vec();
+    b.extend(0u32.to_le_bytes());
+    b.extend(cstr("security.capability"));
+    b.extend_from_slice(&value);
+    let (e, _) = c.call(op::SETXATTR, entry.nodeid, &b);
+    assert!(
+        e == libc::ENOSYS || e == libc::EPERM,
+        "SETXATTR answered {e}"
+    );
+    let mut buf = [0u8; 64];
+    let path = std::ffi::CString::new(share.join("bin").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `path` is NUL-terminated, `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, -1, "no capability on the host file");
+}
+
+/// Under sudo, files the guest creates belong to the invoking user
+/// (`FsConfig::owner`), whoever the guest claims to be.
+#[test]
+fn new_files_belong_to_the_configured_owner() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can create files as another user");
+        return;
+    }
+    let (_tmp, share) = fixture();
+    let mut c = Client::with_config(
+        &share,
+        ServerConfig {
+            fs: FsConfig {
+                writable: true,
+                owner: Some((4321, 4322)),
+                ..FsConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    );
+    // The test client's requests say uid 0.
+    let (entry, fh) = create(&mut c, ROOT, "mine", 0o644);
+    c.release(entry.nodeid, fh, false);
+    let mut b = enc(&abi::MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    });
+    b.extend(cstr("mydir"));
+    assert_eq!(c.call(op::MKDIR, ROOT, &b).0, 0);
+    for name in ["mine", "mydir"] {
+        let meta = std::fs::metadata(share.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4321, 4322), "{name}");
+    }
 }

@@ -194,6 +194,7 @@ impl Fs {
             ServerConfig {
                 fs: FsConfig {
                     writable: share.writable,
+                    owner: sudo_owner(),
                     ..FsConfig::default()
                 },
                 ..ServerConfig::default()
@@ -353,6 +354,17 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
         Ok(_) => Err(format!("{} is not a directory", dir.display())),
         Err(e) => Err(format!("{}: {e}", dir.display())),
     }
+}
+
+/// Under sudo (root with `SUDO_UID`/`SUDO_GID`), what the guest creates on a
+/// share belongs to the invoking user, not to root.
+fn sudo_owner() -> Option<(u32, u32)> {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let var = |name: &str| std::env::var(name).ok()?.parse::<u32>().ok();
+    Some((var("SUDO_UID")?, var("SUDO_GID")?))
 }
 
 #[cfg(test)]
