@@ -26,8 +26,8 @@ pub enum VcpuEnd {
     Stopped,
     /// `hlt` with no interrupt controller to wake it (raw guests only).
     Halted,
-    /// Triple fault.
-    TripleFault,
+    /// Triple fault, with what the vCPU looked like then.
+    TripleFault(Box<FaultReport>),
     /// The guest asked for a reset or power-off through KVM.
     GuestReset,
     /// The guest reported a crash through KVM.
@@ -41,8 +41,8 @@ pub enum VcpuEnd {
 pub enum Ending {
     /// Reset or power-off requested by the guest (the normal way out).
     Reset,
-    /// Triple fault.
-    TripleFault,
+    /// Triple fault, with what the faulting vCPU looked like then.
+    TripleFault(Box<FaultReport>),
     /// Every vCPU halted with nothing to wake it.
     Halted,
     /// The guest reported a crash.
@@ -54,4 +54,53 @@ pub enum Ending {
     StatusGraceExpired,
     /// The VMM failed (the text says how).
     VmmFailure(String),
+}
+
+/// What a vCPU looked like when the guest triple-faulted (KVM's shutdown
+/// exit): its registers and its last exits to the VMM, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultReport {
+    /// vCPU index.
+    pub vcpu: u8,
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// Control registers 0, 2, 3, 4.
+    pub cr: [u64; 4],
+    /// EFER.
+    pub efer: u64,
+    /// Code segment selector.
+    pub cs: u16,
+    /// The last exits, e.g. `io-out 0x3f8`, oldest first.
+    pub last_exits: Vec<String>,
+    /// `rip` as `symbol+0xoff` when a System.map was found.
+    pub symbol: Option<String>,
+}
+
+impl std::fmt::Display for FaultReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vCPU {} at rip={:#x}", self.vcpu, self.rip)?;
+        if let Some(sym) = &self.symbol {
+            write!(f, " <{sym}>")?;
+        }
+        write!(
+            f,
+            " rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            self.rsp,
+            self.rflags,
+            self.cs,
+            self.cr[0],
+            self.cr[1],
+            self.cr[2],
+            self.cr[3],
+            self.efer
+        )?;
+        if !self.last_exits.is_empty() {
+            write!(f, "; last exits: {}", self.last_exits.join(", "))?;
+        }
+        Ok(())
+    }
 }

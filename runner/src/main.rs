@@ -94,7 +94,7 @@ fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
 fn ending_mark(ending: &Ending) -> &'static str {
     match ending {
         Ending::Reset => "guest-reset",
-        Ending::TripleFault => "triple-fault",
+        Ending::TripleFault(_) => "triple-fault",
         Ending::Halted => "halted",
         Ending::Crash => "guest-crash",
         Ending::Timeout => "timeout",

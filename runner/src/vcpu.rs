@@ -22,7 +22,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot::{gdt, Entry};
 use crate::bus::Bus;
-use crate::event::{VcpuEnd, VmEvent};
+use crate::event::{FaultReport, VcpuEnd, VmEvent};
 use crate::kvm::{Exit, KvmError, VcpuHandle};
 use crate::layout;
 use crate::log;
@@ -351,7 +351,7 @@ impl VcpuThread {
             .name(format!("kestrel_vcpu {id}"))
             .spawn(move || {
                 let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_thread(vcpu, &buses, &inbox, &thread_stop)
+                    run_thread(vcpu, id, &buses, &inbox, &thread_stop)
                 }))
                 .unwrap_or_else(|_| VcpuEnd::Failed(format!("vCPU {id} thread panicked")));
                 let _ = events.send(VmEvent::VcpuStopped { id, end });
@@ -400,11 +400,13 @@ impl VcpuThread {
 
 fn run_thread(
     mut vcpu: VcpuHandle,
+    id: u8,
     buses: &Buses,
     inbox: &Receiver<Command>,
     stop: &AtomicBool,
 ) -> VcpuEnd {
     let mut state = State::Paused;
+    let mut exits = ExitRing::default();
     loop {
         state = match state {
             State::Paused => match inbox.recv() {
@@ -412,42 +414,121 @@ fn run_thread(
                 Ok(Command::Stop) | Err(_) => return VcpuEnd::Stopped,
             },
             State::Running if stop.load(Ordering::SeqCst) => State::Exited,
-            State::Running => match step(&mut vcpu, buses) {
+            State::Running => match step(&mut vcpu, buses, &mut exits) {
                 None => State::Running,
-                Some(end) => return end,
+                Some(Fault) => {
+                    return VcpuEnd::TripleFault(Box::new(fault_report(&vcpu, id, &exits)))
+                }
+                Some(Ended(end)) => return end,
             },
             State::Exited => return VcpuEnd::Stopped,
         };
     }
 }
 
+/// How many exits a vCPU remembers for a fault report.
+const EXITS_KEPT: usize = 16;
+
+/// The last [`EXITS_KEPT`] exits of a vCPU: (kind, port or address), kept
+/// without formatting (exits are the hot path).
+#[derive(Default)]
+struct ExitRing {
+    exits: [(ExitKind, u64); EXITS_KEPT],
+    next: usize,
+    count: usize,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum ExitKind {
+    #[default]
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+}
+
+impl ExitRing {
+    fn push(&mut self, kind: ExitKind, at: u64) {
+        self.exits[self.next] = (kind, at);
+        self.next = (self.next + 1) % EXITS_KEPT;
+        self.count = (self.count + 1).min(EXITS_KEPT);
+    }
+
+    /// Oldest first, e.g. `io-out 0x3f8`.
+    fn describe(&self) -> Vec<String> {
+        (0..self.count)
+            .map(|i| {
+                let (kind, at) = self.exits[(self.next + EXITS_KEPT - self.count + i) % EXITS_KEPT];
+                let kind = match kind {
+                    ExitKind::IoIn => "io-in",
+                    ExitKind::IoOut => "io-out",
+                    ExitKind::MmioRead => "mmio-read",
+                    ExitKind::MmioWrite => "mmio-write",
+                };
+                format!("{kind} {at:#x}")
+            })
+            .collect()
+    }
+}
+
+/// What one step decided.
+enum StepEnd {
+    /// The guest triple-faulted: report the registers.
+    Fault,
+    /// The thread ends this way.
+    Ended(VcpuEnd),
+}
+use StepEnd::{Ended, Fault};
+
+/// Registers and recent exits of a vCPU that triple-faulted (what KVM still
+/// answers; a register it refuses reads as 0).
+fn fault_report(vcpu: &VcpuHandle, id: u8, exits: &ExitRing) -> FaultReport {
+    let regs = vcpu.regs().unwrap_or_default();
+    let sregs = vcpu.sregs().unwrap_or_default();
+    FaultReport {
+        vcpu: id,
+        rip: regs.rip,
+        rsp: regs.rsp,
+        rflags: regs.rflags,
+        cr: [sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4],
+        efer: sregs.efer,
+        cs: sregs.cs.selector,
+        last_exits: exits.describe(),
+        symbol: None,
+    }
+}
+
 /// One `KVM_RUN` and its exit. `Some` ends the thread.
-fn step(vcpu: &mut VcpuHandle, buses: &Buses) -> Option<VcpuEnd> {
+fn step(vcpu: &mut VcpuHandle, buses: &Buses, exits: &mut ExitRing) -> Option<StepEnd> {
     match vcpu.run() {
         Exit::IoIn(port, data) => {
+            exits.push(ExitKind::IoIn, u64::from(port));
             buses.pio.read(u64::from(port), data);
             None
         }
         Exit::IoOut(port, data) => {
+            exits.push(ExitKind::IoOut, u64::from(port));
             buses.pio.write(u64::from(port), data);
             None
         }
         Exit::MmioRead(addr, data) => {
+            exits.push(ExitKind::MmioRead, addr);
             buses.mmio.read(addr, data);
             None
         }
         Exit::MmioWrite(addr, data) => {
+            exits.push(ExitKind::MmioWrite, addr);
             buses.mmio.write(addr, data);
             None
         }
         Exit::Interrupted => None,
-        Exit::Hlt => Some(VcpuEnd::Halted),
-        Exit::Shutdown => Some(VcpuEnd::TripleFault),
-        Exit::Reset | Exit::PowerOff => Some(VcpuEnd::GuestReset),
-        Exit::Crash => Some(VcpuEnd::GuestCrash),
+        Exit::Hlt => Some(Ended(VcpuEnd::Halted)),
+        Exit::Shutdown => Some(Fault),
+        Exit::Reset | Exit::PowerOff => Some(Ended(VcpuEnd::GuestReset)),
+        Exit::Crash => Some(Ended(VcpuEnd::GuestCrash)),
         Exit::Failed(why) => {
             log::debug(format_args!("vCPU failed: {why}"));
-            Some(VcpuEnd::Failed(why))
+            Some(Ended(VcpuEnd::Failed(why)))
         }
     }
 }
@@ -494,6 +575,22 @@ mod tests {
             .iter()
             .find(|e| e.function == function && e.index == index)
             .unwrap()
+    }
+
+    #[test]
+    fn the_exit_ring_keeps_the_last_exits_oldest_first() {
+        let mut ring = ExitRing::default();
+        assert!(ring.describe().is_empty());
+        ring.push(ExitKind::IoOut, 0x3f8);
+        ring.push(ExitKind::MmioRead, 0xd000_0000);
+        assert_eq!(ring.describe(), ["io-out 0x3f8", "mmio-read 0xd0000000"]);
+        for port in 0..40u64 {
+            ring.push(ExitKind::IoIn, port);
+        }
+        let seen = ring.describe();
+        assert_eq!(seen.len(), EXITS_KEPT);
+        assert_eq!(seen[0], format!("io-in {:#x}", 40 - EXITS_KEPT));
+        assert_eq!(seen[EXITS_KEPT - 1], "io-in 0x27");
     }
 
     #[test]

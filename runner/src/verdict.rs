@@ -59,7 +59,9 @@ impl Verdict {
             Ending::Reset => {
                 Verdict::BootFailure("the guest reset without reporting a status".into())
             }
-            Ending::TripleFault => Verdict::BootFailure("the guest triple-faulted".into()),
+            Ending::TripleFault(report) => {
+                Verdict::BootFailure(format!("the guest triple-faulted: {report}"))
+            }
             Ending::Halted => {
                 Verdict::BootFailure("every vCPU halted without reporting a status".into())
             }
@@ -118,7 +120,11 @@ mod tests {
 
     #[test]
     fn status_decides_first() {
-        for ending in [Ending::Reset, Ending::Timeout, Ending::TripleFault] {
+        for ending in [
+            Ending::Reset,
+            Ending::Timeout,
+            Ending::TripleFault(Box::default()),
+        ] {
             assert_eq!(
                 Verdict::decide(Some(Status::Exit(0)), &ending, true),
                 Verdict::Pass

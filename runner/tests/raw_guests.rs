@@ -77,15 +77,26 @@ fn status_on_com2_then_i8042_reset_gives_the_guest_exit_code() {
     if !kvm_usable() {
         return;
     }
-    let code = write_then(layout::COM2_PORT, b"KESTREL-STATUS exit=3\n", true);
+    let code = write_then(
+        layout::COM2_PORT,
+        b"KESTREL-PHASE init uptime_us=7\nKESTREL-STATUS exit=3\n",
+        true,
+    );
     let outcome = run(code, 1, Duration::from_secs(30));
     assert_eq!(outcome.verdict, Verdict::Fail(3));
     assert_eq!(outcome.verdict.exit_code(), 3);
     assert_eq!(outcome.ending, Ending::Reset);
+    // The phase mark is timed on the host; `boot` is the time to it.
+    assert_eq!(outcome.marks.len(), 1, "{:?}", outcome.marks);
+    assert_eq!(outcome.marks[0].0.uptime_us, 7);
     assert!(outcome.boot.is_some());
+    assert!(outcome.status_at.unwrap() >= outcome.marks[0].1);
 
+    // No `init` mark (not our init): no boot time, the verdict all the same.
     let code = write_then(layout::COM2_PORT, b"KESTREL-STATUS exit=0\n", true);
-    assert_eq!(run(code, 1, Duration::from_secs(30)).verdict, Verdict::Pass);
+    let outcome = run(code, 1, Duration::from_secs(30));
+    assert_eq!(outcome.verdict, Verdict::Pass);
+    assert_eq!(outcome.boot, None);
 }
 
 #[test]
@@ -207,7 +218,17 @@ fn triple_fault_ends_the_vm() {
     // The descriptor sits at offset 9.
     let outcome = run(code, 1, Duration::from_secs(60));
     match &outcome.ending {
-        Ending::TripleFault => assert_eq!(outcome.verdict.exit_code(), 255),
+        Ending::TripleFault(report) => {
+            assert_eq!(outcome.verdict.exit_code(), 255);
+            // The report names the vCPU and where it was: at or just past
+            // the int3, in real mode (CR0.PE clear).
+            assert_eq!(report.vcpu, 0);
+            let at = report.rip.wrapping_sub(layout::RAW_GUEST_ENTRY);
+            assert!((5..=6).contains(&at), "{report}");
+            assert_eq!(report.cr[0] & 1, 0, "{report}");
+            let text = outcome.verdict.to_string();
+            assert_eq!(text, "boot-failure");
+        }
         // The instruction-emulating KVM of the development machines (see
         // `kestrel doctor`) gives up on exception delivery instead.
         Ending::VmmFailure(why) if why.contains("emulation failure") => {

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::abi::ROOT_ID;
@@ -394,7 +395,7 @@ impl InodeTable {
 }
 
 enum Handle {
-    File(OwnedFd),
+    File(FileHandle),
     /// An open directory: its node, its device (every entry's `st_dev`
     /// in READDIRPLUS before mapping) and its entry stream.
     Dir {
@@ -402,6 +403,37 @@ enum Handle {
         dev: u64,
         stream: Mutex<DirStream>,
     },
+}
+
+/// An open file and whether it is known to carry no set-ID bits (then a
+/// write needs no check: the guest can never set them, see [`unprivileged`]).
+struct FileHandle {
+    fd: OwnedFd,
+    no_setid: AtomicBool,
+}
+
+impl FileHandle {
+    fn handle(fd: OwnedFd, no_setid: bool) -> Handle {
+        Handle::File(FileHandle {
+            fd,
+            no_setid: AtomicBool::new(no_setid),
+        })
+    }
+
+    /// [`drop_privilege`] once per handle, after its first change.
+    fn drop_privilege_once(&self) -> SysResult<()> {
+        if !self.no_setid.load(Ordering::Relaxed) {
+            drop_privilege(self.fd.as_fd(), &sys::proc_fd_path(self.fd.as_fd()))?;
+            self.no_setid.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for FileHandle {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 /// Bytes of `getdents64` records an open directory buffers.
@@ -718,7 +750,7 @@ impl PassthroughFs {
         let flags = self.open_flags(flags)?;
         let (fd, kind, _) = self.fd_kind(id)?;
         let file = self.reopen(fd.as_fd(), kind, flags, false)?;
-        self.add_handle(Handle::File(file))
+        self.add_handle(FileHandle::handle(file, false))
     }
 
     /// READ: up to `size` bytes at `offset`.
@@ -925,7 +957,8 @@ impl PassthroughFs {
             sys::fchown(file.as_fd(), uid, gid)?;
         }
         let entry = self.entry_of_new(parent, &name)?;
-        let fh = match self.add_handle(Handle::File(file)) {
+        let no_setid = st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0;
+        let fh = match self.add_handle(FileHandle::handle(file, no_setid)) {
             Ok(fh) => fh,
             Err(e) => {
                 self.forget(entry.nodeid, 1);
@@ -1099,7 +1132,7 @@ impl PassthroughFs {
         };
         let offset = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
         let n = sys::pwrite(fd.as_fd(), data, offset)?;
-        drop_privilege(fd.as_fd(), &sys::proc_fd_path(fd.as_fd()))?;
+        fd.drop_privilege_once()?;
         Ok(n)
     }
 
@@ -1127,7 +1160,7 @@ impl PassthroughFs {
         let off = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
         let len = i64::try_from(len).map_err(|_| Errno(libc::EINVAL))?;
         sys::fallocate(fd.as_fd(), mode as i32, off, len)?;
-        drop_privilege(fd.as_fd(), &sys::proc_fd_path(fd.as_fd()))
+        fd.drop_privilege_once()
     }
 }
 

@@ -3,11 +3,14 @@
 //! kestrel's in-process virtio-fs, QEMU-KVM with Debian's virtiofsd, and
 //! QEMU-KVM with our `virtiofs-lite` binary.
 //!
-//! One boot per VMM and run does all three workloads, timed inside the guest
+//! One boot per VMM and run does every workload, timed inside the guest
 //! (boot time excluded): a `find` over a tree, the sha256 of a large file,
-//! and `tar c` of the kernel's modules tree piped to `wc -c` (GNU tar skips
-//! reading files when it writes to /dev/null). The answers must agree with
-//! each other and the sha256 with the host's: a fast wrong answer is no data.
+//! `tar c` of the kernel's modules tree piped to `wc -c` (GNU tar skips
+//! reading files when it writes to /dev/null), and writes into a writable
+//! directory (kestrel `--rw`, QEMU a writable bind of the same share):
+//! creating many small files (`echo > f$i`), unlinking them, and one large
+//! write with fsync. The answers must agree with each other and the sha256
+//! with the host's: a fast wrong answer is no data.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,6 +40,12 @@ pub struct FsArgs {
     /// Size of the file read in full, in MiB.
     #[arg(long, default_value_t = 256)]
     pub size_mib: u64,
+    /// Small files created (then unlinked) in the writable directory.
+    #[arg(long, default_value_t = 1000)]
+    pub files: u32,
+    /// Size of the large write, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub write_mib: u64,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -44,14 +53,16 @@ pub struct FsArgs {
 
 const TAG: &str = "kestrel-root";
 const VMMS: [&str; 3] = ["kestrel", "qemu+virtiofsd", "qemu+virtiofs-lite"];
-const WORKLOADS: [&str; 3] = ["find", "read", "tar"];
+const WORKLOADS: [&str; 6] = ["find", "read", "tar", "create", "unlink", "write"];
+/// Index of the sha256 workload (checked against the host, not across VMMs).
+const READ: usize = 1;
 
 /// One boot's answers: per workload, milliseconds and the answer text.
 type Answers = Vec<(u64, String)>;
 
 pub fn run(args: &FsArgs) -> Result<()> {
-    if args.runs == 0 || args.size_mib == 0 {
-        bail!("--runs and --size-mib must be at least 1");
+    if args.runs == 0 || args.size_mib == 0 || args.files == 0 || args.write_mib == 0 {
+        bail!("--runs, --size-mib, --files and --write-mib must be at least 1");
     }
     let kestrel = guest::build_kestrel()?;
     let lite = guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?;
@@ -75,6 +86,8 @@ pub fn run(args: &FsArgs) -> Result<()> {
         cmd.extend(["--runs".into(), args.runs.to_string()]);
         cmd.extend(["--tree".into(), args.tree.to_string_lossy().into_owned()]);
         cmd.extend(["--size-mib".into(), args.size_mib.to_string()]);
+        cmd.extend(["--files".into(), args.files.to_string()]);
+        cmd.extend(["--write-mib".into(), args.write_mib.to_string()]);
         return bench::in_rig(cmd);
     }
     // Debian 12's virtiofsd is the C one from QEMU 7.2's packages; QEMU 10
@@ -89,7 +102,9 @@ pub fn run(args: &FsArgs) -> Result<()> {
         );
     }
     let host_sha = sha256_host(&big)?;
-    let script = workload_script(&args.tree, &big, &modules);
+    let writable = paths::kestrel_dir().join("bench").join("fs-write");
+    std::fs::create_dir_all(&writable)?;
+    let script = workload_script(&args.tree, &big, &modules, &writable, args);
     let cwd = std::env::current_dir()?;
     let dir = tempfile::tempdir()?;
     let initrd = dir.path().join("initrd.cpio");
@@ -100,6 +115,7 @@ pub fn run(args: &FsArgs) -> Result<()> {
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
             cwd: Some(cwd.to_string_lossy().into_owned()),
             root: Root::VirtioFs(TAG.into()),
+            writable: vec![writable.to_string_lossy().into_owned()],
             tmpfs: vec!["/tmp".into(), "/run".into(), "/var/tmp".into()],
             stdout: Dest::VirtioPort("kestrel.stdout".into()),
             stderr: Dest::VirtioPort("kestrel.stderr".into()),
@@ -120,7 +136,7 @@ pub fn run(args: &FsArgs) -> Result<()> {
     for run in 1..=args.runs {
         for (i, vmm) in VMMS.iter().enumerate() {
             let stdout = match i {
-                0 => run_kestrel(&kestrel, &args.kernel, &script, &modules)?,
+                0 => run_kestrel(&kestrel, &args.kernel, &script, &modules, &writable)?,
                 1 => run_qemu(&qemu, &initrd, &kernel.image, dir.path(), Server::Virtiofsd)?,
                 _ => run_qemu(
                     &qemu,
@@ -142,10 +158,11 @@ pub fn run(args: &FsArgs) -> Result<()> {
     }
     check_agreement(&results, &host_sha)?;
     println!();
-    println!(
-        "{:<19} {:>10} {:>10} {:>10}",
-        "median ms", WORKLOADS[0], WORKLOADS[1], WORKLOADS[2]
-    );
+    print!("{:<19}", "median ms");
+    for w in WORKLOADS {
+        print!(" {w:>10}");
+    }
+    println!();
     let medians: Vec<Vec<u64>> = results
         .iter()
         .map(|runs| {
@@ -155,7 +172,11 @@ pub fn run(args: &FsArgs) -> Result<()> {
         })
         .collect();
     for (vmm, m) in VMMS.iter().zip(&medians) {
-        println!("{vmm:<19} {:>10} {:>10} {:>10}", m[0], m[1], m[2]);
+        print!("{vmm:<19}");
+        for v in m {
+            print!(" {v:>10}");
+        }
+        println!();
     }
     for (w, name) in WORKLOADS.iter().enumerate() {
         println!(
@@ -182,16 +203,31 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 /// The guest script: one line per workload, `name ms answer`.
-fn workload_script(tree: &Path, big: &Path, modules: &Path) -> String {
+fn workload_script(
+    tree: &Path,
+    big: &Path,
+    modules: &Path,
+    writable: &Path,
+    args: &FsArgs,
+) -> String {
     let q = |p: &Path| format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"));
     format!(
         "set -e; now() {{ date +%s%N; }}; \
          t=$(now); a=$(find {tree} | wc -l); echo \"find $(( ($(now)-t)/1000000 )) $a\"; \
          t=$(now); a=$(sha256sum {big} | cut -c1-64); echo \"read $(( ($(now)-t)/1000000 )) $a\"; \
-         t=$(now); a=$(tar cf - -C {modules} . | wc -c); echo \"tar $(( ($(now)-t)/1000000 )) $a\"",
+         t=$(now); a=$(tar cf - -C {modules} . | wc -c); echo \"tar $(( ($(now)-t)/1000000 )) $a\"; \
+         d={w}/run-$$; rm -rf \"$d\"; mkdir \"$d\"; \
+         t=$(now); i=0; while [ $i -lt {files} ]; do echo $i > \"$d/f$i\"; i=$((i+1)); done; \
+         a=$(ls \"$d\" | wc -l); echo \"create $(( ($(now)-t)/1000000 )) $a\"; \
+         t=$(now); rm -f \"$d\"/f*; a=$(ls \"$d\" | wc -l); echo \"unlink $(( ($(now)-t)/1000000 )) $a\"; \
+         t=$(now); dd if=/dev/zero of=\"$d/big\" bs=1M count={mib} conv=fsync 2>/dev/null; \
+         a=$(stat -c %s \"$d/big\"); echo \"write $(( ($(now)-t)/1000000 )) $a\"; rm -rf \"$d\"",
         tree = q(tree),
         big = q(big),
-        modules = q(modules)
+        modules = q(modules),
+        w = q(writable),
+        files = args.files,
+        mib = args.write_mib,
     )
 }
 
@@ -217,13 +253,13 @@ fn check_agreement(results: &[Vec<Answers>], host_sha: &str) -> Result<()> {
     let first = &results[0][0];
     for (vmm, runs) in VMMS.iter().zip(results) {
         for answers in runs {
-            if answers[1].1 != host_sha {
+            if answers[READ].1 != host_sha {
                 bail!(
                     "{vmm} read the big file as sha256 {}, the host says {host_sha}",
-                    answers[1].1
+                    answers[READ].1
                 );
             }
-            for w in [0, 2] {
+            for w in (0..WORKLOADS.len()).filter(|&w| w != READ) {
                 if answers[w].1 != first[w].1 {
                     bail!(
                         "{vmm} answered {} for {}, kestrel answered {}",
@@ -283,11 +319,19 @@ fn sha256_host(path: &Path) -> Result<String> {
 /// `modules` may sit under a directory kestrel's guest covers with a
 /// tmpfs (the cache in `/root`, the guest user's fresh home): it is asked
 /// for at its own path, as the QEMU guests see it through the root.
-fn run_kestrel(kestrel: &Path, kernel: &str, script: &str, modules: &Path) -> Result<String> {
+fn run_kestrel(
+    kestrel: &Path,
+    kernel: &str,
+    script: &str,
+    modules: &Path,
+    writable: &Path,
+) -> Result<String> {
     let m = modules.display();
     let out = Command::new(kestrel)
+        .arg("run")
+        .arg("--rw")
+        .arg(writable)
         .args([
-            "run",
             "--share",
             &format!("{m}:{m}"),
             "--kernel",
@@ -377,8 +421,10 @@ fn start_server(server: &Server<'_>, socket: &Path) -> Result<Child> {
             c
         }
         Server::Lite(bin) => {
+            // Writable like virtiofsd; the guest binds only the bench's
+            // write directory writable.
             let mut c = Command::new(bin);
-            c.args(["--shared-dir", "/", "--tag", TAG]);
+            c.args(["--shared-dir", "/", "--tag", TAG, "--writable"]);
             c
         }
     };
