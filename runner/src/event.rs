@@ -78,10 +78,25 @@ pub struct FaultReport {
     pub last_exits: Vec<String>,
     /// `rip` as `symbol+0xoff` when a System.map was found.
     pub symbol: Option<String>,
+    /// KVM had already put the vCPU back to its reset state (AMD SVM
+    /// reinitialises the VMCB on a shutdown intercept): the registers above
+    /// say nothing about the fault, the exits still do.
+    pub registers_reset: bool,
 }
 
 impl std::fmt::Display for FaultReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.registers_reset {
+            write!(
+                f,
+                "vCPU {} (its registers were already reset by KVM, as AMD SVM does on a shutdown)",
+                self.vcpu
+            )?;
+            if !self.last_exits.is_empty() {
+                write!(f, "; last exits: {}", self.last_exits.join(", "))?;
+            }
+            return Ok(());
+        }
         write!(f, "vCPU {} at rip={:#x}", self.vcpu, self.rip)?;
         if let Some(sym) = &self.symbol {
             write!(f, " <{sym}>")?;

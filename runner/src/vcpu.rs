@@ -483,9 +483,13 @@ use StepEnd::{Ended, Fault};
 /// Registers and recent exits of a vCPU that triple-faulted (what KVM still
 /// answers; a register it refuses reads as 0).
 fn fault_report(vcpu: &VcpuHandle, id: u8, exits: &ExitRing) -> FaultReport {
+    /// x86's reset vector: where a vCPU in its reset state points.
+    const RESET_RIP: u64 = 0xfff0;
+    const RESET_CS: u16 = 0xf000;
     let regs = vcpu.regs().unwrap_or_default();
     let sregs = vcpu.sregs().unwrap_or_default();
     FaultReport {
+        registers_reset: regs.rip == RESET_RIP && sregs.cs.selector == RESET_CS,
         vcpu: id,
         rip: regs.rip,
         rsp: regs.rsp,
