@@ -63,7 +63,7 @@ pub struct BootArgs {
 }
 
 /// The command line both QEMU machines get: design.md §1's tuning.
-const QEMU_APPEND: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux \
+pub const QEMU_APPEND: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux \
      tsc=reliable no_timer_check quiet 8250.nr_uarts=2 initcall_blacklist=cmos_init";
 const MEMORY_MIB: u32 = 512;
 

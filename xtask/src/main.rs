@@ -16,6 +16,7 @@ mod paths;
 mod qemu;
 mod rig;
 mod selftest;
+mod stress;
 mod test;
 mod tools;
 
@@ -48,6 +49,8 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Guest boot checks with QEMU (used by `test` and `ci`).
     Selftest(selftest::SelftestArgs),
+    /// Many boots under kestrel and QEMU-KVM, alternating: failure rates with 95% intervals.
+    Stress(stress::StressArgs),
     /// Find the commit (or kernel) where a scenario starts failing.
     Bisect(bisect::BisectArgs),
     /// The bisect acceptance test on a git fixture made from Debian's 6.1 source.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Rig(args) => rig::run(&args).map(rig::RigExit::code),
         Cmd::Bench(cmd) => bench::run(&cmd).map(|()| 0),
         Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
+        Cmd::Stress(args) => stress::run(&args).map(|()| 0),
         Cmd::Bisect(args) => bisect::run(&args).map(|_| 0),
         Cmd::BisectFixture { prepare } => bisect::fixture::run(prepare).map(|()| 0),
         Cmd::BisectStep(args) => Ok(bisect::run_step(&args)),
