@@ -142,61 +142,65 @@ impl Cache {
     }
 }
 
-/// Takes the lock `<dir>/.lock-<name>` (`what` names it in messages); a
-/// lock left by a dead process is taken over.
+/// Takes the lock `<dir>/.lock-<name>` (`what` names it in messages),
+/// waiting for another process that holds it. The lock is an `flock` on the
+/// file, so a process that dies (even by SIGKILL) releases it: there are no
+/// stale locks, and no window in which a fresh one looks stale. The file
+/// stays (removing it would let two processes lock different inodes); it
+/// holds the pid of the last holder, for the waiting message.
 pub(crate) fn lock_in(dir: &Path, name: &str, what: &str) -> Result<SeriesLock> {
+    take_lock(dir, name, what, false)?
+}
+
+/// [`lock_in`] without waiting: `Error::Busy` when another holder has it.
+#[cfg(test)]
+pub(crate) fn try_lock_in(dir: &Path, name: &str, what: &str) -> Result<SeriesLock> {
+    take_lock(dir, name, what, true)?
+}
+
+fn take_lock(dir: &Path, name: &str, what: &str, no_wait: bool) -> Result<Result<SeriesLock>> {
+    use std::io::Write;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let path = dir.join(format!("{LOCK_PREFIX}{name}"));
-    for _ in 0..2 {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path);
-        match file {
-            Ok(mut f) => {
-                use std::io::Write;
-                f.write_all(std::process::id().to_string().as_bytes())
-                    .map_err(|e| Error::io("write", &path, e))?;
-                return Ok(SeriesLock { path });
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("create", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim().to_owned();
+            if no_wait {
+                return Ok(Err(Error::Busy {
+                    what: what.to_owned(),
+                    pid,
+                    lock: path,
+                }));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                let pid = pid.trim();
-                let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
-                if alive {
-                    return Err(Error::Busy {
-                        what: what.to_owned(),
-                        pid: pid.to_owned(),
-                        lock: path,
-                    });
-                }
-                // Stale (or still being written: the retry will tell).
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => return Err(Error::io("create", &path, e)),
+            eprintln!("kernel: waiting for another fetch of {what} (pid {pid}) to finish");
+            file.lock().map_err(|e| Error::io("lock", &path, e))?;
         }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
     }
-    Err(Error::Busy {
-        what: what.to_owned(),
-        pid: "unknown".into(),
-        lock: path,
-    })
+    file.set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(|e| Error::io("write", &path, e))?;
+    Ok(Ok(SeriesLock { _file: file }))
 }
 
 fn entry_name(series: Series) -> String {
     format!("{ENTRY_PREFIX}{}", series.name())
 }
 
-/// Held while one process fetches one series; removes its lock file on drop.
+/// Held while one process fetches one series; closing the file releases
+/// the `flock`.
 #[derive(Debug)]
 pub(crate) struct SeriesLock {
-    path: PathBuf,
-}
-
-impl Drop for SeriesLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+    _file: std::fs::File,
 }
 
 pub(crate) fn remove_dir_all(path: &Path) -> Result<()> {
@@ -485,7 +489,8 @@ mod tests {
         assert!(cache.lookup(Series::V7_2).unwrap().is_none());
 
         let lock = cache.lock(Series::V7_2).unwrap();
-        assert!(matches!(cache.lock(Series::V7_2), Err(Error::Busy { .. })));
+        let busy = try_lock_in(&cache.kernels_dir(), "debian-7.2", "debian:7.2");
+        assert!(matches!(busy, Err(Error::Busy { .. })));
         let staging = cache.new_staging(Series::V7_2).unwrap();
         let m = sample();
         let image = staging.join(&m.image);
@@ -529,12 +534,37 @@ mod tests {
     }
 
     #[test]
-    fn stale_lock_is_taken_over() {
+    fn a_lock_file_nobody_holds_is_free() {
         let tmp = TempDir::new("lock");
         let cache = Cache::at(tmp.path());
         std::fs::create_dir_all(cache.kernels_dir()).unwrap();
-        // pid 0 never appears under /proc.
-        std::fs::write(cache.kernels_dir().join(".lock-debian-5.10"), "0").unwrap();
-        assert!(cache.lock(Series::V5_10).is_ok());
+        // What a killed process leaves: the file, with no flock on it.
+        std::fs::write(cache.kernels_dir().join(".lock-debian-5.10"), "123456").unwrap();
+        let lock = cache.lock(Series::V5_10).unwrap();
+        let pid = std::fs::read_to_string(cache.kernels_dir().join(".lock-debian-5.10")).unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        drop(lock);
+        assert!(cache.lock(Series::V5_10).is_ok(), "released on drop");
+    }
+
+    #[test]
+    fn a_second_fetch_waits_for_the_first() {
+        let tmp = TempDir::new("lock-wait");
+        let dir = tmp.path().to_path_buf();
+        let first = lock_in(&dir, "x", "x").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn({
+            let dir = dir.clone();
+            move || {
+                let lock = lock_in(&dir, "x", "x").unwrap();
+                tx.send(()).unwrap();
+                drop(lock);
+            }
+        });
+        // Whatever the waiter has done so far, it cannot hold the lock yet.
+        assert!(rx.try_recv().is_err());
+        drop(first);
+        rx.recv().expect("the waiter gets the lock once it is free");
+        waiter.join().unwrap();
     }
 }

@@ -107,7 +107,7 @@ pub enum Error {
     },
 
     #[error(
-        "another fetch of {what} is running (pid {pid}); wait for it to finish, or delete {lock} if that process is gone"
+        "another fetch of {what} is running (pid {pid}, lock {lock}); wait for it to finish"
     )]
     Busy {
         what: String,
