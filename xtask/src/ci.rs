@@ -3,7 +3,8 @@
 //! 1. static checks: `cargo fmt --check`, `cargo clippy -D warnings`;
 //! 2. kernels fetched into the cache (served from it on the next run);
 //! 3. unit tests (`cargo test --workspace`), with the real 6.1 modules
-//!    tree for the module-resolution test;
+//!    tree for the module-resolution test; every fuzz target for 30 s
+//!    (`cargo xtask fuzz`);
 //! 4. guest boots under QEMU TCG (no KVM needed): 6.1 and 7.2;
 //! 5. the nested rig: `/dev/kvm` and the exit status through the rig, then
 //!    the real-KVM tier in three L1 boots (each retried on a rig failure):
@@ -73,6 +74,12 @@ pub fn run() -> Result<()> {
             cmd.env("KESTREL_TEST_MODULES_DIR", dir);
         }
         tools::run(&mut cmd)
+    })?;
+    timed("fuzz (30 s per target)", &mut || {
+        crate::fuzz::run(&crate::fuzz::FuzzArgs {
+            time: 30,
+            target: Vec::new(),
+        })
     })?;
     timed("guest boots under QEMU TCG (6.1, 7.2)", &mut || {
         let failed = selftest::run(&SelftestArgs {

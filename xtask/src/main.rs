@@ -7,6 +7,7 @@
 mod bench;
 mod bench_fs;
 mod bisect;
+mod fuzz;
 mod ci;
 mod guest;
 mod kbuild;
@@ -49,6 +50,8 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Guest boot checks with QEMU (used by `test` and `ci`).
     Selftest(selftest::SelftestArgs),
+    /// Fuzz every parser that reads guest or user input (cargo-fuzz, nightly).
+    Fuzz(fuzz::FuzzArgs),
     /// Many boots under kestrel and QEMU-KVM, alternating: failure rates with 95% intervals.
     Stress(stress::StressArgs),
     /// Find the commit (or kernel) where a scenario starts failing.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Bench(cmd) => bench::run(&cmd).map(|()| 0),
         Cmd::Selftest(args) => selftest::run(&args).map(|failed| u8::from(failed > 0)),
         Cmd::Stress(args) => stress::run(&args).map(|()| 0),
+        Cmd::Fuzz(args) => fuzz::run(&args).map(|()| 0),
         Cmd::Bisect(args) => bisect::run(&args).map(|_| 0),
         Cmd::BisectFixture { prepare } => bisect::fixture::run(prepare).map(|()| 0),
         Cmd::BisectStep(args) => Ok(bisect::run_step(&args)),
