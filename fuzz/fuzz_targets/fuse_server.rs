@@ -80,9 +80,16 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[req.len()..];
         let room = 256 + (usize::from(mode) << 8);
         if let Some(reply) = server.handle(req, room) {
-            assert!(reply.len() <= room.max(abi::OutHeader::SIZE), "reply larger than its room");
+            assert!(
+                reply.len() <= room.max(abi::OutHeader::SIZE),
+                "reply larger than its room"
+            );
             let out = abi::OutHeader::from_bytes(&reply).expect("a reply starts with its header");
-            assert_eq!(out.len as usize, reply.len(), "the header says the reply's length");
+            assert_eq!(
+                out.len as usize,
+                reply.len(),
+                "the header says the reply's length"
+            );
         }
     }
     assert_eq!(

@@ -106,9 +106,7 @@ pub enum Error {
         detail: String,
     },
 
-    #[error(
-        "another fetch of {what} is running (pid {pid}, lock {lock}); wait for it to finish"
-    )]
+    #[error("another fetch of {what} is running (pid {pid}, lock {lock}); wait for it to finish")]
     Busy {
         what: String,
         pid: String,

@@ -7,8 +7,8 @@
 mod bench;
 mod bench_fs;
 mod bisect;
-mod fuzz;
 mod ci;
+mod fuzz;
 mod guest;
 mod kbuild;
 mod kernel;
