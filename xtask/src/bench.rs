@@ -148,12 +148,7 @@ fn boot(args: &BootArgs) -> Result<()> {
     }
     let kestrel = guest::build_kestrel()?;
     let kernel = guest::kernel(&args.kernel)?;
-    let base = guest::base_initramfs(&BaseSpec {
-        name: "bench",
-        kernel: &kernel,
-        modules: &[],
-        executables: &[PathBuf::from("/bin/true")],
-    })?;
+    let base = true_base(&kernel)?;
     if !args.here && !guest::hardware_kvm(&kestrel) {
         return in_rig(vec![
             "bench".into(),
@@ -171,12 +166,7 @@ fn boot(args: &BootArgs) -> Result<()> {
     let dir = paths::kestrel_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("boot-initrd.cpio");
-    let job = Spec {
-        argv: vec!["/bin/true".into()],
-        status: Some(Dest::Path("/dev/ttyS1".into())),
-        ..Spec::default()
-    };
-    guest::initrd_with_job(&base, &job, &initrd)?;
+    write_true_initrd(&base, &initrd)?;
 
     tools::step(format!(
         "bench boot: {} ({}), {} runs each, alternating",
@@ -242,6 +232,26 @@ fn boot(args: &BootArgs) -> Result<()> {
     );
     println!("kestrel command line: kestrel's default; QEMU: {QEMU_APPEND}");
     Ok(())
+}
+
+/// The base archive of the boot benches' guest: our init and `/bin/true`.
+pub fn true_base(kernel: &kestrel_kernels::Kernel) -> Result<PathBuf> {
+    guest::base_initramfs(&BaseSpec {
+        name: "bench",
+        kernel,
+        modules: &[],
+        executables: &[PathBuf::from("/bin/true")],
+    })
+}
+
+/// `base` plus the job: run `/bin/true`, status on COM2 (`/dev/ttyS1`).
+pub fn write_true_initrd(base: &Path, out: &Path) -> Result<()> {
+    let job = Spec {
+        argv: vec!["/bin/true".into()],
+        status: Some(Dest::Path("/dev/ttyS1".into())),
+        ..Spec::default()
+    };
+    guest::initrd_with_job(base, &job, out)
 }
 
 /// A VMM column of the boot bench.

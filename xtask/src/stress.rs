@@ -11,14 +11,14 @@
 //! the vCPU report) or console tail (QEMU) is kept under
 //! `target/kestrel/stress/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kestrel_initramfs::job::{Dest, Spec, Status};
+use kestrel_initramfs::job::Status;
 
-use crate::guest::{self, BaseSpec};
+use crate::guest;
 use crate::qemu::{Accel, Guest, Machine};
 use crate::tools::{self, Qemu};
 use crate::{bench, paths};
@@ -61,12 +61,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
     };
     let kestrel = guest::build_kestrel()?;
     let kernel = guest::kernel(&args.kernel)?;
-    let base = guest::base_initramfs(&BaseSpec {
-        name: "bench",
-        kernel: &kernel,
-        modules: &[],
-        executables: &[PathBuf::from("/bin/true")],
-    })?;
+    let base = bench::true_base(&kernel)?;
     if !args.here && !guest::hardware_kvm(&kestrel) {
         return bench::in_rig(vec![
             "stress".into(),
@@ -87,15 +82,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
     let dir = paths::kestrel_dir().join("stress");
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
-    guest::initrd_with_job(
-        &base,
-        &Spec {
-            argv: vec!["/bin/true".into()],
-            status: Some(Dest::Path("/dev/ttyS1".into())),
-            ..Spec::default()
-        },
-        &initrd,
-    )?;
+    bench::write_true_initrd(&base, &initrd)?;
     tools::step(format!(
         "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}",
         args.boots, args.qemu_machine, qemu.version, args.cpus, args.jobs, kernel.release
