@@ -17,6 +17,20 @@
 //! Invariant: `Spec::parse(&spec.render()) == Ok(spec)` for every `Spec`
 //! (tested below); this module has no dependencies so the static init can use
 //! it.
+//!
+//! A warm start (a VM restored from a snapshot of the base archive's boot)
+//! has no job archive: the init finds no [`JOB_SPEC_PATH`], writes
+//! [`READY_LINE`] and a newline on the status channel, and the host answers
+//! on the same channel with a [`JobHeader`] line followed by exactly
+//! `len` bytes of job spec text (what [`Spec::render`] writes):
+//! ```text
+//! guest → host   KESTREL-READY\n
+//! host → guest   KESTREL-JOB <len> <realtime_ns> <seed>\n<len bytes of spec>
+//! ```
+//! `<seed>` is 32 fresh random bytes from the host (64 lowercase hex
+//! digits) that the init mixes into the kernel's random pool: every warm
+//! start restores the same kernel state, CRNG included, so without it
+//! every run would draw the same random numbers.
 
 use std::fmt;
 
@@ -44,6 +58,125 @@ pub enum Dest {
     VirtioPort(String),
     /// A device or file path in the init's own file system, e.g. `/dev/ttyS1`.
     Path(String),
+}
+
+/// What the init writes (followed by `\n`) on the status channel when it
+/// waits for its job there (a warm start, see the module docs).
+pub const READY_LINE: &str = "KESTREL-READY";
+/// The start of the header line the host sends before a job spec on the
+/// status channel: `KESTREL-JOB <len> <realtime_ns> <seed>\n` (see
+/// [`JobHeader`]).
+pub const JOB_HEADER_PREFIX: &str = "KESTREL-JOB ";
+/// The largest job spec the host may send on the status channel.
+pub const MAX_JOB_BYTES: u32 = 1 << 20;
+
+/// How many random bytes a [`JobHeader`] carries for the guest kernel.
+pub const SEED_BYTES: usize = 32;
+
+/// The header line before a job spec sent on the status channel.
+///
+/// Wire form: `KESTREL-JOB <len> <realtime_ns> <seed>\n`, both numbers in
+/// decimal (ASCII digits only), the seed as exactly `2 * SEED_BYTES`
+/// lowercase hex digits. Exactly `len` bytes of spec text follow the
+/// newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobHeader {
+    /// Bytes of spec text after the header line, `1..=MAX_JOB_BYTES`.
+    pub len: u32,
+    /// The host's `CLOCK_REALTIME` in nanoseconds since the epoch, when it
+    /// sent the job (the guest sets its clock to it).
+    pub realtime_ns: u64,
+    /// Fresh random bytes from the host, which the guest mixes into its
+    /// kernel's random pool (a restored snapshot's pool is the same in
+    /// every run).
+    pub seed: [u8; SEED_BYTES],
+}
+
+impl JobHeader {
+    /// The header line, newline included.
+    pub fn line(&self) -> String {
+        format!(
+            "{JOB_HEADER_PREFIX}{} {} {}\n",
+            self.len,
+            self.realtime_ns,
+            hex(&self.seed)
+        )
+    }
+
+    /// Parses one header line (with or without its trailing `\n`; nothing
+    /// else is tolerated, not even a `\r`).
+    pub fn parse(line: &str) -> Result<JobHeader, String> {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let rest = body.strip_prefix(JOB_HEADER_PREFIX).ok_or_else(|| {
+            format!("job header {line:?} does not start with {JOB_HEADER_PREFIX:?}")
+        })?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let [len, realtime_ns, seed] = fields.as_slice() else {
+            return Err(format!(
+                "job header {line:?} has {} fields instead of a length, a time and a seed",
+                fields.len()
+            ));
+        };
+        let len = decimal::<u32>(len)
+            .ok_or_else(|| format!("job header {line:?} has a bad length {len:?}"))?;
+        let realtime_ns = decimal::<u64>(realtime_ns)
+            .ok_or_else(|| format!("job header {line:?} has a bad time {realtime_ns:?}"))?;
+        let seed = unhex::<SEED_BYTES>(seed).ok_or_else(|| {
+            format!(
+                "job header {line:?} has a bad seed {seed:?}, not {} lowercase hex digits",
+                2 * SEED_BYTES
+            )
+        })?;
+        if len == 0 || len > MAX_JOB_BYTES {
+            return Err(format!(
+                "job header {line:?} announces {len} bytes, not 1 to {MAX_JOB_BYTES}"
+            ));
+        }
+        Ok(JobHeader {
+            len,
+            realtime_ns,
+            seed,
+        })
+    }
+}
+
+/// `bytes` as lowercase hex digits, two a byte.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// Exactly `2 * N` lowercase hex digits as `N` bytes (what [`hex`] writes).
+fn unhex<const N: usize>(field: &str) -> Option<[u8; N]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
+    }
+    let digits = field.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// A number written in ASCII digits only (no sign, no spaces), in range.
+fn decimal<T: std::str::FromStr>(field: &str) -> Option<T> {
+    if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    field.parse().ok()
 }
 
 /// Where the guest root of the command comes from.
@@ -165,6 +298,9 @@ pub const PHASE_PREFIX: &str = "KESTREL-PHASE ";
 pub enum Phase {
     /// The init runs (PID 1 started, `/dev`, `/proc`, `/sys` mounted, spec read).
     Init,
+    /// The job arrived over the status channel (warm starts only: a cold
+    /// boot's job is in the initramfs and has no such mark).
+    Job,
     /// The spec's modules are loaded.
     Modules,
     /// The command's root is mounted (shares, tmpfs, binds).
@@ -177,8 +313,9 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Init,
+        Phase::Job,
         Phase::Modules,
         Phase::Root,
         Phase::Command,
@@ -189,6 +326,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Init => "init",
+            Phase::Job => "job",
             Phase::Modules => "modules",
             Phase::Root => "root",
             Phase::Command => "command",
@@ -531,6 +669,212 @@ mod tests {
         // Phase lines never look like a status.
         assert_eq!(Status::find_in(b"KESTREL-PHASE init uptime_us=5\n"), None);
         assert_eq!(Status::find_in(channel.as_bytes()), Some(Status::Exit(0)));
+    }
+
+    #[test]
+    fn the_job_phase_sits_between_init_and_modules() {
+        assert_eq!(Phase::from_name("job"), Some(Phase::Job));
+        assert!(Phase::Init < Phase::Job && Phase::Job < Phase::Modules);
+        assert_eq!(&Phase::ALL[..3], [Phase::Init, Phase::Job, Phase::Modules]);
+        // ALL lists every phase in order, once.
+        assert!(Phase::ALL.windows(2).all(|w| w[0] < w[1]));
+        let mark = PhaseMark {
+            phase: Phase::Job,
+            uptime_us: 42,
+        };
+        assert_eq!(mark.line(), "KESTREL-PHASE job uptime_us=42\n");
+        assert_eq!(PhaseMark::parse_line(&mark.line()), Some(mark));
+        let channel = format!(
+            "KESTREL-PHASE init uptime_us=1\n{READY_LINE}\n{}",
+            mark.line()
+        );
+        let phases: Vec<Phase> = PhaseMark::find_all(channel.as_bytes())
+            .iter()
+            .map(|m| m.phase)
+            .collect();
+        assert_eq!(phases, [Phase::Init, Phase::Job]);
+        // The ready line is neither a mark nor a status.
+        assert_eq!(PhaseMark::parse_line(READY_LINE), None);
+        assert_eq!(Status::find_in(READY_LINE.as_bytes()), None);
+    }
+
+    /// A seed in its wire form: bytes 0x00 to 0x1f.
+    const SEED_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn seed() -> [u8; SEED_BYTES] {
+        std::array::from_fn(|i| u8::try_from(i).unwrap())
+    }
+
+    #[test]
+    fn job_headers_round_trip() {
+        for header in [
+            JobHeader {
+                len: 1,
+                realtime_ns: 0,
+                seed: [0; SEED_BYTES],
+            },
+            JobHeader {
+                len: 321,
+                realtime_ns: 1_700_000_000_123_456_789,
+                seed: seed(),
+            },
+            JobHeader {
+                len: MAX_JOB_BYTES,
+                realtime_ns: u64::MAX,
+                seed: [0xff; SEED_BYTES],
+            },
+        ] {
+            let line = header.line();
+            assert!(line.starts_with(JOB_HEADER_PREFIX) && line.ends_with('\n'));
+            assert_eq!(line.matches('\n').count(), 1);
+            assert_eq!(JobHeader::parse(&line), Ok(header));
+            assert_eq!(JobHeader::parse(line.trim_end_matches('\n')), Ok(header));
+        }
+        assert_eq!(
+            JobHeader {
+                len: 12,
+                realtime_ns: 34,
+                seed: seed(),
+            }
+            .line(),
+            format!("KESTREL-JOB 12 34 {SEED_HEX}\n")
+        );
+    }
+
+    #[test]
+    fn job_header_seeds_round_trip() {
+        // Every byte value, in both nibble positions.
+        for first in (0..=255u8).step_by(SEED_BYTES) {
+            let seed: [u8; SEED_BYTES] =
+                std::array::from_fn(|i| first.wrapping_add(u8::try_from(i).unwrap()));
+            let header = JobHeader {
+                len: 1,
+                realtime_ns: 1,
+                seed,
+            };
+            let line = header.line();
+            let field = line.trim_end().rsplit(' ').next().unwrap();
+            assert_eq!(field.len(), 2 * SEED_BYTES);
+            assert!(field
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            assert_eq!(JobHeader::parse(&line).map(|h| h.seed), Ok(seed));
+        }
+        let line = format!("KESTREL-JOB 1 2 {SEED_HEX}\n");
+        assert_eq!(JobHeader::parse(&line).map(|h| h.seed), Ok(seed()));
+    }
+
+    #[test]
+    fn bad_job_header_seeds_are_refused() {
+        let s = SEED_HEX;
+        let upper = s.to_ascii_uppercase();
+        let one_upper = format!("{}A", &s[..63]);
+        let short = &s[..63];
+        let odd_long = format!("{s}0");
+        let long = format!("{s}00");
+        let signed = format!("+{}", &s[1..]);
+        let prefixed = format!("0x{}", &s[2..]);
+        let spaced = format!("{}\t{}", &s[..32], &s[33..]);
+        let wide = format!("{}٣", &s[..62]); // 64 bytes, not 64 digits
+        let g = format!("{}g", &s[..63]);
+        let nul = format!("{}\0", &s[..63]);
+        for seed in [
+            "",
+            short,
+            odd_long.as_str(),
+            long.as_str(),
+            upper.as_str(),
+            one_upper.as_str(),
+            signed.as_str(),
+            prefixed.as_str(),
+            spaced.as_str(),
+            wide.as_str(),
+            g.as_str(),
+            nul.as_str(),
+        ] {
+            let line = format!("KESTREL-JOB 12 34 {seed}\n");
+            let e = JobHeader::parse(&line).unwrap_err();
+            assert!(e.contains("has a bad seed"), "{line:?}: {e}");
+            assert!(e.ends_with("not 64 lowercase hex digits"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        // A `\r` (or a second newline) ends up in the seed field.
+        for line in [
+            format!("KESTREL-JOB 12 34 {s}\r\n"),
+            format!("KESTREL-JOB 12 34 {s}\r"),
+            format!("KESTREL-JOB 12 34 {s}\n\n"),
+        ] {
+            let e = JobHeader::parse(&line).unwrap_err();
+            assert!(e.contains("has a bad seed"), "{line:?}: {e}");
+        }
+        // A missing or an extra field.
+        for (line, why) in [
+            ("KESTREL-JOB 12 34\n".to_string(), "has 2 fields"),
+            ("KESTREL-JOB 12 34 \n".to_string(), "has a bad seed"),
+            (format!("KESTREL-JOB 12 {s}\n"), "has 2 fields"),
+            (format!("KESTREL-JOB 12 34 {s} \n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12 34 {s} {s}\n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12 34 {s} 56\n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12 34  {s}\n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12 {s} 34\n"), "bad time"),
+        ] {
+            let e = JobHeader::parse(&line).unwrap_err();
+            assert!(e.contains(why), "{line:?}: {e}");
+        }
+        let e = JobHeader::parse("KESTREL-JOB 12 34\n").unwrap_err();
+        assert!(
+            e.ends_with("has 2 fields instead of a length, a time and a seed"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_job_headers_are_refused() {
+        let max = MAX_JOB_BYTES;
+        let s = SEED_HEX;
+        for (line, why) in [
+            ("".to_string(), "does not start with"),
+            ("\n".to_string(), "does not start with"),
+            ("KESTREL-JOB".to_string(), "does not start with"),
+            (format!("kestrel-job 1 2 {s}\n"), "does not start with"),
+            (format!(" KESTREL-JOB 1 2 {s}\n"), "does not start with"),
+            (
+                "KESTREL-PHASE init uptime_us=1\n".to_string(),
+                "does not start with",
+            ),
+            ("KESTREL-JOB 12\n".to_string(), "has 1 fields"),
+            (format!("KESTREL-JOB 12 34 {s} 56\n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12 34 {s} \n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12  34 {s}\n"), "has 4 fields"),
+            (format!("KESTREL-JOB  12 34 {s}\n"), "has 4 fields"),
+            (format!("KESTREL-JOB 12\t34 {s}\n"), "has 2 fields"),
+            (format!("KESTREL-JOB +12 34 {s}\n"), "bad length"),
+            (format!("KESTREL-JOB -1 34 {s}\n"), "bad length"),
+            (format!("KESTREL-JOB 0x10 34 {s}\n"), "bad length"),
+            (format!("KESTREL-JOB 1_0 34 {s}\n"), "bad length"),
+            (format!("KESTREL-JOB 12 +34 {s}\n"), "bad time"),
+            (format!("KESTREL-JOB 12 3.4 {s}\n"), "bad time"),
+            (format!("KESTREL-JOB 12 ٣ {s}\n"), "bad time"),
+            (format!("KESTREL-JOB 4294967296 1 {s}\n"), "bad length"),
+            (
+                format!("KESTREL-JOB 1 18446744073709551616 {s}\n"),
+                "bad time",
+            ),
+            (format!("KESTREL-JOB 0 1 {s}\n"), "announces 0 bytes"),
+            (format!("KESTREL-JOB 00 1 {s}\n"), "announces 0 bytes"),
+        ] {
+            let e = JobHeader::parse(&line).unwrap_err();
+            assert!(e.contains(why), "{line:?}: {e}");
+            assert!(e.starts_with("job header "), "{e}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        let too_big = format!("KESTREL-JOB {} 1 {s}\n", max + 1);
+        let e = JobHeader::parse(&too_big).unwrap_err();
+        assert!(e.ends_with(&format!("not 1 to {max}")), "{e}");
+        assert_eq!(
+            JobHeader::parse(&format!("KESTREL-JOB {max} 1 {s}")).map(|h| h.len),
+            Ok(max)
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use kestrel_kernels::{Cache, Fetch, ImageFormat, Kernel, KernelSpec, UNKNOWN_REL
 use crate::boot::{Initrd, KernelKind};
 use crate::guest_root::{self, RootError};
 use crate::initrd::{self, InitrdError};
-use crate::vm::{Boot, Config, ConfigError, Console};
+use crate::snapshot;
+use crate::vm::{Boot, Config, ConfigError, Console, Warm};
 use crate::vmlinux::{self, NotUnpacked};
 use crate::{guest_modules, log};
 
@@ -100,6 +101,20 @@ pub struct RunArgs {
     /// decompresses itself); `pvh` requires the PVH path.
     #[arg(long, value_enum, default_value_t = EntryChoice::Auto)]
     pub entry: EntryChoice,
+    /// Start from a snapshot of this kernel, initramfs, vCPU count, memory
+    /// and command line taken where the init waits for its job (made by
+    /// the first such run, cached; a missing, stale or damaged one means a
+    /// cold boot that saves a new one). Needs kestrel's own initramfs.
+    #[arg(long, conflicts_with = "cold")]
+    pub warm: bool,
+    /// Boot cold (the default).
+    #[arg(long)]
+    pub cold: bool,
+    /// With --initrd and --warm: the job spec to hand the init (the initrd
+    /// is then a kestrel base archive without a job, e.g. one `cargo xtask`
+    /// built).
+    #[arg(long, value_name = "FILE")]
+    pub job_spec: Option<PathBuf>,
     /// Print where the time went: kestrel's marks and the guest init's
     /// phases (ms since the process started, guest uptime beside them).
     #[arg(long)]
@@ -141,6 +156,17 @@ pub enum CliError {
     /// `--rw`, `--share` or the guest root.
     #[error(transparent)]
     Root(#[from] RootError),
+    /// `--job-spec` without `--initrd` and `--warm`.
+    #[error("--job-spec needs --initrd (a base archive without a job) and --warm")]
+    JobSpecAlone,
+    /// `--job-spec` unreadable.
+    #[error("cannot read --job-spec {path}: {why}")]
+    JobSpec {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        why: String,
+    },
     /// `--entry pvh` on a kernel that cannot be entered that way.
     #[error("--entry pvh: cannot boot {path} through PVH: {why}; use --entry auto or bzimage")]
     NoPvh {
@@ -175,6 +201,10 @@ impl TryFrom<RunArgs> for Config {
                 (!args.rw.is_empty(), "--rw"),
                 (!args.share.is_empty(), "--share"),
                 (args.user, "--user"),
+                (
+                    args.warm && args.job_spec.is_none(),
+                    "--warm without --job-spec",
+                ),
             ];
             if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
                 return Err(CliError::InitrdConflict(what));
@@ -192,8 +222,24 @@ impl TryFrom<RunArgs> for Config {
         guest_root::plan(&root_req, true)?;
         let kernel = resolve_kernel(&args.kernel)?;
         let mut shares = Vec::new();
+        let mut warm = None;
+        if args.job_spec.is_some() && (args.initrd.is_none() || !args.warm) {
+            return Err(CliError::JobSpecAlone);
+        }
         let initrd = match args.initrd {
-            Some(path) => Initrd::File(path),
+            Some(path) => {
+                if let (true, Some(spec)) = (args.warm, &args.job_spec) {
+                    let job = std::fs::read_to_string(spec).map_err(|e| CliError::JobSpec {
+                        path: spec.clone(),
+                        why: e.to_string(),
+                    })?;
+                    warm = Some(Warm {
+                        dir: snapshot::default_dir(),
+                        job,
+                    });
+                }
+                Initrd::File(path)
+            }
             None => {
                 let modules_dir = args.modules.or_else(|| modules_dir_of(&kernel));
                 let virtiofs =
@@ -215,7 +261,16 @@ impl TryFrom<RunArgs> for Config {
                     cache_dir: initrd::default_cache_dir(),
                     guest,
                 };
-                initrd::prepare(&req)?.initrd
+                let prepared = initrd::prepare(&req)?;
+                if args.warm && !args.cold {
+                    warm = Some(Warm {
+                        dir: snapshot::default_dir(),
+                        job: prepared.job_spec,
+                    });
+                    Initrd::File(prepared.base)
+                } else {
+                    prepared.initrd
+                }
             }
         };
         let (image, kind, fallback) =
@@ -238,6 +293,7 @@ impl TryFrom<RunArgs> for Config {
                 .saturating_sub(begun.elapsed())
                 .max(Duration::from_secs(1)),
             console,
+            warm,
         })
     }
 }

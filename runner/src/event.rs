@@ -17,6 +17,8 @@ pub enum VmEvent {
     ResetRequested,
     /// The status channel received a complete, well-formed status line.
     StatusReported,
+    /// The init said it waits for its job on COM2 (`KESTREL-READY`).
+    GuestReady,
 }
 
 /// Why one vCPU stopped running.

@@ -136,6 +136,10 @@ pub enum CacheUse {
 pub struct Prepared {
     /// Base ++ job.
     pub initrd: boot::Initrd,
+    /// The base archive alone (for warm starts, which get the job over COM2).
+    pub base: PathBuf,
+    /// The job spec's text (what the job archive carries).
+    pub job_spec: String,
     /// Size of the base archive.
     pub base_bytes: u64,
     /// Built or reused.
@@ -192,8 +196,11 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
         },
         took.as_millis()
     ));
-    let job = job_archive(&job_spec_for(&req.command, &req.guest))?;
+    let spec = job_spec_for(&req.command, &req.guest);
+    let job = job_archive(&spec)?;
     Ok(Prepared {
+        base: path.clone(),
+        job_spec: spec.render(),
         initrd: boot::Initrd::BaseAndJob { base: path, job },
         base_bytes,
         cache,
@@ -243,9 +250,21 @@ pub fn job_spec_for(command: &[String], guest: &Plan) -> Spec {
 /// Whether the kernel can mount virtio-fs: `virtiofs` is a module in (or
 /// built into) `modules_dir`, else its `.config` says `CONFIG_VIRTIO_FS=y`.
 pub fn has_virtiofs(modules_dir: Option<&Path>, config: Option<&Path>) -> bool {
-    let module = modules_dir
-        .and_then(|d| ModulesDir::open(d).ok())
-        .is_some_and(|m| m.resolve(&["virtiofs"]).is_ok());
+    // Where every kernel since 5.4 puts it: a few stats instead of opening
+    // the whole tree (a walk of thousands of directories without a
+    // modules.dep, slow on a virtio-fs share).
+    const AT: &str = "kernel/fs/fuse/virtiofs.ko";
+    let in_place = modules_dir.is_some_and(|d| {
+        ["", ".xz", ".zst", ".gz"]
+            .iter()
+            .any(|ext| d.join(format!("{AT}{ext}")).is_file())
+            || std::fs::read_to_string(d.join("modules.builtin"))
+                .is_ok_and(|b| b.lines().any(|l| l == AT))
+    });
+    let module = in_place
+        || modules_dir
+            .and_then(|d| ModulesDir::open(d).ok())
+            .is_some_and(|m| m.resolve(&["virtiofs"]).is_ok());
     module
         || config
             .and_then(|c| std::fs::read_to_string(c).ok())

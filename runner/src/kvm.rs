@@ -7,10 +7,11 @@
 //! backs it is alive (the [`VmHandle`] keeps a clone).
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, kvm_xcr, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -109,6 +110,15 @@ impl Kvm {
         self.sys.check_extension(Cap::Xcrs)
     }
 
+    /// The MSRs KVM saves and restores for a vCPU (`KVM_GET_MSR_INDEX_LIST`).
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, KvmError> {
+        let list = self
+            .sys
+            .get_msr_index_list()
+            .map_err(ioctl("GET_MSR_INDEX_LIST"))?;
+        Ok(list.as_slice().to_vec())
+    }
+
     /// `KVM_CREATE_VM`, then registers every region of `memory`.
     pub fn create_vm(&self, memory: &GuestMemory) -> Result<VmHandle, KvmError> {
         let fd = self.sys.create_vm().map_err(ioctl("CREATE_VM"))?;
@@ -170,6 +180,42 @@ impl VmHandle {
     }
 
     /// Only the TSS and identity-map pages (for VMs without an irqchip).
+    /// The in-kernel PIT, clock and interrupt controllers (PIC master,
+    /// PIC slave, IOAPIC), for a snapshot. Every vCPU must be paused.
+    pub fn save_state(&self) -> Result<VmState, KvmError> {
+        let chip = |id| -> Result<kvm_irqchip, KvmError> {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(ioctl("GET_IRQCHIP"))?;
+            Ok(chip)
+        };
+        Ok(VmState {
+            pit: self.fd.get_pit2().map_err(ioctl("GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(ioctl("GET_CLOCK"))?,
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+        })
+    }
+
+    /// Restores what [`VmHandle::save_state`] saved, after
+    /// [`VmHandle::create_irqchip_and_pit`] and before any vCPU runs.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), KvmError> {
+        self.fd.set_pit2(&state.pit).map_err(ioctl("SET_PIT2"))?;
+        let mut clock = state.clock;
+        // KVM refuses flags it only reports (TSC_STABLE, REALTIME, HOST_TSC).
+        clock.flags = 0;
+        self.fd.set_clock(&clock).map_err(ioctl("SET_CLOCK"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd.set_irqchip(chip).map_err(ioctl("SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+
     pub fn set_tss(&self) -> Result<(), KvmError> {
         self.fd
             .set_tss_address(layout::KVM_TSS as usize)
@@ -243,6 +289,48 @@ impl VmHandle {
 }
 
 /// Why `KVM_RUN` returned, reduced to what the VMM acts on.
+/// `kvm_irqchip.chip_id` values.
+const KVM_IRQCHIP_PIC_MASTER: u32 = 0;
+const KVM_IRQCHIP_PIC_SLAVE: u32 = 1;
+const KVM_IRQCHIP_IOAPIC: u32 = 2;
+
+/// The VM-wide state KVM keeps in the kernel (in-kernel irqchip and PIT).
+#[derive(Clone)]
+pub struct VmState {
+    /// The i8254.
+    pub pit: kvm_pit_state2,
+    /// kvmclock's base.
+    pub clock: kvm_clock_data,
+    /// The i8259 pair.
+    pub pic_master: kvm_irqchip,
+    /// See `pic_master`.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+}
+
+/// One vCPU's state as KVM reports it, for a snapshot.
+pub struct VcpuState {
+    /// Running, halted, waiting for SIPI….
+    pub mp_state: kvm_mp_state,
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
+    /// FPU/SSE/AVX state (legacy 4 KiB area: kestrel never enables XSAVE2).
+    pub xsave: kvm_xsave,
+    /// XCR0 (None when KVM has no `KVM_CAP_XCRS`).
+    pub xcrs: Option<kvm_xcrs>,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+    /// The local APIC's registers.
+    pub lapic: kvm_lapic_state,
+    /// Pending exceptions, interrupts, NMIs, SMIs.
+    pub events: kvm_vcpu_events,
+    /// Every MSR of KVM's index list that this vCPU answered.
+    pub msrs: Vec<kvm_msr_entry>,
+}
+
 #[derive(Debug)]
 pub enum Exit<'a> {
     /// `in` from a port: fill the buffer.
@@ -348,6 +436,100 @@ impl VcpuHandle {
 
     /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns at once
     /// with `EINTR`.
+    /// This vCPU's state (it must not be running): the MP state first, since
+    /// reading it makes KVM process pending events, then the rest.
+    pub fn save_state(&self, msr_list: &[u32], xcrs: bool) -> Result<VcpuState, KvmError> {
+        let mp_state = self.fd.get_mp_state().map_err(ioctl("GET_MP_STATE"))?;
+        let regs = self.regs()?;
+        let sregs = self.sregs()?;
+        let xsave = self.fd.get_xsave().map_err(ioctl("GET_XSAVE"))?;
+        let xcrs = if xcrs {
+            Some(self.fd.get_xcrs().map_err(ioctl("GET_XCRS"))?)
+        } else {
+            None
+        };
+        let debugregs = self.fd.get_debug_regs().map_err(ioctl("GET_DEBUGREGS"))?;
+        let lapic = self.lapic()?;
+        let msrs = self.readable_msrs(msr_list)?;
+        let events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(ioctl("GET_VCPU_EVENTS"))?;
+        Ok(VcpuState {
+            mp_state,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debugregs,
+            lapic,
+            events,
+            msrs,
+        })
+    }
+
+    /// The MSRs of `list` this vCPU answers, with their values. KVM stops at
+    /// the first MSR it refuses (some of its list depend on CPUID): that
+    /// one is left out and the rest read on.
+    fn readable_msrs(&self, list: &[u32]) -> Result<Vec<kvm_msr_entry>, KvmError> {
+        /// `KVM_GET_MSRS` takes at most this many entries at once here.
+        const BATCH: usize = 64;
+        let mut out = Vec::with_capacity(list.len());
+        let mut rest = list;
+        while !rest.is_empty() {
+            let batch = &rest[..rest.len().min(BATCH)];
+            let entries: Vec<kvm_msr_entry> = batch
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|_| KvmError::Ioctl {
+                what: "GET_MSRS (too many entries)",
+                source: vmm_sys_util::errno::Error::new(libc::E2BIG),
+            })?;
+            let read = self.fd.get_msrs(&mut msrs).map_err(ioctl("GET_MSRS"))?;
+            out.extend_from_slice(&msrs.as_slice()[..read]);
+            // Past the batch, or past the refused MSR.
+            let skip = if read == batch.len() { read } else { read + 1 };
+            rest = &rest[skip.min(rest.len())..];
+        }
+        Ok(out)
+    }
+
+    /// Restores [`VcpuHandle::save_state`]'s state into a new vCPU whose
+    /// CPUID is already set, in the order KVM needs (LAPIC before MSRs, so
+    /// the TSC deadline lands in a LAPIC in TSC-deadline mode; events last).
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), KvmError> {
+        self.fd
+            .set_mp_state(state.mp_state)
+            .map_err(ioctl("SET_MP_STATE"))?;
+        self.set_regs(&state.regs)?;
+        self.set_sregs(&state.sregs)?;
+        // SAFETY: `kvm_xsave` is the legacy 4 KiB area and kestrel never
+        // enables KVM_CAP_XSAVE2, so KVM reads exactly that much from it.
+        unsafe { self.fd.set_xsave(&state.xsave) }.map_err(ioctl("SET_XSAVE"))?;
+        if let Some(xcrs) = &state.xcrs {
+            self.fd.set_xcrs(xcrs).map_err(ioctl("SET_XCRS"))?;
+        }
+        self.fd
+            .set_debug_regs(&state.debugregs)
+            .map_err(ioctl("SET_DEBUGREGS"))?;
+        self.set_lapic(&state.lapic)?;
+        for batch in state.msrs.chunks(64) {
+            self.set_msrs(batch)?;
+        }
+        self.fd
+            .set_vcpu_events(&state.events)
+            .map_err(ioctl("SET_VCPU_EVENTS"))
+    }
+
+    /// The TSC frequency KVM gives this vCPU, if it says.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok()
+    }
+
     pub fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
     }

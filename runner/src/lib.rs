@@ -13,6 +13,8 @@
 //! - [`vcpu`] — vCPU state and threads.
 //! - [`xsave`] — CPUID leaf 0xD made consistent, and the matching XCR0.
 //! - [`vm`] — `Config` → `Vm` → `Outcome`.
+//! - [`snapshot`] — a VM saved where the init waits for its job, restored
+//!   for warm starts (`--warm`).
 //! - [`vmlinux`] — a bzImage's kernel unpacked once on the host (PVH entry).
 //! - [`initrd`] — kestrel's own initramfs: cached base archive + per-run job.
 //! - [`guest_root`] — the guest's `/` (host root, tmpfs, `--rw`/`--share`
@@ -37,6 +39,7 @@ pub mod kvm;
 pub mod layout;
 pub mod log;
 pub mod memory;
+pub mod snapshot;
 pub mod timings;
 pub mod vcpu;
 pub mod verdict;

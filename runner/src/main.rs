@@ -59,6 +59,16 @@ fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
     timings.host("vm-built", Instant::now());
     let outcome = vm.run();
     timings.host("vcpus-released", outcome.released);
+    if let Some(at) = outcome.snapshot_at {
+        timings.host(
+            match outcome.start {
+                kestrel::vm::Start::Warm => "snapshot-restored",
+                _ => "snapshot-saved",
+            },
+            at,
+        );
+    }
+    log::debug(format_args!("start: {}", outcome.start.name()));
     timings.guest(&outcome.marks);
     if let Some(at) = outcome.status_at {
         timings.host("status", at);

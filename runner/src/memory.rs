@@ -8,8 +8,12 @@
 //! and host addresses agree modulo 2 MiB, and every 4 KiB entry costs the
 //! guest a fault on first touch (expensive when KVM itself is nested).
 
+use std::io::{Seek, SeekFrom};
 use vm_memory::mmap::{MmapRegion, MmapRegionError};
-use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _, GuestRegionMmap};
+
+use vm_memory::{
+    Bytes as _, GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _, GuestRegionMmap,
+};
 
 use crate::layout;
 use crate::log;
@@ -57,6 +61,91 @@ pub fn create(memory_bytes: u64) -> Result<GuestMemory, MemoryError> {
         let _ = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
     }
     Ok(memory)
+}
+
+/// Guest RAM of `memory_bytes` with a snapshot's contents: fresh RAM as
+/// [`create`] makes it (aligned, huge pages) with the snapshot's non-zero
+/// extents read into it from the file, by two threads (each with its own
+/// open file description, so their offsets do not mix).
+pub fn from_snapshot(
+    loaded: &crate::snapshot::Loaded,
+    memory_bytes: u64,
+) -> Result<GuestMemory, MemoryError> {
+    let fail = |why: String| MemoryError {
+        mib: memory_bytes >> 20,
+        why,
+    };
+    if std::env::var_os("KESTREL_RESTORE").is_some_and(|v| v == "map") {
+        return map_snapshot(loaded, memory_bytes);
+    }
+    let memory = create(memory_bytes)?;
+    let extents = &loaded.state.extents;
+    let total: u64 = extents.iter().map(|e| e.len).sum();
+    // The first extents up to half the bytes, and the rest.
+    let mut sum = 0;
+    let split = extents
+        .iter()
+        .position(|e| {
+            sum += e.len;
+            sum >= total / 2
+        })
+        .map_or(extents.len(), |i| i + 1);
+    let (first, second) = extents.split_at(split);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&loaded.file);
+    let copy = |part: &[crate::snapshot::Extent]| -> Result<(), String> {
+        let mut file = std::fs::File::open(format!("/proc/self/fd/{fd}"))
+            .map_err(|e| format!("cannot reopen the snapshot: {e}"))?;
+        for e in part {
+            file.seek(SeekFrom::Start(loaded.mem_offset + e.offset))
+                .map_err(|err| err.to_string())?;
+            memory
+                .read_exact_volatile_from(GuestAddress(e.gpa), &mut file, e.len as usize)
+                .map_err(|err| format!("cannot read the snapshot's RAM: {err}"))?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| copy(second));
+        let mine = copy(first);
+        let theirs = other
+            .join()
+            .unwrap_or_else(|_| Err("the copying thread panicked".into()));
+        mine.and(theirs)
+    })
+    .map_err(fail)?;
+    Ok(memory)
+}
+
+/// Experiment (`KESTREL_RESTORE=map`): RAM mapped private from the file.
+fn map_snapshot(
+    loaded: &crate::snapshot::Loaded,
+    memory_bytes: u64,
+) -> Result<GuestMemory, MemoryError> {
+    let fail = |why: String| MemoryError {
+        mib: memory_bytes >> 20,
+        why,
+    };
+    let mut regions = Vec::new();
+    let mut offset = loaded.mem_offset;
+    for range in layout::ram_ranges(memory_bytes) {
+        let len = (range.end - range.start) as usize;
+        let file = loaded
+            .file
+            .try_clone()
+            .map_err(|e| fail(format!("cannot reopen the snapshot: {e}")))?;
+        let mapping = MmapRegion::build(
+            Some(vm_memory::FileOffset::new(file, offset)),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        )
+        .map_err(|e| fail(format!("cannot map the snapshot: {e}")))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(range.start))
+            .ok_or_else(|| fail("the region would overflow the address space".into()))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    GuestMemory::from_regions(regions).map_err(|e| fail(e.to_string()))
 }
 
 /// An anonymous mapping of `len` bytes (owned by vm-memory, unmapped when

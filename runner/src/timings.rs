@@ -112,12 +112,14 @@ pub fn parse_line(line: &str) -> Option<(String, f64, Option<f64>)> {
     Some((name, at?, uptime))
 }
 
-/// The time from `released` (vCPUs started) to the init's first mark: what
+/// The time from `released` (vCPUs started) to the init's first mark (`init`;
+/// `job` after a restore from a snapshot, which began past `init`): what
 /// the verdict line calls `boot=`.
 pub fn time_to_init(released: Instant, marks: &[(PhaseMark, Instant)]) -> Option<Duration> {
     marks
         .iter()
         .find(|(m, _)| m.phase == Phase::Init)
+        .or_else(|| marks.iter().find(|(m, _)| m.phase == Phase::Job))
         .map(|(_, at)| at.saturating_duration_since(released))
 }
 

@@ -23,7 +23,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::{gdt, Entry};
 use crate::bus::Bus;
 use crate::event::{FaultReport, VcpuEnd, VmEvent};
-use crate::kvm::{Exit, KvmError, VcpuHandle};
+use crate::kvm::{Exit, KvmError, VcpuHandle, VcpuState};
 use crate::layout;
 use crate::log;
 use crate::xsave;
@@ -38,12 +38,23 @@ pub struct Buses {
 }
 
 /// Commands to a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Start running the guest.
+    /// Start (or resume) running the guest.
     Run,
     /// Exit without running (or stop, together with the stop flag and a kick).
     Stop,
+    /// While paused: read the vCPU's state (these MSRs; XCRs when `true`)
+    /// and reply [`Reply::Saved`].
+    Save(Arc<Vec<u32>>, bool),
+}
+
+/// What a vCPU thread answers to a pause request and to [`Command::Save`].
+pub enum Reply {
+    /// Out of `KVM_RUN` with no operation pending; waiting for a command.
+    Paused,
+    /// The state, or why KVM would not give it.
+    Saved(Result<Box<VcpuState>, KvmError>),
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -257,6 +268,19 @@ pub fn configure(vcpu: &VcpuHandle, setup: &VcpuSetup<'_>) -> Result<(), KvmErro
     Ok(())
 }
 
+/// Sets up a new vCPU from a snapshot's `state`: the same CPUID as
+/// [`configure`] gives, then the saved registers, LAPIC, MSRs and events.
+pub fn restore(
+    vcpu: &VcpuHandle,
+    setup: &VcpuSetup<'_>,
+    state: &VcpuState,
+) -> Result<(), KvmError> {
+    let mut cpuid = cpuid_for(setup.supported_cpuid, setup.id, setup.cpus);
+    let _ = xsave::sanitize(&mut cpuid);
+    vcpu.set_cpuid(&cpuid)?;
+    vcpu.restore_state(state)
+}
+
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;
@@ -331,7 +355,9 @@ pub struct VcpuThread {
     /// vCPU index.
     pub id: u8,
     commands: Sender<Command>,
+    replies: Receiver<Reply>,
     stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -345,13 +371,18 @@ impl VcpuThread {
     ) -> Result<VcpuThread, KvmError> {
         install_kick_handler()?;
         let (commands, inbox) = std::sync::mpsc::channel();
+        let (reply, replies) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = stop.clone();
+        let pause = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            stop: stop.clone(),
+            pause: pause.clone(),
+        };
         let join = std::thread::Builder::new()
             .name(format!("kestrel_vcpu {id}"))
             .spawn(move || {
                 let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_thread(vcpu, id, &buses, &inbox, &thread_stop)
+                    run_thread(vcpu, id, &buses, &inbox, &reply, &flags)
                 }))
                 .unwrap_or_else(|_| VcpuEnd::Failed(format!("vCPU {id} thread panicked")));
                 let _ = events.send(VmEvent::VcpuStopped { id, end });
@@ -363,7 +394,9 @@ impl VcpuThread {
         Ok(VcpuThread {
             id,
             commands,
+            replies,
             stop,
+            pause,
             join: Some(join),
         })
     }
@@ -385,6 +418,34 @@ impl VcpuThread {
         }
     }
 
+    /// Asks a running thread to leave `KVM_RUN` and wait (it replies
+    /// [`Reply::Paused`]); kicks it. Call again (it kicks again) until it
+    /// replied: a kick can land just before `KVM_RUN`.
+    pub fn request_pause(&self) {
+        self.pause.store(true, Ordering::SeqCst);
+        if let Some(join) = &self.join {
+            if !join.is_finished() {
+                let _ = join.kill(kick_signal());
+            }
+        }
+    }
+
+    /// Resumes a paused thread.
+    pub fn resume(&self) {
+        self.pause.store(false, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Run);
+    }
+
+    /// Asks a paused thread for its vCPU's state.
+    pub fn request_save(&self, msrs: Arc<Vec<u32>>, xcrs: bool) {
+        let _ = self.commands.send(Command::Save(msrs, xcrs));
+    }
+
+    /// The thread's next reply, if it arrives within `limit`.
+    pub fn reply(&self, limit: std::time::Duration) -> Option<Reply> {
+        self.replies.recv_timeout(limit).ok()
+    }
+
     /// Whether the thread has exited.
     pub fn finished(&self) -> bool {
         self.join.as_ref().is_none_or(|j| j.is_finished())
@@ -398,12 +459,19 @@ impl VcpuThread {
     }
 }
 
+/// A thread's stop and pause flags.
+struct Flags {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+}
+
 fn run_thread(
     mut vcpu: VcpuHandle,
     id: u8,
     buses: &Buses,
     inbox: &Receiver<Command>,
-    stop: &AtomicBool,
+    reply: &Sender<Reply>,
+    flags: &Flags,
 ) -> VcpuEnd {
     let mut state = State::Paused;
     let mut exits = ExitRing::default();
@@ -411,9 +479,24 @@ fn run_thread(
         state = match state {
             State::Paused => match inbox.recv() {
                 Ok(Command::Run) => State::Running,
+                Ok(Command::Save(msrs, xcrs)) => {
+                    let saved = vcpu.save_state(&msrs, xcrs).map(Box::new);
+                    let _ = reply.send(Reply::Saved(saved));
+                    State::Paused
+                }
                 Ok(Command::Stop) | Err(_) => return VcpuEnd::Stopped,
             },
-            State::Running if stop.load(Ordering::SeqCst) => State::Exited,
+            State::Running if flags.stop.load(Ordering::SeqCst) => State::Exited,
+            State::Running if flags.pause.load(Ordering::SeqCst) => {
+                // An I/O or MMIO read just handled completes only inside
+                // KVM_RUN: enter once with immediate_exit, which finishes
+                // it without running another guest instruction.
+                vcpu.set_immediate_exit(true);
+                let _ = vcpu.run();
+                vcpu.set_immediate_exit(false);
+                let _ = reply.send(Reply::Paused);
+                State::Paused
+            }
             State::Running => match step(&mut vcpu, buses, &mut exits) {
                 None => State::Running,
                 Some(Fault) => {

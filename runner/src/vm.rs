@@ -18,8 +18,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kestrel_initramfs::job::PhaseMark;
+use kestrel_initramfs::job::{JobHeader, PhaseMark};
+use kvm_bindings::CpuId;
+use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use zerocopy::IntoBytes as _;
 
 use crate::acpi;
 use crate::boot::{self, BootSpec, Entry};
@@ -32,12 +35,13 @@ use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
 use crate::devices::virtio::{self, console, fs, Interrupt, VirtioDevice};
 use crate::devices::{EventLine, IrqLine};
 use crate::event::{Ending, VcpuEnd, VmEvent};
-use crate::kvm::{Kvm, KvmError, VmHandle};
+use crate::kvm::{Kvm, KvmError, VcpuState, VmHandle};
 use crate::layout;
 use crate::log;
-use crate::memory::{self, MemoryError};
+use crate::memory::{self, GuestMemory, MemoryError};
+use crate::snapshot::{self, Loaded};
 use crate::timings;
-use crate::vcpu::{self, Buses, VcpuSetup, VcpuThread};
+use crate::vcpu::{self, Buses, Reply, VcpuSetup, VcpuThread};
 use crate::verdict::Verdict;
 
 /// Smallest guest memory accepted.
@@ -104,6 +108,45 @@ pub struct Config {
     pub timeout: Duration,
     /// COM1 destination.
     pub console: Console,
+    /// Start from a snapshot (kernels with kestrel's base initramfs alone).
+    pub warm: Option<Warm>,
+}
+
+/// A warm start ([`crate::snapshot`]): restore the snapshot made for this
+/// config if there is a good one; else boot cold (the initrd is kestrel's
+/// base archive alone, so the init waits for its job), save one where the
+/// init waits, and go on. Either way the init gets `job` over COM2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warm {
+    /// Where snapshots live.
+    pub dir: PathBuf,
+    /// The job spec's text.
+    pub job: String,
+}
+
+/// How a run began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A cold boot.
+    Cold,
+    /// A cold boot that saved a snapshot where the init waited for its job.
+    ColdSaved,
+    /// A cold boot meant to save a snapshot that could not (why: logged).
+    ColdUnsaved,
+    /// Restored from a snapshot.
+    Warm,
+}
+
+impl Start {
+    /// `cold`, `cold-saved`, `cold-unsaved`, `warm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Start::Cold => "cold",
+            Start::ColdSaved => "cold-saved",
+            Start::ColdUnsaved => "cold-unsaved",
+            Start::Warm => "warm",
+        }
+    }
 }
 
 /// A config that cannot work.
@@ -168,6 +211,9 @@ pub enum VmError {
     /// An eventfd for an interrupt line.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A snapshot that cannot be restored here.
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 impl Config {
@@ -244,6 +290,10 @@ pub struct Outcome {
     pub console_tail: Vec<String>,
     /// The console's panic line, if the kernel panicked.
     pub panic_line: Option<String>,
+    /// Cold or warm.
+    pub start: Start,
+    /// When a snapshot was restored (vCPUs released right after) or saved.
+    pub snapshot_at: Option<Instant>,
 }
 
 /// A built VM, vCPUs paused.
@@ -266,6 +316,53 @@ pub struct Vm {
     vm: Option<VmHandle>,
     /// The kernel's System.map, to name the function a fault happened in.
     system_map: Option<PathBuf>,
+    /// COM1 and COM2, for a snapshot; COM2 also carries the job.
+    com1: Arc<Mutex<SerialDevice<ConsoleLog>>>,
+    com2: Arc<Mutex<SerialDevice<StatusChannel>>>,
+    /// Guest RAM, for a snapshot.
+    mem: GuestMemory,
+    /// What a warm start still has to do.
+    warm: Option<WarmRun>,
+    start: Start,
+    snapshot_at: Option<Instant>,
+}
+
+/// A warm run's job and, for a cold one, where to save the snapshot.
+struct WarmRun {
+    job: String,
+    save: Option<SavePlan>,
+    /// The job went out (it goes once per run).
+    sent: bool,
+}
+
+/// Where and how to save a snapshot when the init says it is ready.
+struct SavePlan {
+    path: PathBuf,
+    key: u64,
+    msrs: Arc<Vec<u32>>,
+    xcrs: bool,
+    tsc_khz: u32,
+}
+
+/// Why no snapshot was saved.
+enum SaveError {
+    /// This kernel and config never allow one.
+    Unsuitable(String),
+    /// This time it did not work.
+    Failed(String),
+}
+
+/// How [`build`] starts the VM.
+enum Begin<'a> {
+    Cold,
+    /// Cold with the job handed over COM2, saving a snapshot at `path` for
+    /// `key` (None: this kernel and config cannot have one).
+    Save {
+        path: Option<PathBuf>,
+        key: u64,
+    },
+    /// From this snapshot.
+    Restore(&'a Loaded),
 }
 
 impl TryFrom<Config> for Vm {
@@ -274,204 +371,421 @@ impl TryFrom<Config> for Vm {
     fn try_from(config: Config) -> Result<Vm, VmError> {
         let created = Instant::now();
         config.validate()?;
-        let system_map = match &config.boot {
-            Boot::Kernel {
-                kernel, fallback, ..
-            } => find_system_map(fallback.as_deref().unwrap_or(kernel)),
-            Boot::Raw { .. } => None,
-        };
-        let cpus = config.cpus as u8;
-        let raw = matches!(config.boot, Boot::Raw { .. });
-        let memory_bytes = config.memory_mib * layout::MIB;
-
         let kvm = Kvm::open()?;
-        let mem = memory::create(memory_bytes)?;
-        let vm = kvm.create_vm(&mem)?;
-        if raw {
-            vm.set_tss()?;
-        } else {
-            vm.create_irqchip_and_pit()?;
-        }
-
-        let (tx, events) = std::sync::mpsc::channel();
-        let irq = |gsi: u32| -> Result<IrqLine, VmError> {
-            if raw {
-                return Ok(IrqLine::none());
-            }
-            let evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
-            vm.register_irqfd(&evt, gsi)?;
-            Ok(IrqLine::new(evt))
+        let cpuid = kvm.supported_cpuid()?;
+        let Some(warm) = &config.warm else {
+            return build(created, &config, &kvm, &cpuid, Begin::Cold);
         };
-        let console_out: Option<Box<dyn Write + Send>> = match &config.console {
-            Console::Stderr => Some(Box::new(std::io::stderr())),
-            Console::File(path) => Some(Box::new(File::create(path).map_err(|source| {
-                VmError::ConsoleFile {
-                    path: path.clone(),
-                    source,
-                }
-            })?)),
-            Console::Discard => None,
-        };
-        let (console_log, console) = ConsoleLog::new(console_out);
-        let (status_channel, status) = StatusChannel::new(tx.clone());
-        let probe = ProbeLog::default();
-
-        let mut pio = Bus::new(Space::Pio);
-        let port = |p: u16| u64::from(p);
-        pio.insert(
-            port(layout::COM1_PORT),
-            port(layout::SERIAL_PORT_LEN),
-            Arc::new(Mutex::new(SerialDevice::new(
-                irq(layout::COM1_IRQ)?,
-                console_log,
-            ))),
-        )?;
-        pio.insert(
-            port(layout::COM2_PORT),
-            port(layout::SERIAL_PORT_LEN),
-            Arc::new(Mutex::new(SerialDevice::new(
-                irq(layout::COM2_IRQ)?,
-                status_channel,
-            ))),
-        )?;
-        pio.insert(
-            port(layout::I8042_DATA_PORT),
-            port(layout::I8042_CMD_PORT - layout::I8042_DATA_PORT + 1),
-            Arc::new(Mutex::new(I8042::new(EventLine(tx.clone())))),
-        )?;
-        if raw {
-            pio.insert(
-                port(layout::PROBE_PORT),
-                1,
-                Arc::new(Mutex::new(ProbePort::new(probe.clone()))),
-            )?;
+        let key_inputs = warm_key(&config, &cpuid);
+        let key = key_inputs.value();
+        let path = snapshot::path_for(&warm.dir, key);
+        let memory_bytes = config.memory_mib * layout::MIB;
+        let unsuitable = snapshot::unsuitable_marker(&path);
+        if let Ok(why) = std::fs::read_to_string(&unsuitable) {
+            log::debug(format_args!(
+                "no snapshot for this kernel and config ({}): booting cold",
+                why.trim()
+            ));
+            return build(
+                created,
+                &config,
+                &kvm,
+                &cpuid,
+                Begin::Save { path: None, key },
+            );
         }
-        // virtio devices (kernels only), one virtio-mmio slot each, in order.
-        let mut mmio = Bus::new(Space::Mmio);
-        let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
-        let mut virtio_transports = Vec::new();
-        let mut absorbed = Vec::new();
-        if !raw {
-            let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
-            if let Boot::Kernel { shares, .. } = &config.boot {
-                for share in shares {
-                    devices.push(Box::new(fs::Fs::new(share)?));
-                }
-            }
-            if devices.len() > layout::VIRTIO_MMIO_SLOTS as usize {
-                return Err(VmError::TooManyDevices(devices.len()));
-            }
-            for (n, device) in (0u32..).zip(devices) {
-                let (range, gsi) = layout::virtio_mmio_slot(n);
-                let mut transport =
-                    MmioTransport::new(device, mem.clone(), Interrupt::new(irq(gsi)?))?;
-                let notify = EventFd::new(0).map_err(VmError::EventFd)?;
-                vm.register_mmio_ioeventfd(&notify, range.start + regs::QUEUE_NOTIFY)?;
-                transport.set_queue_events(notify);
-                // The guest reads registers from the transport's page with
-                // no exit, and KVM completes the usual acknowledgement (of
-                // a used-buffer interrupt) itself: an interrupt costs the
-                // guest no exit to the VMM (see `Interrupt::ack`).
-                if !vm.map_register_page(range.start, transport.page())? {
-                    log::debug(format_args!(
-                        "KVM has no read-only memory slots: virtio-mmio register reads exit"
-                    ));
-                }
-                let ack = EventFd::new(0).map_err(VmError::EventFd)?;
-                vm.register_mmio_ioeventfd_for(
-                    &ack,
-                    range.start + regs::INTERRUPT_ACK,
-                    virtio::INT_VRING,
-                )?;
-                absorbed.push(ack);
-                let transport = Arc::new(Mutex::new(transport));
-                let len = range.end - range.start;
-                mmio.insert(range.start, len, transport.clone())?;
-                virtio_slots.push(virtio::slot(n));
-                virtio_transports.push(transport);
-            }
-        }
-        let buses = Arc::new(Buses { pio, mmio });
-
-        let entry = match &config.boot {
-            Boot::Kernel {
-                kernel,
-                kind,
-                fallback,
-                initrd,
-                append,
-                ..
-            } => {
-                let cmdline = boot::cmdline::build(append).map_err(boot::BootError::from)?;
-                let mut spec = BootSpec {
-                    kernel,
-                    kind: *kind,
-                    initrd: initrd.as_ref(),
-                    cmdline: &cmdline,
-                    memory_bytes,
-                };
-                let entry = match (boot::load(&mem, &spec), fallback) {
-                    (Ok(entry), _) => entry,
-                    // Only a cache entry that cannot be read or parsed is
-                    // replaced; a too-small guest fails either way.
-                    (
-                        Err(
-                            e @ (boot::BootError::KernelIo { .. }
-                            | boot::BootError::Loader(_)
-                            | boot::BootError::NoPvhEntry
-                            | boot::BootError::NotAKernel(_)),
-                        ),
-                        Some(bzimage),
-                    ) => {
+        match snapshot::open(&path, key, memory_bytes) {
+            Ok(Some(loaded)) => {
+                match build(created, &config, &kvm, &cpuid, Begin::Restore(&loaded)) {
+                    Ok(vm) => return Ok(vm),
+                    Err(e) => {
                         log::warn(format_args!(
-                            "the unpacked kernel {} did not load ({e}); booting {} instead",
-                            kernel.display(),
-                            bzimage.display()
+                            "cannot restore {} ({e}); booting cold and saving a new snapshot",
+                            path.display()
                         ));
-                        let _ = std::fs::remove_file(kernel);
-                        spec.kernel = bzimage;
-                        spec.kind = Some(boot::KernelKind::BzImage);
-                        boot::load(&mem, &spec)?
+                        let _ = std::fs::remove_file(&path);
                     }
-                    (Err(e), _) => return Err(e.into()),
-                };
-                acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
-                entry
+                }
             }
-            Boot::Raw { code } => boot::load_raw(&mem, code)?,
-        };
-
-        let supported_cpuid = kvm.supported_cpuid()?;
-        let xcrs = kvm.has_xcrs();
-        let mut vcpus = Vec::with_capacity(usize::from(cpus));
-        for id in 0..cpus {
-            let handle = vm.create_vcpu(id)?;
-            let setup = VcpuSetup {
-                id,
-                cpus,
-                supported_cpuid: &supported_cpuid,
-                entry: entry_for(id, entry),
-                irqchip: !raw,
-                xcrs,
-            };
-            vcpu::configure(&handle, &setup)?;
-            vcpus.push(VcpuThread::spawn(id, handle, buses.clone(), tx.clone())?);
+            Ok(None) => log::debug(format_args!(
+                "no snapshot {} yet: booting cold and saving one; its key:\n{}",
+                path.display(),
+                key_inputs.text()
+            )),
+            Err(e) => {
+                log::warn(format_args!("{e}; booting cold and saving a new snapshot"));
+                let _ = std::fs::remove_file(&path);
+            }
         }
-        Ok(Vm {
+        build(
             created,
-            timeout: config.timeout,
-            raw,
-            vcpus,
-            events,
-            console,
-            status,
-            probe,
-            _buses: buses,
-            virtio: virtio_transports,
-            _absorbed: absorbed,
-            vm: Some(vm),
-            system_map,
-        })
+            &config,
+            &kvm,
+            &cpuid,
+            Begin::Save {
+                path: Some(path),
+                key,
+            },
+        )
+    }
+}
+
+/// The snapshot key of a warm config: the kernel, the initrd, the command
+/// line, the device count, vCPUs, memory, KVM's CPUID and this kestrel.
+fn warm_key(config: &Config, cpuid: &CpuId) -> snapshot::Key {
+    let mut k = snapshot::Key::new();
+    if let Boot::Kernel {
+        kernel,
+        kind,
+        fallback,
+        initrd,
+        append,
+        shares,
+    } = &config.boot
+    {
+        // Cache entries are named by their content and touched when used:
+        // an unpacked kernel counts by its name and its bzImage's stamp,
+        // kestrel's base initramfs by its name and size.
+        match fallback {
+            Some(bzimage) => {
+                k.add("kernel", &kernel.display().to_string());
+                k.add_file("bzimage", bzimage);
+            }
+            None => k.add_file("kernel", kernel),
+        }
+        k.add("kind", &format!("{kind:?}"));
+        match initrd {
+            Some(boot::Initrd::File(base)) => k.add(
+                "initrd",
+                &format!(
+                    "{} {}",
+                    base.display(),
+                    std::fs::metadata(base).map_or(0, |m| m.len())
+                ),
+            ),
+            Some(boot::Initrd::BaseAndJob { base, job }) => {
+                k.add_file("initrd", base);
+                k.add("job", &format!("{:016x}", snapshot::hash(job)));
+            }
+            None => k.add("initrd", "none"),
+        }
+        k.add("append", append);
+        k.add("virtio-fs devices", &shares.len().to_string());
+    }
+    k.add("cpus", &config.cpus.to_string());
+    k.add("memory", &config.memory_mib.to_string());
+    // What the vCPUs get, not KVM's raw list: that one carries the APIC id
+    // of whichever host CPU answered.
+    let mut entries: Vec<u8> = Vec::new();
+    for id in 0..config.cpus as u8 {
+        let mut c = vcpu::cpuid_for(cpuid, id, config.cpus as u8);
+        let _ = crate::xsave::sanitize(&mut c);
+        entries.extend(c.as_slice().iter().flat_map(|e| e.as_bytes().to_vec()));
+    }
+    k.add("cpuid", &format!("{:016x}", snapshot::hash(&entries)));
+    if let Ok(exe) = std::env::current_exe() {
+        k.add_file("vmm", &exe);
+    }
+    k
+}
+
+/// Builds the VM in the module's order; restoring skips loading the
+/// kernel and ACPI tables (they are in the snapshot's RAM) and sets the
+/// saved state instead of the boot state.
+fn build(
+    created: Instant,
+    config: &Config,
+    kvm: &Kvm,
+    supported_cpuid: &CpuId,
+    begin: Begin<'_>,
+) -> Result<Vm, VmError> {
+    let system_map = match &config.boot {
+        Boot::Kernel {
+            kernel, fallback, ..
+        } => find_system_map(fallback.as_deref().unwrap_or(kernel)),
+        Boot::Raw { .. } => None,
+    };
+    let cpus = config.cpus as u8;
+    let raw = matches!(config.boot, Boot::Raw { .. });
+    let memory_bytes = config.memory_mib * layout::MIB;
+
+    let restore = match &begin {
+        Begin::Restore(loaded) => Some(&loaded.state),
+        _ => None,
+    };
+    if restore.is_some_and(|s| s.vcpus.len() != usize::from(cpus)) {
+        return Err(VmError::Snapshot("it has another vCPU count".into()));
+    }
+    let mem = match &begin {
+        Begin::Restore(loaded) => {
+            let began = Instant::now();
+            let mem = memory::from_snapshot(loaded, memory_bytes)?;
+            log::debug(format_args!(
+                "snapshot RAM ({} MiB) read in {} ms",
+                loaded.state.extents.iter().map(|e| e.len).sum::<u64>() >> 20,
+                began.elapsed().as_millis()
+            ));
+            mem
+        }
+        _ => memory::create(memory_bytes)?,
+    };
+    let vm = kvm.create_vm(&mem)?;
+    if raw {
+        vm.set_tss()?;
+    } else {
+        vm.create_irqchip_and_pit()?;
+    }
+    if let Some(state) = restore {
+        vm.restore_state(&state.vm)?;
+    }
+
+    let (tx, events) = std::sync::mpsc::channel();
+    let irq = |gsi: u32| -> Result<IrqLine, VmError> {
+        if raw {
+            return Ok(IrqLine::none());
+        }
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm.register_irqfd(&evt, gsi)?;
+        Ok(IrqLine::new(evt))
+    };
+    let console_out: Option<Box<dyn Write + Send>> = match &config.console {
+        Console::Stderr => Some(Box::new(std::io::stderr())),
+        Console::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+            VmError::ConsoleFile {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        Console::Discard => None,
+    };
+    let (console_log, console) = ConsoleLog::new(console_out);
+    let (status_channel, status) = StatusChannel::new(tx.clone());
+    let probe = ProbeLog::default();
+
+    let (com1, com2) = match restore {
+        Some(state) => (
+            SerialDevice::from_state(&state.com1, irq(layout::COM1_IRQ)?, console_log)
+                .map_err(VmError::Snapshot)?,
+            SerialDevice::from_state(&state.com2, irq(layout::COM2_IRQ)?, status_channel)
+                .map_err(VmError::Snapshot)?,
+        ),
+        None => (
+            SerialDevice::new(irq(layout::COM1_IRQ)?, console_log),
+            SerialDevice::new(irq(layout::COM2_IRQ)?, status_channel),
+        ),
+    };
+    let (com1, com2) = (Arc::new(Mutex::new(com1)), Arc::new(Mutex::new(com2)));
+    let mut pio = Bus::new(Space::Pio);
+    let port = |p: u16| u64::from(p);
+    pio.insert(
+        port(layout::COM1_PORT),
+        port(layout::SERIAL_PORT_LEN),
+        com1.clone(),
+    )?;
+    pio.insert(
+        port(layout::COM2_PORT),
+        port(layout::SERIAL_PORT_LEN),
+        com2.clone(),
+    )?;
+    pio.insert(
+        port(layout::I8042_DATA_PORT),
+        port(layout::I8042_CMD_PORT - layout::I8042_DATA_PORT + 1),
+        Arc::new(Mutex::new(I8042::new(EventLine(tx.clone())))),
+    )?;
+    if raw {
+        pio.insert(
+            port(layout::PROBE_PORT),
+            1,
+            Arc::new(Mutex::new(ProbePort::new(probe.clone()))),
+        )?;
+    }
+    // virtio devices (kernels only), one virtio-mmio slot each, in order.
+    let mut mmio = Bus::new(Space::Mmio);
+    let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
+    let mut virtio_transports = Vec::new();
+    let mut absorbed = Vec::new();
+    if !raw {
+        let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
+        if let Boot::Kernel { shares, .. } = &config.boot {
+            for share in shares {
+                devices.push(Box::new(fs::Fs::new(share)?));
+            }
+        }
+        if devices.len() > layout::VIRTIO_MMIO_SLOTS as usize {
+            return Err(VmError::TooManyDevices(devices.len()));
+        }
+        for (n, device) in (0u32..).zip(devices) {
+            let (range, gsi) = layout::virtio_mmio_slot(n);
+            let mut transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq(gsi)?))?;
+            let notify = EventFd::new(0).map_err(VmError::EventFd)?;
+            vm.register_mmio_ioeventfd(&notify, range.start + regs::QUEUE_NOTIFY)?;
+            transport.set_queue_events(notify);
+            // The guest reads registers from the transport's page with
+            // no exit, and KVM completes the usual acknowledgement (of
+            // a used-buffer interrupt) itself: an interrupt costs the
+            // guest no exit to the VMM (see `Interrupt::ack`).
+            if !vm.map_register_page(range.start, transport.page())? {
+                log::debug(format_args!(
+                    "KVM has no read-only memory slots: virtio-mmio register reads exit"
+                ));
+            }
+            let ack = EventFd::new(0).map_err(VmError::EventFd)?;
+            vm.register_mmio_ioeventfd_for(
+                &ack,
+                range.start + regs::INTERRUPT_ACK,
+                virtio::INT_VRING,
+            )?;
+            absorbed.push(ack);
+            let transport = Arc::new(Mutex::new(transport));
+            let len = range.end - range.start;
+            mmio.insert(range.start, len, transport.clone())?;
+            virtio_slots.push(virtio::slot(n));
+            virtio_transports.push(transport);
+        }
+    }
+    let buses = Arc::new(Buses { pio, mmio });
+
+    let entry = match &config.boot {
+        // The snapshot's RAM holds the kernel, initrd and ACPI tables.
+        Boot::Kernel { .. } if restore.is_some() => None,
+        Boot::Kernel {
+            kernel,
+            kind,
+            fallback,
+            initrd,
+            append,
+            ..
+        } => {
+            let cmdline = boot::cmdline::build(append).map_err(boot::BootError::from)?;
+            let mut spec = BootSpec {
+                kernel,
+                kind: *kind,
+                initrd: initrd.as_ref(),
+                cmdline: &cmdline,
+                memory_bytes,
+            };
+            let entry = match (boot::load(&mem, &spec), fallback) {
+                (Ok(entry), _) => entry,
+                // Only a cache entry that cannot be read or parsed is
+                // replaced; a too-small guest fails either way.
+                (
+                    Err(
+                        e @ (boot::BootError::KernelIo { .. }
+                        | boot::BootError::Loader(_)
+                        | boot::BootError::NoPvhEntry
+                        | boot::BootError::NotAKernel(_)),
+                    ),
+                    Some(bzimage),
+                ) => {
+                    log::warn(format_args!(
+                        "the unpacked kernel {} did not load ({e}); booting {} instead",
+                        kernel.display(),
+                        bzimage.display()
+                    ));
+                    let _ = std::fs::remove_file(kernel);
+                    spec.kernel = bzimage;
+                    spec.kind = Some(boot::KernelKind::BzImage);
+                    boot::load(&mem, &spec)?
+                }
+                (Err(e), _) => return Err(e.into()),
+            };
+            acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
+            Some(entry)
+        }
+        Boot::Raw { code } => Some(boot::load_raw(&mem, code)?),
+    };
+
+    let xcrs = kvm.has_xcrs();
+    let mut vcpus = Vec::with_capacity(usize::from(cpus));
+    let mut tsc_khz = 0;
+    for id in 0..cpus {
+        let handle = vm.create_vcpu(id)?;
+        let setup = VcpuSetup {
+            id,
+            cpus,
+            supported_cpuid,
+            entry: entry.and_then(|e| entry_for(id, e)),
+            irqchip: !raw,
+            xcrs,
+        };
+        match restore {
+            Some(state) => {
+                vcpu::restore(&handle, &setup, &state.vcpus[usize::from(id)])?;
+                if id == 0 {
+                    check_tsc(state.tsc_khz, handle.tsc_khz())?;
+                }
+            }
+            None => vcpu::configure(&handle, &setup)?,
+        }
+        if id == 0 {
+            tsc_khz = handle.tsc_khz().unwrap_or(0);
+        }
+        vcpus.push(VcpuThread::spawn(id, handle, buses.clone(), tx.clone())?);
+    }
+    let (warm, start, snapshot_at) = match (begin, &config.warm) {
+        (Begin::Cold, _) | (_, None) => (None, Start::Cold, None),
+        (Begin::Restore(_), Some(w)) => (
+            Some(WarmRun {
+                job: w.job.clone(),
+                save: None,
+                sent: false,
+            }),
+            Start::Warm,
+            Some(Instant::now()),
+        ),
+        (Begin::Save { path, key }, Some(w)) => (
+            Some(WarmRun {
+                job: w.job.clone(),
+                save: match path {
+                    Some(path) => Some(SavePlan {
+                        path,
+                        key,
+                        msrs: Arc::new(kvm.msr_index_list()?),
+                        xcrs,
+                        tsc_khz,
+                    }),
+                    None => None,
+                },
+                sent: false,
+            }),
+            Start::ColdUnsaved,
+            None,
+        ),
+    };
+    Ok(Vm {
+        created,
+        timeout: config.timeout,
+        raw,
+        vcpus,
+        events,
+        console,
+        status,
+        probe,
+        _buses: buses,
+        virtio: virtio_transports,
+        _absorbed: absorbed,
+        vm: Some(vm),
+        system_map,
+        com1,
+        com2,
+        mem,
+        warm,
+        start,
+        snapshot_at,
+    })
+}
+
+/// A snapshot made at another TSC frequency would run the guest's clocks
+/// at the wrong rate (KVM here cannot scale it): refuse it when the two
+/// differ by more than 0.1% (one calibration's noise).
+fn check_tsc(saved: u32, now: Option<u32>) -> Result<(), VmError> {
+    match now {
+        Some(now) if saved != 0 && u64::from(saved.abs_diff(now)) * 1000 > u64::from(saved) => {
+            Err(VmError::Snapshot(format!(
+                "it was made with a {saved} kHz TSC, this host's is {now} kHz"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -545,6 +859,9 @@ impl Vm {
         for vcpu in &self.vcpus {
             vcpu.start();
         }
+        if self.start == Start::Warm {
+            self.send_job();
+        }
         // The limit covers building the VM too: `--timeout` is wall-clock.
         let ending = self.wait_for_end(self.created);
         let stopping = Instant::now();
@@ -562,6 +879,18 @@ impl Vm {
             }
         }
 
+        {
+            let left = self
+                .com2
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .input_pending();
+            if left > 0 {
+                log::debug(format_args!(
+                    "COM2: the guest left {left} input bytes unread"
+                ));
+            }
+        }
         let (status, status_at, marks) = {
             let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             (s.status(), s.status_at(), s.marks().to_vec())
@@ -571,6 +900,8 @@ impl Vm {
             (c.panicked(), c.panic_line().map(str::to_string), c.tail())
         };
         Outcome {
+            start: self.start,
+            snapshot_at: self.snapshot_at,
             verdict: Verdict::decide(status, &ending, panicked),
             ending,
             boot: timings::time_to_init(started, &marks),
@@ -585,7 +916,7 @@ impl Vm {
         }
     }
 
-    fn wait_for_end(&self, since: Instant) -> Ending {
+    fn wait_for_end(&mut self, since: Instant) -> Ending {
         let mut deadline = since + self.timeout;
         let mut timeout_ending = Ending::Timeout;
         let mut halted = 0;
@@ -600,6 +931,7 @@ impl Vm {
             };
             match event {
                 VmEvent::ResetRequested => return Ending::Reset,
+                VmEvent::GuestReady => self.on_ready(),
                 VmEvent::StatusReported => {
                     let grace = Instant::now() + STATUS_GRACE;
                     if grace < deadline {
@@ -628,6 +960,152 @@ impl Vm {
                 },
             }
         }
+    }
+
+    /// The init waits for its job: save a snapshot first if this run is to
+    /// make one, then hand the job over.
+    fn on_ready(&mut self) {
+        let Some(warm) = &mut self.warm else {
+            log::warn(format_args!(
+                "the init waits for a job, but this run has none to give (use kestrel's own initramfs, or --warm)"
+            ));
+            return;
+        };
+        if let Some(plan) = warm.save.take() {
+            let began = Instant::now();
+            match self.save_snapshot(&plan) {
+                Ok(bytes) => {
+                    self.start = Start::ColdSaved;
+                    self.snapshot_at = Some(Instant::now());
+                    log::debug(format_args!(
+                        "snapshot {} saved ({} MiB of RAM) in {} ms",
+                        plan.path.display(),
+                        bytes >> 20,
+                        began.elapsed().as_millis()
+                    ));
+                }
+                Err(SaveError::Unsuitable(why)) => {
+                    // Remembered, so later runs neither try nor warn.
+                    let _ = std::fs::write(snapshot::unsuitable_marker(&plan.path), &why);
+                    log::warn(format_args!(
+                        "no snapshot for this kernel and config: {why}; its runs boot cold"
+                    ));
+                }
+                Err(SaveError::Failed(why)) => log::warn(format_args!(
+                    "no snapshot saved ({why}); this run goes on cold"
+                )),
+            }
+        }
+        self.send_job();
+    }
+
+    /// The job header and spec, into COM2's receive side (once).
+    fn send_job(&mut self) {
+        let Some(warm) = &mut self.warm else { return };
+        if std::mem::replace(&mut warm.sent, true) {
+            return;
+        }
+        let realtime_ns = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let header = JobHeader {
+            len: warm.job.len() as u32,
+            realtime_ns,
+            seed: host_seed(),
+        };
+        log::debug(format_args!("job: {} bytes over COM2", warm.job.len()));
+        let mut bytes = header.line().into_bytes();
+        bytes.extend_from_slice(warm.job.as_bytes());
+        self.com2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue_input(&bytes);
+    }
+
+    /// Pauses every vCPU, saves the VM into `plan.path`, resumes them;
+    /// the vCPUs run again whatever happened. The RAM bytes written.
+    fn save_snapshot(&self, plan: &SavePlan) -> Result<u64, SaveError> {
+        let paused = self.pause_vcpus().map_err(SaveError::Failed);
+        let result = paused.and_then(|()| self.write_snapshot(plan));
+        for vcpu in &self.vcpus {
+            vcpu.resume();
+        }
+        result
+    }
+
+    fn pause_vcpus(&self) -> Result<(), String> {
+        let limit = Instant::now() + STOP_LIMIT;
+        for vcpu in &self.vcpus {
+            loop {
+                vcpu.request_pause();
+                match vcpu.reply(KICK_INTERVAL) {
+                    Some(Reply::Paused) => break,
+                    Some(Reply::Saved(_)) => {}
+                    None if vcpu.finished() => {
+                        return Err(format!("vCPU {} stopped", vcpu.id));
+                    }
+                    None if Instant::now() >= limit => {
+                        return Err(format!("vCPU {} did not pause", vcpu.id));
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_snapshot(&self, plan: &SavePlan) -> Result<u64, SaveError> {
+        // Only the UARTs' state is saved: a device a driver has set up
+        // (virtio_mmio built into the kernel) makes the point unsuitable.
+        for t in &self.virtio {
+            if !t
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_pristine()
+            {
+                return Err(SaveError::Unsuitable(
+                    "the kernel set up a virtio device before its init ran (virtio_mmio built in)"
+                        .into(),
+                ));
+            }
+        }
+        self.write_state(plan).map_err(SaveError::Failed)
+    }
+
+    fn write_state(&self, plan: &SavePlan) -> Result<u64, String> {
+        let mut vcpus: Vec<VcpuState> = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &self.vcpus {
+            vcpu.request_save(plan.msrs.clone(), plan.xcrs);
+            match vcpu.reply(STOP_LIMIT) {
+                Some(Reply::Saved(Ok(state))) => vcpus.push(*state),
+                Some(Reply::Saved(Err(e))) => return Err(format!("vCPU {}: {e}", vcpu.id)),
+                _ => return Err(format!("vCPU {} did not answer", vcpu.id)),
+            }
+        }
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or("the VM is gone")?
+            .save_state()
+            .map_err(|e| e.to_string())?;
+        let serial = |d: &Arc<Mutex<SerialDevice<ConsoleLog>>>| {
+            d.lock().unwrap_or_else(PoisonError::into_inner).state()
+        };
+        let mut state = snapshot::State {
+            key: plan.key,
+            tsc_khz: plan.tsc_khz,
+            memory_bytes: self.mem.iter().map(vm_memory::GuestMemoryRegion::len).sum(),
+            vm,
+            com1: serial(&self.com1),
+            com2: self
+                .com2
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .state(),
+            vcpus,
+            extents: Vec::new(),
+        };
+        snapshot::write(&plan.path, &mut state, &self.mem).map_err(|e| e.to_string())
     }
 
     /// Stops every vCPU: flag + repeated kicks until each thread is done.
@@ -662,6 +1140,43 @@ impl Vm {
     }
 }
 
+/// Fresh random bytes for the guest kernel's random pool (see
+/// [`JobHeader::seed`]): from `getrandom(2)`, else `/dev/urandom`, else a
+/// hash of the time and pid, which at least differs between runs. Never
+/// fails.
+fn host_seed() -> [u8; kestrel_initramfs::job::SEED_BYTES] {
+    use std::hash::{Hash as _, Hasher as _};
+    use std::io::Read as _;
+
+    let mut seed = [0u8; kestrel_initramfs::job::SEED_BYTES];
+    // SAFETY: `seed` is valid and writable for `seed.len()` bytes, and
+    // getrandom writes at most that many.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if usize::try_from(got) == Ok(seed.len()) {
+        return seed;
+    }
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .is_ok()
+    {
+        return seed;
+    }
+    log::warn(format_args!(
+        "no random bytes from getrandom or /dev/urandom; the guest's seed is a hash of time and pid"
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, chunk) in (0u64..).zip(seed.chunks_mut(8)) {
+        // Fixed keys: no randomness needed (RandomState would ask the OS).
+        let mut hasher = std::hash::DefaultHasher::new();
+        (now, std::process::id(), Instant::now(), i).hash(&mut hasher);
+        let bytes = hasher.finish().to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    seed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,6 +1188,7 @@ mod tests {
             memory_mib: 64,
             timeout: Duration::from_secs(5),
             console: Console::Discard,
+            warm: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn config(code: Vec<u8>, cpus: u32, timeout: Duration) -> Config {
         memory_mib: 32,
         timeout,
         console: Console::Discard,
+        warm: None,
     }
 }
 

@@ -46,6 +46,7 @@ const TWO_CPUS_THEN_EXIT_3: &str = "read o < /sys/devices/system/cpu/online; \
 #[derive(Debug)]
 struct Run {
     code: i32,
+    stdout: String,
     stderr: String,
     wall: Duration,
     console: String,
@@ -80,6 +81,11 @@ impl Run {
 
 /// `kestrel run --kernel <kernel> <args…>` with the console in a file.
 fn kestrel_run(kernel: &str, args: &[&str]) -> Run {
+    kestrel_run_env(kernel, args, &[])
+}
+
+/// [`kestrel_run`] with extra environment variables.
+fn kestrel_run_env(kernel: &str, args: &[&str], env: &[(&str, &std::path::Path)]) -> Run {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let console =
@@ -89,11 +95,13 @@ fn kestrel_run(kernel: &str, args: &[&str]) -> Run {
         .args(["run", "--kernel", kernel, "--console"])
         .arg(&console)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .output()
         .expect("kestrel runs");
     let wall = started.elapsed();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         wall,
         console: std::fs::read_to_string(&console).unwrap_or_default(),
@@ -290,6 +298,98 @@ fn a_damaged_unpacked_kernel_falls_back_to_the_bzimage() {
     run.expect(3, "debian:6.1 with a damaged unpacked kernel");
     let run = boot_sh("6.1-pvh-again", "debian:6.1", &["--entry", "pvh"], "exit 3");
     run.expect(3, "debian:6.1 --entry pvh after the damage");
+}
+
+/// Warm starts (issue 12): the first `--warm` run boots cold and saves a
+/// snapshot where the init waits for its job, later runs restore it (one
+/// snapshot per vCPU count); a restored guest gets fresh randomness and the
+/// host's time; a truncated or damaged snapshot means a cold boot that
+/// saves a new one, never a failed run.
+#[test]
+fn warm_starts_restore_a_snapshot_and_survive_damage() {
+    if prerequisites("6.1").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KESTREL_SNAPSHOT_DIR", dir.path())];
+    let script = "head -c 16 /dev/urandom | od -An -tx1; date +%s; exit 3";
+    let warm = |label: &str, cpus: &str, script: &str| {
+        let run = kestrel_run_env(
+            "debian:6.1",
+            &[
+                "--warm", "--timings", "--cpus", cpus, "--timeout", BOOT_LIMIT, "--pack", "sh",
+                "--", "sh", "-c", script,
+            ],
+            &env,
+        );
+        let (boot, total) = run.times();
+        eprintln!(
+            "boot-time 6.1-warm {label}: boot={} ms total={} ms wall={} ms",
+            boot.map_or("-".into(), |b| b.to_string()),
+            total.map_or("-".into(), |t| t.to_string()),
+            run.wall.as_millis()
+        );
+        run.expect(3, label);
+        run
+    };
+    let saved = |run: &Run| run.stderr.contains("kestrel: phase snapshot-saved");
+    let restored = |run: &Run| run.stderr.contains("kestrel: phase snapshot-restored");
+
+    let first = warm("first", "1", script);
+    assert!(saved(&first), "the first warm run saves:\n{}", first.stderr);
+    let second = warm("second", "1", script);
+    assert!(restored(&second), "the second restores:\n{}", second.stderr);
+    let third = warm("third", "1", script);
+    assert!(restored(&third));
+    let random = |run: &Run| run.stdout.lines().next().unwrap_or_default().to_string();
+    assert_ne!(random(&second), random(&third), "same randomness in two restores");
+    let guest_time: u64 = third.stdout.lines().nth(1).unwrap().trim().parse().unwrap();
+    let host_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        host_time.abs_diff(guest_time) < 60,
+        "guest clock {guest_time}, host {host_time}"
+    );
+
+    // Two vCPUs: a snapshot of their own, both online after the restore.
+    let smp = warm("2 vCPUs first", "2", TWO_CPUS_THEN_EXIT_3);
+    assert!(saved(&smp));
+    let smp = warm("2 vCPUs restored", "2", TWO_CPUS_THEN_EXIT_3);
+    assert!(restored(&smp), "{}", smp.stderr);
+
+    // Damage: truncated, then a flipped state byte; each time a cold boot
+    // saves a good one again.
+    let snapshots = || -> Vec<PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+            .collect()
+    };
+    assert_eq!(snapshots().len(), 2, "one per vCPU count");
+    for snap in snapshots() {
+        let len = std::fs::metadata(&snap).unwrap().len();
+        std::fs::File::options()
+            .write(true)
+            .open(&snap)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    }
+    let run = warm("truncated", "1", script);
+    assert!(saved(&run), "a truncated snapshot is replaced:\n{}", run.stderr);
+    assert!(restored(&warm("after truncation", "1", script)));
+    for snap in snapshots() {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options().write(true).open(&snap).unwrap();
+        f.write_all_at(&[0xa5; 16], 200).unwrap();
+    }
+    let run = warm("damaged", "1", script);
+    assert!(saved(&run), "a damaged snapshot is replaced:\n{}", run.stderr);
+    assert!(restored(&warm("after damage", "1", script)));
 }
 
 #[test]

@@ -167,6 +167,19 @@ fn boot(args: &BootArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("boot-initrd.cpio");
     write_true_initrd(&base, &initrd)?;
+    let job_spec = dir.join("boot-job.spec");
+    std::fs::write(&job_spec, true_job().render())?;
+    let warm = Warm {
+        base: &base,
+        job_spec: &job_spec,
+    };
+    // The first warm boot is cold and saves the snapshot: not a sample.
+    let first = run_kestrel(&kestrel, "auto", &kernel.image, &initrd, Some(&warm))
+        .context("the first warm boot (which saves the snapshot) failed")?;
+    println!(
+        "kestrel-warm first run (boots cold, saves the snapshot): {:.0} ms",
+        ms(first.wall)
+    );
 
     tools::step(format!(
         "bench boot: {} ({}), {} runs each, alternating",
@@ -179,7 +192,10 @@ fn boot(args: &BootArgs) -> Result<()> {
     for run in 0..args.runs {
         for (i, vmm) in VMMS.iter().enumerate() {
             let sample = match vmm {
-                Vmm::Kestrel(entry) => run_kestrel(&kestrel, entry, &kernel.image, &initrd),
+                Vmm::Kestrel(entry) => run_kestrel(&kestrel, entry, &kernel.image, &initrd, None),
+                Vmm::KestrelWarm => {
+                    run_kestrel(&kestrel, "auto", &kernel.image, &initrd, Some(&warm))
+                }
                 Vmm::Qemu(machine) => run_qemu(&qemu, *machine, &kernel.image, &initrd),
             };
             // A failed boot is counted and reported, never timed.
@@ -222,13 +238,14 @@ fn boot(args: &BootArgs) -> Result<()> {
     }
     print!("{}", phase_table(&samples));
     let wall = |i: usize| median(&mut samples[i].iter().map(|s| s.wall).collect::<Vec<_>>());
-    let (bz, auto, microvm, pc) = (wall(0), wall(1), wall(2), wall(3));
+    let (bz, auto, warm, microvm, pc) = (wall(0), wall(1), wall(2), wall(3), wall(4));
     println!(
-        "ratio kestrel/qemu-microvm = {:.2}, kestrel/qemu-pc = {:.2}, kestrel-bzimage/qemu-microvm = {:.2} \
-         (boot to power-off, medians; below 1: kestrel is faster)",
+        "ratio kestrel/qemu-microvm = {:.2}, kestrel/qemu-pc = {:.2}, kestrel-bzimage/qemu-microvm = {:.2}, \
+         kestrel-warm/qemu-microvm = {:.2} (boot to power-off, medians; below 1: kestrel is faster)",
         ms(auto) / ms(microvm),
         ms(auto) / ms(pc),
-        ms(bz) / ms(microvm)
+        ms(bz) / ms(microvm),
+        ms(warm) / ms(microvm)
     );
     println!("kestrel command line: kestrel's default; QEMU: {QEMU_APPEND}");
     Ok(())
@@ -244,20 +261,32 @@ pub fn true_base(kernel: &kestrel_kernels::Kernel) -> Result<PathBuf> {
     })
 }
 
-/// `base` plus the job: run `/bin/true`, status on COM2 (`/dev/ttyS1`).
-pub fn write_true_initrd(base: &Path, out: &Path) -> Result<()> {
-    let job = Spec {
+/// The boot bench's job: run `/bin/true`, status on COM2 (`/dev/ttyS1`).
+fn true_job() -> Spec {
+    Spec {
         argv: vec!["/bin/true".into()],
         status: Some(Dest::Path("/dev/ttyS1".into())),
         ..Spec::default()
-    };
-    guest::initrd_with_job(base, &job, out)
+    }
+}
+
+/// `base` plus the job of [`true_job`].
+pub fn write_true_initrd(base: &Path, out: &Path) -> Result<()> {
+    guest::initrd_with_job(base, &true_job(), out)
+}
+
+/// A warm kestrel boot: the base archive alone, the job handed over COM2.
+struct Warm<'a> {
+    base: &'a Path,
+    job_spec: &'a Path,
 }
 
 /// A VMM column of the boot bench.
 enum Vmm {
     /// kestrel with this `--entry`.
     Kestrel(&'static str),
+    /// kestrel restoring a snapshot (`--warm`), default entry.
+    KestrelWarm,
     /// QEMU-KVM on this machine type.
     Qemu(Machine),
 }
@@ -267,6 +296,7 @@ impl Vmm {
         match self {
             Vmm::Kestrel("bzimage") => "kestrel-bzimage",
             Vmm::Kestrel(_) => "kestrel",
+            Vmm::KestrelWarm => "kestrel-warm",
             Vmm::Qemu(Machine::Microvm) => "qemu-microvm",
             Vmm::Qemu(Machine::Pc) => "qemu-pc",
         }
@@ -275,18 +305,22 @@ impl Vmm {
 
 /// The columns, in the order they run: kestrel entering the bzImage as it is
 /// (the guest decompresses itself, as under QEMU), kestrel's default (the
-/// kernel unpacked once on the host, PVH entry), QEMU microvm and pc.
-const VMMS: [Vmm; 4] = [
+/// kernel unpacked once on the host, PVH entry), kestrel restoring the
+/// snapshot of that boot where the init waits for its job (made by an
+/// untimed first run), QEMU microvm and pc.
+const VMMS: [Vmm; 5] = [
     Vmm::Kestrel("bzimage"),
     Vmm::Kestrel("auto"),
+    Vmm::KestrelWarm,
     Vmm::Qemu(Machine::Microvm),
     Vmm::Qemu(Machine::Pc),
 ];
 
 /// The marks of the phase table, in order: the init's phases, the status
 /// line, the end of the process.
-const TABLE_MARKS: [&str; 7] = [
+const TABLE_MARKS: [&str; 8] = [
     "init",
+    "job",
     "modules",
     "root",
     "command",
@@ -386,14 +420,26 @@ fn timing_line(line: &str) -> Option<(String, Duration, Option<Duration>)> {
     Some((name, at?, uptime))
 }
 
-fn run_kestrel(kestrel: &Path, entry: &str, kernel: &Path, initrd: &Path) -> Result<Sample> {
+fn run_kestrel(
+    kestrel: &Path,
+    entry: &str,
+    kernel: &Path,
+    initrd: &Path,
+    warm: Option<&Warm<'_>>,
+) -> Result<Sample> {
+    let mut cmd = Command::new(kestrel);
+    cmd.arg("run").arg("--kernel").arg(kernel);
+    match warm {
+        Some(w) => cmd
+            .arg("--initrd")
+            .arg(w.base)
+            .arg("--warm")
+            .arg("--job-spec")
+            .arg(w.job_spec),
+        None => cmd.arg("--initrd").arg(initrd),
+    };
     let start = Instant::now();
-    let out = Command::new(kestrel)
-        .arg("run")
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
+    let out = cmd
         .args([
             "--entry",
             entry,

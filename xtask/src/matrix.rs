@@ -16,7 +16,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use kestrel_kernels::{Cache, Fetch, KernelSpec};
 use kestrel_scenarios::matrix::{normalise_snapshots, Column, Matrix, PlannedRow};
-use kestrel_scenarios::{run_suite, KestrelBinary, Session, SuiteOptions};
+use kestrel_scenarios::{run_suite, Session, SuiteOptions};
 
 use crate::rig::{self, RigArgs};
 use crate::{guest, paths, tools};
@@ -50,6 +50,12 @@ pub struct MatrixArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// Boot every cell cold. By default a case starts from a snapshot of
+    /// its kernel booted to where the init waits for its job (`kestrel run
+    /// --warm`; the first case of each kernel, vCPU count, memory and device
+    /// count boots cold and saves it).
+    #[arg(long)]
+    pub cold: bool,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -106,6 +112,7 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
+        cold: args.cold,
     }
     .argv()?;
     let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 600), 2, &|| false)?;
@@ -189,7 +196,7 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
     let (run_id, wall_ms, results) = if planned_here.is_empty() {
         (String::from("none"), 0, Vec::new())
     } else {
-        let summary = run_suite(&options, &KestrelBinary::new(kestrel))?;
+        let summary = run_suite(&options, &crate::test::backend(kestrel, args.cold))?;
         eprint!("{}", summary.table);
         (
             summary.run_id.clone(),

@@ -267,6 +267,12 @@ fn rig_env() -> Vec<String> {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     env.push("KESTREL_RIG=1".into());
+    // VM snapshots (`kestrel run --warm`) in L1's own tmpfs: read at every
+    // restore, they are much faster there than on the virtio-fs share, and
+    // L1 is a new machine each time (its TSC may differ from the last one's).
+    if !env.iter().any(|e| e.starts_with("KESTREL_SNAPSHOT_DIR=")) {
+        env.push("KESTREL_SNAPSHOT_DIR=/tmp/kestrel-snapshots".into());
+    }
     env.sort();
     env
 }

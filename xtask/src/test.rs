@@ -38,6 +38,12 @@ pub struct TestArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// Boot every case cold. By default a case starts from a snapshot of
+    /// its kernel booted to where the init waits for its job (`kestrel run
+    /// --warm`; the first case of each kernel, vCPU count, memory and device
+    /// count boots cold and saves it).
+    #[arg(long)]
+    pub cold: bool,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -70,7 +76,7 @@ pub fn run(args: &TestArgs) -> Result<bool> {
     options.retries = args.retries;
     options.per_kernel_snapshots = args.per_kernel;
     options.junit = args.junit.clone();
-    let summary = run_suite(&options, &KestrelBinary::new(kestrel))?;
+    let summary = run_suite(&options, &backend(kestrel, args.cold))?;
     eprint!("{}", summary.table);
     eprintln!(
         "scenarios: {} passed, {} failed ({:.1} s; artifacts in {})",
@@ -88,6 +94,15 @@ pub fn run(args: &TestArgs) -> Result<bool> {
         summary.run_dir.display()
     );
     Ok(summary.passed())
+}
+
+/// The scenarios' backend: `kestrel` with `--warm` unless `cold`.
+pub fn backend(kestrel: PathBuf, cold: bool) -> KestrelBinary {
+    let mut backend = KestrelBinary::new(kestrel);
+    if !cold {
+        backend.extra_args.push("--warm".into());
+    }
+    backend
 }
 
 /// Scenarios run the host's own tools in the guest (the host's `/` is the
@@ -117,6 +132,7 @@ pub struct HereCmd<'a> {
     pub jobs: Option<usize>,
     pub retries: u32,
     pub update: bool,
+    pub cold: bool,
 }
 
 impl HereCmd<'_> {
@@ -140,6 +156,9 @@ impl HereCmd<'_> {
         if self.update {
             cmd.push("--update".into());
         }
+        if self.cold {
+            cmd.push("--cold".into());
+        }
         Ok(cmd)
     }
 }
@@ -153,6 +172,7 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
+        cold: args.cold,
     }
     .argv()?;
     if args.per_kernel {

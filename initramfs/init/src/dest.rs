@@ -139,6 +139,13 @@ impl Dests {
         self.port_wait = Duration::ZERO;
     }
 
+    /// Takes `file`, already open on `dest` (the status UART a warm start
+    /// received its job on), as that destination's one opening: later
+    /// [`Dests::open`]s of `dest` get a duplicate of it.
+    pub fn adopt(&mut self, dest: Dest, file: File) {
+        self.opened.push((dest, file));
+    }
+
     /// Opens `dest` for writing (close-on-exec); `role` names it in errors.
     pub fn open(&mut self, dest: &Dest, role: &str) -> Result<File, InitError> {
         if let Some((_, file)) = self.opened.iter().find(|(d, _)| d == dest) {
@@ -315,6 +322,24 @@ mod tests {
             std::fs::read_to_string(dev.join("vport1p1")).unwrap(),
             "out err"
         );
+    }
+
+    #[test]
+    fn an_adopted_destination_is_not_opened_again() {
+        let dir = TestDir::new("adopt");
+        let path = dir.path().join("ttyS1");
+        std::fs::write(&path, "").unwrap();
+        let dest = Dest::Path(path.display().to_string());
+        let mut dests = Dests::with_dirs(dir.path(), dir.path(), Duration::ZERO, None);
+        dests.adopt(
+            dest.clone(),
+            std::fs::File::options().append(true).open(&path).unwrap(),
+        );
+        // Gone from the file system: only the adopted descriptor can reach it.
+        std::fs::remove_file(&path).unwrap();
+        let mut status = dests.open(&dest, "status").unwrap();
+        status.write_all(b"x").unwrap();
+        assert_eq!(dests.opened.len(), 1);
     }
 
     #[test]

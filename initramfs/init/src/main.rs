@@ -1,5 +1,6 @@
-//! Kestrel's guest init (PID 1): mounts the basics, reads the job spec,
-//! loads modules, opens the output and status channels, prepares the
+//! Kestrel's guest init (PID 1): mounts the basics, reads the job spec
+//! (from the initramfs, or in a warm start over the status UART), loads
+//! modules, opens the output and status channels, prepares the
 //! command's root, runs the command, reports one `KESTREL-STATUS` line and
 //! powers the VM off.
 //!
@@ -10,6 +11,7 @@
 
 mod dest;
 mod error;
+mod jobwait;
 mod kmsg;
 mod modules;
 mod mounts;
@@ -62,15 +64,29 @@ fn boot() -> Result<Status, InitError> {
     mounts::make_dev_links()?;
     report::phase(Phase::Init);
 
-    // 2. The job.
-    let spec = spec::load(Path::new("/"))?;
+    // 2. The job: in the initramfs, or (the base archive booted alone, a
+    //    warm start) over the status UART, which is then already the status
+    //    channel.
+    let (spec, job_channel) = match spec::load(Path::new("/"))? {
+        spec::Loaded::Job(spec) => (spec, None),
+        spec::Loaded::BaseOnly(mut spec) => {
+            let tty = jobwait::receive_on_uart(&mut spec)?;
+            (spec, Some(tty))
+        }
+    };
 
     // 3. Modules; the uevent listener for virtio ports must predate them.
     //    A status channel that needs no module (a UART) is opened first, so
-    //    the host sees the phases as they happen.
+    //    the host sees the phases as they happen; the job's UART is kept.
     let mut dests = dest::Dests::new(&spec);
+    let mut status_open = false;
+    if let Some(tty) = job_channel {
+        let uart = Dest::Path(report::FALLBACK_PATH.to_string());
+        status_open = spec.status.as_ref() == Some(&uart);
+        dests.adopt(uart, tty);
+    }
     let early_status = !matches!(spec.status, Some(Dest::VirtioPort(_)));
-    if early_status {
+    if early_status && !status_open {
         open_status(&mut dests, &spec, Ok(()))?;
     }
     let loaded = modules::load_all(&spec.modules);

@@ -3,7 +3,8 @@
 //! Owns the status channel. Invariant: at most one status line is written
 //! per boot (the first [`report`] wins; a panic after it cannot overwrite
 //! the verdict). Until the spec names a channel, reports go to
-//! [`FALLBACK_PATH`]. State lives in atomics so the panic hook never waits
+//! [`FALLBACK_PATH`] (a warm start makes that UART the channel while it
+//! waits for its job, `jobwait.rs`). State lives in atomics so the panic hook never waits
 //! on a lock. Phase marks ([`phase`]) go on the same channel before the
 //! status line; those made before the channel is chosen wait in memory and
 //! are sent, with the uptime they were made at, when it is.

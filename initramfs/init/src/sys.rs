@@ -165,6 +165,85 @@ pub fn tcdrain(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts the tty `fd` in raw mode for a byte protocol: `cfmakeraw` (no
+/// echo, no line editing, no signals, no CR/NL or flow-control translation,
+/// 8 bits), `CLOCAL | CREAD`, and a read returns as soon as one byte is
+/// there (`VMIN = 1`, `VTIME = 0`). Input received before the change is
+/// discarded (`TCSAFLUSH`).
+pub fn make_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: termios is plain data; all-zero is a valid value, and
+    // tcgetattr overwrites it.
+    let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `tio` is a valid, writable termios for the call's duration.
+    retry(|| unsafe { libc::tcgetattr(fd, &mut tio) })?;
+    // SAFETY: `tio` is a valid termios; cfmakeraw only edits its fields.
+    unsafe { libc::cfmakeraw(&mut tio) };
+    tio.c_cflag |= libc::CLOCAL | libc::CREAD;
+    tio.c_cc[libc::VMIN] = 1;
+    tio.c_cc[libc::VTIME] = 0;
+    // SAFETY: `tio` is a valid termios the kernel only reads.
+    retry(|| unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &tio) })?;
+    Ok(())
+}
+
+/// Sets `CLOCK_REALTIME` to `ns` nanoseconds since the epoch.
+pub fn set_realtime_ns(ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(ns / 1_000_000_000)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?,
+        // Below 10^9, so it fits every `c_long`.
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec the kernel only reads.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })?;
+    Ok(())
+}
+
+/// `RNDADDENTROPY` from `linux/random.h`: `_IOW('R', 0x03, int[2])`.
+pub const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
+/// `RNDRESEEDCRNG` from `linux/random.h`: `_IO('R', 0x07)` (Linux 4.17+).
+pub const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
+
+/// How many random bytes [`rand_pool_info`] carries: a job header's seed.
+pub const POOL_SEED_BYTES: usize = kestrel_initramfs::job::SEED_BYTES;
+/// The size of the `struct rand_pool_info` that [`rand_pool_info`] builds.
+pub const RAND_POOL_INFO_BYTES: usize = 8 + POOL_SEED_BYTES;
+
+/// A `struct rand_pool_info` (`linux/random.h`) as bytes, crediting every
+/// bit of `seed`: `int entropy_count` (in bits), `int buf_size` (in bytes),
+/// both native-endian, then the bytes of `seed` as `buf`.
+pub fn rand_pool_info(seed: &[u8; POOL_SEED_BYTES]) -> [u8; RAND_POOL_INFO_BYTES] {
+    // Both are 32 and 256: far below `i32::MAX`.
+    let bytes = POOL_SEED_BYTES as i32;
+    let bits = 8 * bytes;
+    let mut info = [0u8; RAND_POOL_INFO_BYTES];
+    info[..4].copy_from_slice(&bits.to_ne_bytes());
+    info[4..8].copy_from_slice(&bytes.to_ne_bytes());
+    info[8..].copy_from_slice(seed);
+    info
+}
+
+/// `ioctl(fd, RNDADDENTROPY, info)` on a random device: mixes the bytes of
+/// `info` (built by [`rand_pool_info`]) into the kernel's input pool and
+/// credits their entropy. Needs `CAP_SYS_ADMIN`.
+pub fn add_entropy(fd: RawFd, info: &[u8; RAND_POOL_INFO_BYTES]) -> io::Result<()> {
+    // SAFETY: `info` is a whole rand_pool_info whose `buf_size` is the
+    // number of bytes that follow its header (rand_pool_info builds it so);
+    // the kernel only reads it, during the call. It copies the header with
+    // copy_from_user, so the byte array's alignment does not matter.
+    check(unsafe { libc::ioctl(fd, RNDADDENTROPY, info.as_ptr()) })?;
+    Ok(())
+}
+
+/// `ioctl(fd, RNDRESEEDCRNG)` on a random device: re-keys the kernel's
+/// CRNG from its input pool now rather than at the next timed reseed.
+/// Needs `CAP_SYS_ADMIN`.
+pub fn reseed_crng(fd: RawFd) -> io::Result<()> {
+    // SAFETY: RNDRESEEDCRNG takes no argument and touches no user memory.
+    check(unsafe { libc::ioctl(fd, RNDRESEEDCRNG) })?;
+    Ok(())
+}
+
 /// `fsync(2)`.
 pub fn fsync(fd: RawFd) -> io::Result<()> {
     // SAFETY: fsync takes no pointers.
@@ -377,4 +456,43 @@ pub fn child_execve(path: &CStr, argv: &CStringArray, envp: &CStringArray) -> io
 pub fn exit_now(code: libc::c_int) -> ! {
     // SAFETY: _exit never returns and touches no user-space state.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_linux_random_h() {
+        // _IOC(dir, type, nr, size) = dir << 30 | size << 16 | type << 8 | nr
+        const IOC_WRITE: libc::Ioctl = 1;
+        let rnd = libc::Ioctl::from(b'R');
+        let int2 = (2 * std::mem::size_of::<libc::c_int>()) as libc::Ioctl;
+        assert_eq!(
+            RNDADDENTROPY,
+            IOC_WRITE << 30 | int2 << 16 | rnd << 8 | 0x03
+        );
+        assert_eq!(RNDRESEEDCRNG, rnd << 8 | 0x07);
+    }
+
+    #[test]
+    fn rand_pool_info_layout() {
+        let seed: [u8; POOL_SEED_BYTES] = std::array::from_fn(|i| 0xa0 ^ i as u8);
+        let info = rand_pool_info(&seed);
+        // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+        assert_eq!(
+            RAND_POOL_INFO_BYTES,
+            2 * std::mem::size_of::<libc::c_int>() + 32
+        );
+        assert_eq!(info.len(), 40);
+        let int_at = |at: usize| i32::from_ne_bytes(info[at..at + 4].try_into().unwrap());
+        assert_eq!(int_at(0), 256, "entropy_count in bits");
+        assert_eq!(int_at(4), 32, "buf_size in bytes");
+        assert_eq!(&info[8..], &seed[..]);
+        // buf is __u32 words: a whole number of them.
+        assert_eq!(POOL_SEED_BYTES % 4, 0);
+        // x86 is little-endian: the exact bytes the kernel reads.
+        #[cfg(target_endian = "little")]
+        assert_eq!(info[..8], [0, 1, 0, 0, 32, 0, 0, 0]);
+    }
 }

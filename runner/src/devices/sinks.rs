@@ -12,7 +12,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use kestrel_initramfs::job::{PhaseMark, Status};
+use kestrel_initramfs::job::{PhaseMark, Status, READY_LINE};
 
 use crate::event::VmEvent;
 
@@ -137,6 +137,8 @@ pub struct StatusState {
     reported: bool,
     status_at: Option<Instant>,
     marks: Vec<(PhaseMark, Instant)>,
+    /// The init's `KESTREL-READY` arrived (it counts once).
+    ready: bool,
 }
 
 impl StatusState {
@@ -160,23 +162,29 @@ impl StatusState {
         &self.marks
     }
 
-    /// A line ended at the end of `bytes`: record a phase mark or a status.
-    fn line_done(&mut self, now: Instant) -> bool {
+    /// A line ended at the end of `bytes`: record a phase mark or a
+    /// status; the event it is worth, if any.
+    fn line_done(&mut self, now: Instant) -> Option<VmEvent> {
         let line = &self.bytes[self.line_start..];
         self.line_start = self.bytes.len();
         let text = String::from_utf8_lossy(line);
-        if let Some(mark) = PhaseMark::parse_line(text.trim_end_matches('\n')) {
+        let text = text.trim_end_matches('\n');
+        if let Some(mark) = PhaseMark::parse_line(text) {
             if self.marks.len() < MAX_MARKS {
                 self.marks.push((mark, now));
             }
-            return false;
+            return None;
+        }
+        if text == READY_LINE && !self.ready {
+            self.ready = true;
+            return Some(VmEvent::GuestReady);
         }
         if !self.reported && Status::find_in(line).is_some() {
             self.reported = true;
             self.status_at = Some(now);
-            return true;
+            return Some(VmEvent::StatusReported);
         }
-        false
+        None
     }
 }
 
@@ -210,8 +218,10 @@ impl Write for StatusChannel {
             state
                 .bytes
                 .extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if chunk.ends_with(b"\n") && state.line_done(now) {
-                let _ = self.events.send(VmEvent::StatusReported);
+            if chunk.ends_with(b"\n") {
+                if let Some(event) = state.line_done(now) {
+                    let _ = self.events.send(event);
+                }
             }
         }
         Ok(buf.len())

@@ -269,6 +269,12 @@ impl MmioTransport {
     /// Notifies arrive on `events` (a KVM ioeventfd on the notify register,
     /// at [`regs::QUEUE_NOTIFY`]) instead of as register writes; the device
     /// gets a clone in [`Activation::queue_events`].
+    /// Whether no driver has touched the device since it was made or reset
+    /// (status 0, not active): then it has no state worth a snapshot.
+    pub fn is_pristine(&self) -> bool {
+        self.status == 0 && !self.active
+    }
+
     pub fn set_queue_events(&mut self, events: EventFd) {
         self.queue_events = Some(events);
     }

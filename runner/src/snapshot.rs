@@ -1,0 +1,774 @@
+//! VM snapshots for warm starts (`kestrel run --warm`).
+//!
+//! A warm run boots kestrel's base initramfs without a job archive: the
+//! init mounts the basics, says `KESTREL-READY` on COM2 and waits there for
+//! its job. At that moment (before any virtio driver has touched a device,
+//! so no device but the two UARTs has state) the VM is paused and saved
+//! into one file; this run and every later run with the same [`Key`]
+//! continue from it and hand the job over COM2.
+//!
+//! File layout (`<snapshot dir>/<key>.snap`, written to a temporary name
+//! and renamed, so a reader sees a whole file or none):
+//! ```text
+//! 0    magic "KSTRLSNP", format u32, state length u32, state checksum u64,
+//!      memory offset u64, memory length u64          (little-endian)
+//! 64   state: key, TSC kHz, guest RAM size, VM state (PIT, kvmclock, PICs,
+//!      IOAPIC), both UARTs, each vCPU (MP state, registers, XSAVE, XCRs,
+//!      debug registers, LAPIC, events, MSRs)
+//! off  guest RAM, regions back to back, holes where RAM is zero (sparse)
+//! ```
+//! Invariants: a file whose magic, format, checksum, key or length does
+//! not match is never restored (the caller boots cold and rewrites it);
+//! a restore copies the file's non-zero RAM extents (listed in the state)
+//! into fresh guest RAM, so every restore starts from the identical state
+//! and nothing writes the file back; the only device state restored is
+//! the UARTs', because a snapshot is refused while any virtio device is
+//! past reset.
+//!
+//! Why copy rather than map the file copy-on-write: a private file mapping
+//! is backed by 4 KiB pages, so KVM maps the guest with 4 KiB nested
+//! entries and every first touch of a page faults (through L1's virtio-fs
+//! when the file lives on a share in the nested rig): the measured restore
+//! ran the job phases 2–5× slower than a cold boot. Copying ~70 MiB into
+//! 2 MiB-aligned anonymous memory with `MADV_HUGEPAGE` costs less than
+//! that and the guest then runs as fast as after a cold boot.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use vm_memory::{Bytes as _, GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion as _};
+use vm_superio::serial::SerialState;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::kvm::{VcpuState, VmState};
+use crate::memory::GuestMemory;
+
+/// First bytes of every snapshot file.
+pub const MAGIC: &[u8; 8] = b"KSTRLSNP";
+/// Bumped whenever the state layout or its meaning changes.
+pub const FORMAT: u32 = 1;
+/// Fixed header size; the state follows it.
+const HEADER_LEN: u64 = 64;
+/// Guest RAM starts at a multiple of this in the file.
+const MEMORY_ALIGN: u64 = 2 << 20;
+/// Granule of the zero check when RAM is written.
+const PAGE: usize = 4096;
+/// Snapshots kept in the directory (the least recently used go first).
+pub const KEEP: usize = 6;
+
+/// What a snapshot is only valid for: a stable 64-bit hash (FNV-1a) of
+/// every input that shapes the VM up to the snapshot point.
+#[derive(Debug, Clone, Default)]
+pub struct Key {
+    text: String,
+}
+
+impl Key {
+    /// A key for this format and kestrel version.
+    pub fn new() -> Key {
+        let mut k = Key::default();
+        k.add("format", &FORMAT.to_string());
+        k.add("kestrel", env!("CARGO_PKG_VERSION"));
+        k
+    }
+
+    /// Adds a named input.
+    pub fn add(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        self.text.push('=');
+        self.text.push_str(value);
+        self.text.push('\n');
+    }
+
+    /// Adds a file by path, size and modification time.
+    pub fn add_file(&mut self, name: &str, path: &Path) {
+        let stamp = std::fs::metadata(path).map(|m| {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{} {} {mtime}", path.display(), m.len())
+        });
+        self.add(
+            name,
+            &stamp.unwrap_or_else(|_| format!("{} ?", path.display())),
+        );
+    }
+
+    /// The inputs, one `name=value` line each.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The hash.
+    pub fn value(&self) -> u64 {
+        fnv1a(self.text.as_bytes())
+    }
+}
+
+/// A stable 64-bit hash of `bytes` (for key inputs too long to add whole).
+pub fn hash(bytes: &[u8]) -> u64 {
+    fnv1a(bytes)
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Everything of a VM but its RAM.
+pub struct State {
+    /// The [`Key`] it was made for.
+    pub key: u64,
+    /// The vCPUs' TSC frequency when it was made (0: unknown).
+    pub tsc_khz: u32,
+    /// Guest RAM size.
+    pub memory_bytes: u64,
+    /// In-kernel irqchip, PIT and clock.
+    pub vm: VmState,
+    /// COM1 (console).
+    pub com1: SerialState,
+    /// COM2 (status and job channel).
+    pub com2: SerialState,
+    /// Each vCPU, in id order.
+    pub vcpus: Vec<VcpuState>,
+    /// The non-zero RAM runs in the file: (guest address, offset from the
+    /// start of the file's RAM, length). Everything else is zero.
+    pub extents: Vec<Extent>,
+}
+
+/// A run of non-zero guest RAM in a snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Offset in the file's RAM part.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// A snapshot file that cannot be used (the caller boots cold).
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {path}: {why}")]
+pub struct SnapshotError {
+    path: PathBuf,
+    why: String,
+}
+
+fn fail(path: &Path, why: impl Into<String>) -> SnapshotError {
+    SnapshotError {
+        path: path.to_owned(),
+        why: why.into(),
+    }
+}
+
+// ---- State encoding ----
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn pod<T: IntoBytes + Immutable>(&mut self, v: &T) {
+        self.bytes(v.as_bytes());
+    }
+    fn serial(&mut self, s: &SerialState) {
+        self.bytes(&[
+            s.baud_divisor_low,
+            s.baud_divisor_high,
+            s.interrupt_enable,
+            s.interrupt_identification,
+            s.line_control,
+            s.line_status,
+            s.modem_control,
+            s.modem_status,
+            s.scratch,
+        ]);
+        self.bytes(&s.in_buffer);
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.buf.len() < n {
+            return Err("the state ends early".into());
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn pod<T: FromBytes>(&mut self, what: &str) -> Result<T, String> {
+        let b = self.bytes()?;
+        T::read_from_bytes(b).map_err(|_| format!("{what} has {} bytes", b.len()))
+    }
+    fn serial(&mut self) -> Result<SerialState, String> {
+        let r = self.bytes()?;
+        let [dll, dlh, ier, iir, lcr, lsr, mcr, msr, scr] = r else {
+            return Err("a UART's registers have the wrong size".into());
+        };
+        let in_buffer = self.bytes()?.to_vec();
+        Ok(SerialState {
+            baud_divisor_low: *dll,
+            baud_divisor_high: *dlh,
+            interrupt_enable: *ier,
+            interrupt_identification: *iir,
+            line_control: *lcr,
+            line_status: *lsr,
+            modem_control: *mcr,
+            modem_status: *msr,
+            scratch: *scr,
+            in_buffer,
+        })
+    }
+}
+
+impl State {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.key);
+        w.u32(self.tsc_khz);
+        w.u64(self.memory_bytes);
+        w.pod(&self.vm.pit);
+        w.pod(&self.vm.clock);
+        w.pod(&self.vm.pic_master);
+        w.pod(&self.vm.pic_slave);
+        w.pod(&self.vm.ioapic);
+        w.serial(&self.com1);
+        w.serial(&self.com2);
+        w.u32(self.vcpus.len() as u32);
+        for v in &self.vcpus {
+            w.pod(&v.mp_state);
+            w.pod(&v.regs);
+            w.pod(&v.sregs);
+            w.pod(&v.xsave);
+            match &v.xcrs {
+                Some(x) => {
+                    w.u32(1);
+                    w.pod(x);
+                }
+                None => w.u32(0),
+            }
+            w.pod(&v.debugregs);
+            w.pod(&v.lapic);
+            w.pod(&v.events);
+            w.u32(v.msrs.len() as u32);
+            for m in &v.msrs {
+                w.pod(m);
+            }
+        }
+        w.u32(self.extents.len() as u32);
+        for e in &self.extents {
+            w.u64(e.gpa);
+            w.u64(e.offset);
+            w.u64(e.len);
+        }
+        w.0
+    }
+
+    fn decode(buf: &[u8]) -> Result<State, String> {
+        let mut r = Reader { buf };
+        let key = r.u64()?;
+        let tsc_khz = r.u32()?;
+        let memory_bytes = r.u64()?;
+        let vm = VmState {
+            pit: r.pod("the PIT")?,
+            clock: r.pod("the clock")?,
+            pic_master: r.pod("the PIC")?,
+            pic_slave: r.pod("the PIC")?,
+            ioapic: r.pod("the IOAPIC")?,
+        };
+        let com1 = r.serial()?;
+        let com2 = r.serial()?;
+        let n = r.u32()?;
+        if n == 0 || n > u32::from(crate::layout::MAX_VCPUS) {
+            return Err(format!("{n} vCPUs"));
+        }
+        let mut vcpus = Vec::new();
+        for _ in 0..n {
+            let mp_state = r.pod("an MP state")?;
+            let regs = r.pod("registers")?;
+            let sregs = r.pod("special registers")?;
+            let xsave = r.pod("an XSAVE area")?;
+            let xcrs = match r.u32()? {
+                0 => None,
+                _ => Some(r.pod("XCRs")?),
+            };
+            let debugregs = r.pod("debug registers")?;
+            let lapic = r.pod("a LAPIC")?;
+            let events = r.pod("vCPU events")?;
+            let count = r.u32()?;
+            if count > 4096 {
+                return Err(format!("{count} MSRs"));
+            }
+            let msrs = (0..count)
+                .map(|_| r.pod("an MSR"))
+                .collect::<Result<_, _>>()?;
+            vcpus.push(VcpuState {
+                mp_state,
+                regs,
+                sregs,
+                xsave,
+                xcrs,
+                debugregs,
+                lapic,
+                events,
+                msrs,
+            });
+        }
+        let count = r.u32()?;
+        let mut extents = Vec::new();
+        for _ in 0..count {
+            let e = Extent {
+                gpa: r.u64()?,
+                offset: r.u64()?,
+                len: r.u64()?,
+            };
+            if e.offset
+                .checked_add(e.len)
+                .is_none_or(|end| end > memory_bytes)
+                || e.gpa.checked_add(e.len).is_none()
+            {
+                return Err("a RAM extent lies outside guest RAM".into());
+            }
+            extents.push(e);
+        }
+        if !r.buf.is_empty() {
+            return Err("trailing bytes after the state".into());
+        }
+        Ok(State {
+            key,
+            tsc_khz,
+            memory_bytes,
+            vm,
+            com1,
+            com2,
+            vcpus,
+            extents,
+        })
+    }
+}
+
+// ---- Files ----
+
+/// Where snapshots live: `$KESTREL_SNAPSHOT_DIR`, else `snapshots/` beside
+/// the initramfs cache.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("KESTREL_SNAPSHOT_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::initrd::default_cache_dir().with_file_name("snapshots"))
+}
+
+/// The file for `key` in `dir`.
+pub fn path_for(dir: &Path, key: u64) -> PathBuf {
+    dir.join(format!("{key:016x}.snap"))
+}
+
+/// The file that says snapshots for `path`'s key cannot be made (its
+/// text says why): its runs boot cold without trying again.
+pub fn unsuitable_marker(path: &Path) -> PathBuf {
+    path.with_extension("unsuitable")
+}
+
+/// Writes `state` and `mem` to `path` (atomically: a temporary file renamed
+/// over it) and prunes the directory to [`KEEP`] files. RAM pages that are
+/// all zero are left as holes.
+pub fn write(path: &Path, state: &mut State, mem: &GuestMemory) -> Result<u64, SnapshotError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(path, format!("cannot create its directory: {e}")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("snap"),
+        std::process::id()
+    ));
+    let result = write_to(&tmp, state, mem);
+    match result {
+        Ok(written) => {
+            std::fs::rename(&tmp, path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                fail(path, format!("cannot rename it into place: {e}"))
+            })?;
+            crate::initrd::prune_cache(dir, path, ("", ".snap"), KEEP, None);
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_to(path: &Path, state: &mut State, mem: &GuestMemory) -> Result<u64, SnapshotError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| fail(path, format!("cannot {what}: {e}"))
+    };
+    let extents = nonzero_extents(mem);
+    state.extents = extents.clone();
+    let body = state.encode();
+    let mem_offset = (HEADER_LEN + body.len() as u64).next_multiple_of(MEMORY_ALIGN);
+    let mem_len: u64 = mem.iter().map(|r| r.len()).sum();
+    let mut file = File::create(path).map_err(io("create it"))?;
+    let mut header = Vec::with_capacity(HEADER_LEN as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT.to_le_bytes());
+    header.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    header.extend_from_slice(&fnv1a(&body).to_le_bytes());
+    header.extend_from_slice(&mem_offset.to_le_bytes());
+    header.extend_from_slice(&mem_len.to_le_bytes());
+    header.resize(HEADER_LEN as usize, 0);
+    file.write_all(&header).map_err(io("write its header"))?;
+    file.write_all(&body).map_err(io("write its state"))?;
+    file.set_len(mem_offset + mem_len).map_err(io("size it"))?;
+    let mut written = 0u64;
+    for e in &extents {
+        let mut buf = vec![0u8; e.len as usize];
+        mem.read_slice(&mut buf, GuestAddress(e.gpa))
+            .map_err(|err| fail(path, format!("cannot read guest RAM: {err}")))?;
+        file.write_all_at(&buf, mem_offset + e.offset)
+            .map_err(io("write guest RAM"))?;
+        written += e.len;
+    }
+    file.sync_data().map_err(io("sync it"))?;
+    Ok(written)
+}
+
+/// The runs of non-zero 4 KiB pages of guest RAM, region by region. Every
+/// vCPU is paused while this runs and no virtio device is active (the
+/// module invariant), so nothing changes RAM meanwhile.
+fn nonzero_extents(mem: &GuestMemory) -> Vec<Extent> {
+    let mut extents = Vec::new();
+    let mut offset = 0u64;
+    let mut page = vec![0u8; PAGE];
+    for region in mem.iter() {
+        let start = region.start_addr().0;
+        let len = region.len();
+        let mut at = 0u64;
+        let mut run: Option<u64> = None;
+        while at < len {
+            let zero = region
+                .read_slice(&mut page, vm_memory::MemoryRegionAddress(at))
+                .is_ok_and(|()| is_zero(&page));
+            match (zero, run) {
+                (false, None) => run = Some(at),
+                (true, Some(from)) => {
+                    extents.push(Extent {
+                        gpa: start + from,
+                        offset: offset + from,
+                        len: at - from,
+                    });
+                    run = None;
+                }
+                _ => {}
+            }
+            at += PAGE as u64;
+        }
+        if let Some(from) = run {
+            extents.push(Extent {
+                gpa: start + from,
+                offset: offset + from,
+                len: len - from,
+            });
+        }
+        offset += len;
+    }
+    extents
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])) == 0)
+        && page.chunks_exact(8).remainder().iter().all(|&b| b == 0)
+}
+
+/// An opened snapshot: its state, and where its RAM is in the file.
+pub struct Loaded {
+    /// The state.
+    pub state: State,
+    /// The file (RAM is mapped from it).
+    pub file: File,
+    /// Where RAM starts in the file.
+    pub mem_offset: u64,
+}
+
+/// Opens the snapshot at `path` for `key` and checks it whole but for the
+/// RAM's contents (its length is checked). `Ok(None)`: there is none.
+pub fn open(path: &Path, key: u64, memory_bytes: u64) -> Result<Option<Loaded>, SnapshotError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(path, format!("cannot open it: {e}"))),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| fail(path, format!("cannot stat it: {e}")))?
+        .len();
+    let mut header = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|_| fail(path, "it is shorter than its header"))?;
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or_default());
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+    if &header[..8] != MAGIC {
+        return Err(fail(path, "it is not a kestrel snapshot"));
+    }
+    if u32_at(8) != FORMAT {
+        return Err(fail(
+            path,
+            format!("format {} (kestrel writes {FORMAT})", u32_at(8)),
+        ));
+    }
+    let (state_len, checksum, mem_offset, mem_len) =
+        (u32_at(12) as u64, u64_at(16), u64_at(24), u64_at(32));
+    if HEADER_LEN + state_len > mem_offset || mem_offset % MEMORY_ALIGN != 0 {
+        return Err(fail(path, "its header is inconsistent"));
+    }
+    if mem_len != memory_bytes || size != mem_offset + mem_len {
+        return Err(fail(
+            path,
+            format!(
+                "it is {size} bytes, not {} (truncated or for another --memory)",
+                mem_offset + memory_bytes
+            ),
+        ));
+    }
+    let mut body = vec![0u8; state_len as usize];
+    file.read_exact_at(&mut body, HEADER_LEN)
+        .map_err(|e| fail(path, format!("cannot read its state: {e}")))?;
+    if fnv1a(&body) != checksum {
+        return Err(fail(path, "its state fails its checksum"));
+    }
+    let state = State::decode(&body).map_err(|why| fail(path, why))?;
+    if state.key != key {
+        return Err(fail(path, "it was made for other inputs"));
+    }
+    if state.memory_bytes != memory_bytes {
+        return Err(fail(path, "it was made for another --memory"));
+    }
+    // Marks it as used for pruning.
+    if let Ok(f) = File::options().append(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+    Ok(Some(Loaded {
+        state,
+        file,
+        mem_offset,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{kvm_msr_entry, kvm_xsave};
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn state(key: u64) -> State {
+        let mut xsave = kvm_xsave::default();
+        xsave.region[7] = 0xdead_beef;
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0xffff_ffff_8100_0000,
+            ..Default::default()
+        };
+        State {
+            key,
+            tsc_khz: 2_994_000,
+            memory_bytes: 64 << 20,
+            vm: VmState {
+                pit: Default::default(),
+                clock: kvm_bindings::kvm_clock_data {
+                    clock: 123_456_789,
+                    ..Default::default()
+                },
+                pic_master: kvm_bindings::kvm_irqchip {
+                    chip_id: 0,
+                    ..Default::default()
+                },
+                pic_slave: kvm_bindings::kvm_irqchip {
+                    chip_id: 1,
+                    ..Default::default()
+                },
+                ioapic: kvm_bindings::kvm_irqchip {
+                    chip_id: 2,
+                    ..Default::default()
+                },
+            },
+            com1: SerialState::default(),
+            com2: SerialState {
+                interrupt_enable: 1,
+                in_buffer: b"x".to_vec(),
+                ..Default::default()
+            },
+            vcpus: vec![VcpuState {
+                mp_state: Default::default(),
+                regs,
+                sregs: Default::default(),
+                xsave,
+                xcrs: None,
+                debugregs: Default::default(),
+                lapic: kvm_bindings::kvm_lapic_state::default(),
+                events: Default::default(),
+                msrs: vec![kvm_msr_entry {
+                    index: 0x10,
+                    data: 42,
+                    ..Default::default()
+                }],
+            }],
+            extents: Vec::new(),
+        }
+    }
+
+    fn memory() -> GuestMemory {
+        let mem = crate::memory::create(64 << 20).unwrap();
+        mem.write_obj(0x1234_5678_u32, GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_obj(0xabcd_u16, GuestAddress((64 << 20) - 2))
+            .unwrap();
+        mem
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_ram_is_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), 7);
+        let written = write(&path, &mut state(7), &memory()).unwrap();
+        assert_eq!(written, 2 * PAGE as u64, "only the two non-zero pages");
+        let loaded = open(&path, 7, 64 << 20).unwrap().unwrap();
+        let s = &loaded.state;
+        assert_eq!((s.key, s.tsc_khz, s.memory_bytes), (7, 2_994_000, 64 << 20));
+        assert_eq!(s.vm.clock.clock, 123_456_789);
+        assert_eq!(s.vm.ioapic.chip_id, 2);
+        assert_eq!(s.com2.in_buffer, b"x");
+        assert_eq!(s.com2.interrupt_enable, 1);
+        assert_eq!(s.vcpus.len(), 1);
+        assert_eq!(s.vcpus[0].regs.rip, 0xffff_ffff_8100_0000);
+        assert_eq!(s.vcpus[0].xsave.region[7], 0xdead_beef);
+        assert_eq!(s.vcpus[0].msrs[0].data, 42);
+        assert_eq!(
+            s.extents,
+            [
+                Extent {
+                    gpa: 0x10_0000,
+                    offset: 0x10_0000,
+                    len: PAGE as u64
+                },
+                Extent {
+                    gpa: (64 << 20) - PAGE as u64,
+                    offset: (64 << 20) - PAGE as u64,
+                    len: PAGE as u64
+                },
+            ]
+        );
+        let ram = crate::memory::from_snapshot(&loaded, 64 << 20).unwrap();
+        assert_eq!(
+            ram.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+            0x1234_5678
+        );
+        assert_eq!(
+            ram.read_obj::<u16>(GuestAddress((64 << 20) - 2)).unwrap(),
+            0xabcd
+        );
+        assert_eq!(
+            ram.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(),
+            0,
+            "a hole"
+        );
+        // The guest's writes never reach the file.
+        ram.write_obj(0u32, GuestAddress(0x10_0000)).unwrap();
+        let again = open(&path, 7, 64 << 20).unwrap().unwrap();
+        let ram2 = crate::memory::from_snapshot(&again, 64 << 20).unwrap();
+        assert_eq!(
+            ram2.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+            0x1234_5678
+        );
+    }
+
+    #[test]
+    fn damaged_or_foreign_snapshots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), 7);
+        assert!(open(&path, 7, 64 << 20).unwrap().is_none(), "none yet");
+        write(&path, &mut state(7), &memory()).unwrap();
+        let why = |key, mib: u64| open(&path, key, mib << 20).err().map(|e| e.to_string());
+        assert!(why(8, 64).unwrap().contains("other inputs"));
+        assert!(why(7, 128).unwrap().contains("another --memory"));
+        // A flipped state byte.
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(&[0x5a], HEADER_LEN + 20).unwrap();
+        assert!(why(7, 64).unwrap().contains("checksum"));
+        // Truncated.
+        write(&path, &mut state(7), &memory()).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 4096)
+            .unwrap();
+        assert!(why(7, 64).unwrap().contains("truncated"));
+        // Not a snapshot at all.
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(why(7, 64).unwrap().contains("shorter than its header"));
+        std::fs::write(&path, vec![1u8; 128]).unwrap();
+        assert!(why(7, 64).unwrap().contains("not a kestrel snapshot"));
+    }
+
+    #[test]
+    fn keys_change_with_every_input() {
+        let mut a = Key::new();
+        a.add("cpus", "1");
+        let mut b = Key::new();
+        b.add("cpus", "2");
+        assert_ne!(a.value(), b.value());
+        let mut c = Key::new();
+        c.add("cpus", "1");
+        assert_eq!(a.value(), c.value());
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn truncated_state_bytes_are_errors_not_panics() {
+        let body = state(1).encode();
+        for cut in [0, 5, 17, body.len() / 2, body.len() - 1] {
+            assert!(State::decode(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(State::decode(&body).is_ok());
+    }
+}
