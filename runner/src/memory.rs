@@ -63,11 +63,24 @@ pub fn create(memory_bytes: u64) -> Result<GuestMemory, MemoryError> {
     Ok(memory)
 }
 
-/// Guest RAM of `memory_bytes` with a snapshot's contents: fresh RAM as
-/// [`create`] makes it (aligned, huge pages) with the snapshot's non-zero
-/// extents read into it from the file, by two threads (each with its own
-/// open file description, so their offsets do not mix).
+/// Guest RAM of `memory_bytes` with a snapshot's contents: the file's RAM
+/// mapped private (copy-on-write), so the guest's writes stay in this
+/// process and pages it never touches cost nothing. `KESTREL_RESTORE=copy`
+/// copies the non-zero extents into fresh RAM as [`create`] makes it
+/// instead (measured slower in the rig: see `runner/NOTES.md`).
 pub fn from_snapshot(
+    loaded: &crate::snapshot::Loaded,
+    memory_bytes: u64,
+) -> Result<GuestMemory, MemoryError> {
+    if std::env::var_os("KESTREL_RESTORE").is_some_and(|v| v == "copy") {
+        return copy_snapshot(loaded, memory_bytes);
+    }
+    map_snapshot(loaded, memory_bytes)
+}
+
+/// [`from_snapshot`] by copying, with two threads (each with its own open
+/// file description, so their offsets do not mix).
+fn copy_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
 ) -> Result<GuestMemory, MemoryError> {
@@ -75,9 +88,6 @@ pub fn from_snapshot(
         mib: memory_bytes >> 20,
         why,
     };
-    if std::env::var_os("KESTREL_RESTORE").is_some_and(|v| v == "map") {
-        return map_snapshot(loaded, memory_bytes);
-    }
     let memory = create(memory_bytes)?;
     let extents = &loaded.state.extents;
     let total: u64 = extents.iter().map(|e| e.len).sum();
@@ -116,7 +126,8 @@ pub fn from_snapshot(
     Ok(memory)
 }
 
-/// Experiment (`KESTREL_RESTORE=map`): RAM mapped private from the file.
+/// [`from_snapshot`] by mapping: each region of [`layout::ram_ranges`] from
+/// its place in the file (the regions lie back to back from `mem_offset`).
 fn map_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,

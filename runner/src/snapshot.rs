@@ -19,19 +19,22 @@
 //! ```
 //! Invariants: a file whose magic, format, checksum, key or length does
 //! not match is never restored (the caller boots cold and rewrites it);
-//! a restore copies the file's non-zero RAM extents (listed in the state)
-//! into fresh guest RAM, so every restore starts from the identical state
-//! and nothing writes the file back; the only device state restored is
-//! the UARTs', because a snapshot is refused while any virtio device is
-//! past reset.
+//! a restore maps the file's RAM private (copy-on-write), so every restore
+//! starts from the identical state and nothing writes the file back (a
+//! file is only ever replaced by rename or unlinked, never truncated in
+//! place, so a mapping never loses its pages); the only device state
+//! restored is the UARTs', because a snapshot is refused while any virtio
+//! device is past reset.
 //!
-//! Why copy rather than map the file copy-on-write: a private file mapping
-//! is backed by 4 KiB pages, so KVM maps the guest with 4 KiB nested
-//! entries and every first touch of a page faults (through L1's virtio-fs
-//! when the file lives on a share in the nested rig): the measured restore
-//! ran the job phases 2–5× slower than a cold boot. Copying ~70 MiB into
-//! 2 MiB-aligned anonymous memory with `MADV_HUGEPAGE` costs less than
-//! that and the guest then runs as fast as after a cold boot.
+//! Map or copy (`memory::from_snapshot`): a private file mapping has 4 KiB
+//! pages, so every page the guest touches is a nested-paging fault, while
+//! copying the ~67 MiB of non-zero extents into fresh huge-page RAM costs
+//! 220–450 ms up front in the rig. Measured side by side there (6.1):
+//! the boot bench's warm `/bin/true` took ~1.0 s mapped against ~1.3 s
+//! copied, and the 21-scenario suite 51.7 s against 59.2 s; so the file
+//! is mapped (`KESTREL_RESTORE=copy` copies). With the file on L1's
+//! virtio-fs share instead of a local file system, mapping was much
+//! slower (every fault a FUSE read): the rig keeps snapshots in L1's tmpfs.
 
 use std::fs::File;
 use std::io::Write as _;

@@ -521,7 +521,7 @@ fn build(
             let began = Instant::now();
             let mem = memory::from_snapshot(loaded, memory_bytes)?;
             log::debug(format_args!(
-                "snapshot RAM ({} MiB) read in {} ms",
+                "snapshot RAM ({} MiB of data) ready in {} ms",
                 loaded.state.extents.iter().map(|e| e.len).sum::<u64>() >> 20,
                 began.elapsed().as_millis()
             ));

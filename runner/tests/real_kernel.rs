@@ -317,8 +317,18 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
         let run = kestrel_run_env(
             "debian:6.1",
             &[
-                "--warm", "--timings", "--cpus", cpus, "--timeout", BOOT_LIMIT, "--pack", "sh",
-                "--", "sh", "-c", script,
+                "--warm",
+                "--timings",
+                "--cpus",
+                cpus,
+                "--timeout",
+                BOOT_LIMIT,
+                "--pack",
+                "sh",
+                "--",
+                "sh",
+                "-c",
+                script,
             ],
             &env,
         );
@@ -342,7 +352,11 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
     let third = warm("third", "1", script);
     assert!(restored(&third));
     let random = |run: &Run| run.stdout.lines().next().unwrap_or_default().to_string();
-    assert_ne!(random(&second), random(&third), "same randomness in two restores");
+    assert_ne!(
+        random(&second),
+        random(&third),
+        "same randomness in two restores"
+    );
     let guest_time: u64 = third.stdout.lines().nth(1).unwrap().trim().parse().unwrap();
     let host_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -380,7 +394,11 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
             .unwrap();
     }
     let run = warm("truncated", "1", script);
-    assert!(saved(&run), "a truncated snapshot is replaced:\n{}", run.stderr);
+    assert!(
+        saved(&run),
+        "a truncated snapshot is replaced:\n{}",
+        run.stderr
+    );
     assert!(restored(&warm("after truncation", "1", script)));
     for snap in snapshots() {
         use std::os::unix::fs::FileExt;
@@ -388,7 +406,11 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
         f.write_all_at(&[0xa5; 16], 200).unwrap();
     }
     let run = warm("damaged", "1", script);
-    assert!(saved(&run), "a damaged snapshot is replaced:\n{}", run.stderr);
+    assert!(
+        saved(&run),
+        "a damaged snapshot is replaced:\n{}",
+        run.stderr
+    );
     assert!(restored(&warm("after damage", "1", script)));
 }
 
