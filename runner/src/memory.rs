@@ -32,12 +32,19 @@ pub struct MemoryError {
     why: String,
 }
 
+impl MemoryError {
+    /// Builds the error for `memory_bytes` of RAM from why it failed.
+    fn for_bytes(memory_bytes: u64) -> impl Fn(String) -> MemoryError {
+        move |why| MemoryError {
+            mib: memory_bytes >> 20,
+            why,
+        }
+    }
+}
+
 /// Allocates `memory_bytes` of guest RAM (zeroed, lazily backed).
 pub fn create(memory_bytes: u64) -> Result<GuestMemory, MemoryError> {
-    let fail = |why: String| MemoryError {
-        mib: memory_bytes >> 20,
-        why,
-    };
+    let fail = MemoryError::for_bytes(memory_bytes);
     let mut regions = Vec::new();
     for range in layout::ram_ranges(memory_bytes) {
         let len = (range.end - range.start) as usize;
@@ -84,10 +91,7 @@ fn copy_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
 ) -> Result<GuestMemory, MemoryError> {
-    let fail = |why: String| MemoryError {
-        mib: memory_bytes >> 20,
-        why,
-    };
+    let fail = MemoryError::for_bytes(memory_bytes);
     let memory = create(memory_bytes)?;
     let extents = &loaded.state.extents;
     let total: u64 = extents.iter().map(|e| e.len).sum();
@@ -132,10 +136,7 @@ fn map_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
 ) -> Result<GuestMemory, MemoryError> {
-    let fail = |why: String| MemoryError {
-        mib: memory_bytes >> 20,
-        why,
-    };
+    let fail = MemoryError::for_bytes(memory_bytes);
     let mut regions = Vec::new();
     let mut offset = loaded.mem_offset;
     for range in layout::ram_ranges(memory_bytes) {
