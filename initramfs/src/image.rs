@@ -232,6 +232,9 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, ImageError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
+    if let Some(parent) = path.parent() {
+        remove_orphaned_temps(parent);
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -241,6 +244,41 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, ImageError> {
         err(e)
     })?;
     Ok(true)
+}
+
+/// The process that owns a temporary entry, by its name: a file
+/// `<name>.tmp-<pid>` (an atomic write in progress) or a directory
+/// `.staging-<pid>-<name>` (a tree being built).
+fn temp_owner(name: &str) -> Option<u32> {
+    if let Some(rest) = name.strip_prefix(".staging-") {
+        return rest.split('-').next()?.parse().ok();
+    }
+    let (_, pid) = name.rsplit_once(".tmp-")?;
+    pid.parse().ok()
+}
+
+/// Deletes the temporaries in `dir` (see [`temp_owner`]) whose process no
+/// longer exists: what a kestrel killed mid-write (SIGKILL, power loss)
+/// left behind. A live writer's are left alone. Errors are ignored: a
+/// cache that cannot be tidied still works.
+pub fn remove_orphaned_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_owner) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -489,5 +527,49 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    /// The pid of a process that has exited (its number is free again).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_killed_writers_temporaries_go_and_a_live_ones_stay() {
+        let tmp = TempDir::new("orphans");
+        let dir = tmp.path();
+        let dead = dead_pid();
+        let live = std::process::id();
+        let names = [
+            format!("base-x.cpio.tmp-{dead}"),
+            format!(".abc.snap.tmp-{dead}"),
+            format!("base-x.cpio.tmp-{live}"),
+            "base-x.cpio".to_string(),
+            "notes.tmp-abc".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+        std::fs::create_dir_all(dir.join(format!(".staging-{dead}-6.1/kernel"))).unwrap();
+        std::fs::create_dir_all(dir.join(format!(".staging-{live}-6.1"))).unwrap();
+        // A writer of this directory tidies it first.
+        write_if_changed(&dir.join("new.cpio"), b"data").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("base-x.cpio.tmp-{live}"),
+            "base-x.cpio".to_string(),
+            "notes.tmp-abc".to_string(),
+            format!(".staging-{live}-6.1"),
+            "new.cpio".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
     }
 }

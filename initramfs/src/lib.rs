@@ -20,4 +20,6 @@ pub mod image;
 pub mod modules;
 
 #[cfg(feature = "host")]
-pub use image::{concat, job_archive, write_if_changed, BaseImage, ImageError};
+pub use image::{
+    concat, job_archive, remove_orphaned_temps, write_if_changed, BaseImage, ImageError,
+};

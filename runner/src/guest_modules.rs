@@ -121,6 +121,7 @@ fn build(tree: &Path, dir: &Path) -> Result<(), GuestModulesError> {
     let index = ModulesDir::open(tree)?.index()?;
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    kestrel_initramfs::remove_orphaned_temps(parent);
     let staging = parent.join(format!(
         ".staging-{}-{}",
         std::process::id(),

@@ -143,7 +143,7 @@ impl Kvm {
             unsafe { fd.set_user_memory_region(spec) }.map_err(ioctl("SET_USER_MEMORY_REGION"))?;
         }
         Ok(VmHandle {
-            fd,
+            fd: Arc::new(fd),
             _memory: memory.clone(),
             pages: Mutex::new(Vec::new()),
             first_page_slot: memory.num_regions() as u32,
@@ -151,9 +151,28 @@ impl Kvm {
     }
 }
 
+/// An edge-triggered interrupt raised by `KVM_IRQ_LINE` (high, then low)
+/// from the thread that raises it, as QEMU raises its 8250's interrupt:
+/// the interrupt is pending before that thread's next `KVM_RUN`, instead of
+/// arriving from KVM's irqfd worker while a vCPU runs.
+pub struct IrqPin {
+    fd: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl IrqPin {
+    /// One edge on the pin.
+    pub fn pulse(&self) -> std::io::Result<()> {
+        self.fd
+            .set_irq_line(self.gsi, true)
+            .and_then(|()| self.fd.set_irq_line(self.gsi, false))
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
 /// A VM file descriptor with its memory registered.
 pub struct VmHandle {
-    fd: VmFd,
+    fd: Arc<VmFd>,
     _memory: GuestMemory,
     /// Register pages mapped read-only into the guest (kept alive here),
     /// in memory slots from `first_page_slot` on.
@@ -223,6 +242,15 @@ impl VmHandle {
         self.fd
             .set_identity_map_address(layout::KVM_IDENTITY_MAP)
             .map_err(ioctl("SET_IDENTITY_MAP_ADDR"))
+    }
+
+    /// A pin that pulses `gsi` on the in-kernel irqchip with `KVM_IRQ_LINE`,
+    /// synchronously in the calling thread.
+    pub fn irq_pin(&self, gsi: u32) -> IrqPin {
+        IrqPin {
+            fd: Arc::clone(&self.fd),
+            gsi,
+        }
     }
 
     /// Signalling `evt` raises `gsi` (edge) on the in-kernel irqchip.

@@ -417,6 +417,7 @@ pub fn write(path: &Path, state: &mut State, mem: &GuestMemory) -> Result<u64, S
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| fail(path, format!("cannot create its directory: {e}")))?;
+    kestrel_initramfs::remove_orphaned_temps(dir);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("snap"),

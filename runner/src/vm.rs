@@ -548,6 +548,17 @@ fn build(
         vm.register_irqfd(&evt, gsi)?;
         Ok(IrqLine::new(evt))
     };
+    // The UARTs raise their interrupt inside a vCPU's port exit (an IER
+    // write enabling THRE, a THR write): pulsed there, it is pending before
+    // that vCPU re-enters the guest, as with QEMU's 8250 (issue 13's triple
+    // faults all followed such exits while the UARTs used irqfds).
+    let uart_irq = |gsi: u32| {
+        if raw {
+            IrqLine::none()
+        } else {
+            IrqLine::pin(vm.irq_pin(gsi))
+        }
+    };
     let console_out: Option<Box<dyn Write + Send>> = match &config.console {
         Console::Stderr => Some(Box::new(std::io::stderr())),
         Console::File(path) => Some(Box::new(File::create(path).map_err(|source| {
@@ -564,14 +575,14 @@ fn build(
 
     let (com1, com2) = match restore {
         Some(state) => (
-            SerialDevice::from_state(&state.com1, irq(layout::COM1_IRQ)?, console_log)
+            SerialDevice::from_state(&state.com1, uart_irq(layout::COM1_IRQ), console_log)
                 .map_err(VmError::Snapshot)?,
-            SerialDevice::from_state(&state.com2, irq(layout::COM2_IRQ)?, status_channel)
+            SerialDevice::from_state(&state.com2, uart_irq(layout::COM2_IRQ), status_channel)
                 .map_err(VmError::Snapshot)?,
         ),
         None => (
-            SerialDevice::new(irq(layout::COM1_IRQ)?, console_log),
-            SerialDevice::new(irq(layout::COM2_IRQ)?, status_channel),
+            SerialDevice::new(uart_irq(layout::COM1_IRQ), console_log),
+            SerialDevice::new(uart_irq(layout::COM2_IRQ), status_channel),
         ),
     };
     let (com1, com2) = (Arc::new(Mutex::new(com1)), Arc::new(Mutex::new(com2)));

@@ -63,6 +63,8 @@ pub struct Server {
 struct Stats {
     count: [AtomicU64; 64],
     nanos: [AtomicU64; 64],
+    /// Replies that said the host file system is full (ENOSPC, EDQUOT).
+    no_space: AtomicU64,
 }
 
 /// One line of [`Server::stats`].
@@ -190,6 +192,7 @@ impl Server {
             stats: Stats {
                 count: std::array::from_fn(|_| AtomicU64::new(0)),
                 nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+                no_space: AtomicU64::new(0),
             },
         })
     }
@@ -211,6 +214,12 @@ impl Server {
                 })
             })
             .collect()
+    }
+
+    /// How many replies told the guest the host file system was full
+    /// (ENOSPC or EDQUOT), so the VMM can say so beside the verdict.
+    pub fn no_space_replies(&self) -> u64 {
+        self.stats.no_space.load(Ordering::Relaxed)
     }
 
     /// Handles one request. `room` is how many bytes the reply may take.
@@ -262,7 +271,12 @@ impl Server {
                 r
             }
             Ok(_) => error_reply(libc::ERANGE),
-            Err(e) => error_reply(e.0),
+            Err(e) => {
+                if matches!(e.0, libc::ENOSPC | libc::EDQUOT) {
+                    self.stats.no_space.fetch_add(1, Ordering::Relaxed);
+                }
+                error_reply(e.0)
+            }
         };
         if reply.len() > room {
             // Not even a header fits: nothing can be said.

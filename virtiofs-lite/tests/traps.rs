@@ -1198,3 +1198,59 @@ fn new_files_belong_to_the_configured_owner() {
         assert_eq!((meta.uid(), meta.gid()), (4321, 4322), "{name}");
     }
 }
+
+/// A share whose host file system is full: the guest's WRITE gets ENOSPC
+/// (after the short write that filled it), and the server counts those
+/// replies so the VMM can say so beside the verdict.
+#[test]
+fn a_full_host_file_system_is_enospc_and_counted() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can mount the small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&share)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&share);
+    let mut c = Client::new(&share, true);
+    assert_eq!(c.server.no_space_replies(), 0);
+    let (entry, fh) = create(&mut c, ROOT, "big", 0o644);
+    let chunk = vec![0x5a_u8; 32 << 10];
+    let mut written = 0u64;
+    let mut errors = Vec::new();
+    for _ in 0..4 {
+        let mut w = enc(&abi::WriteIn {
+            fh,
+            offset: written,
+            size: chunk.len() as u32,
+            ..Default::default()
+        });
+        w.extend_from_slice(&chunk);
+        match c.call(op::WRITE, entry.nodeid, &w) {
+            (0, p) => written += u64::from(abi::WriteOut::from_bytes(&p).unwrap().size),
+            (e, _) => errors.push(e),
+        }
+    }
+    assert!(written <= 64 << 10, "{written}");
+    assert!(!errors.is_empty(), "128 KiB fit in a 64 KiB tmpfs?");
+    assert!(errors.iter().all(|&e| e == libc::ENOSPC), "{errors:?}");
+    assert_eq!(c.server.no_space_replies(), errors.len() as u64);
+    c.release(entry.nodeid, fh, false);
+    assert_eq!(std::fs::metadata(share.join("big")).unwrap().len(), written);
+}

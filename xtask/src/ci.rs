@@ -139,8 +139,8 @@ pub fn run() -> Result<()> {
             ),
         ),
         (
-            "rig: the host's root over virtio-fs",
-            test_bin("host_root")?,
+            "rig: the host's root over virtio-fs, faults survived",
+            format!("{}{}", test_bin("host_root")?, test_bin("faults")?),
         ),
         (
             "rig: the ABI matrix (every scenario × Debian 5.10, 6.1, 6.12, 7.2) and a warm `xtask test` sample",
@@ -192,6 +192,7 @@ const RIG_TESTS: &[(&str, &str)] = &[
     ("kestrel", "real_kernel"),
     ("kestrel", "virtio_console"),
     ("kestrel", "host_root"),
+    ("kestrel", "faults"),
 ];
 
 /// Builds the rig tests (release) and returns (test name, executable).

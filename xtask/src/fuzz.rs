@@ -2,12 +2,13 @@
 //!
 //! The targets cover what reads guest or user input: FUSE requests through
 //! the server, the job spec and status channel, cpio, KTAP, scenario TOML,
-//! ELF, kernel-image headers. Needs the nightly toolchain (present on these
-//! machines; else one sentence says how to get it) and cargo-fuzz (installed
-//! from crates.io on first use). Seeds are committed under `fuzz/seeds/`;
-//! libFuzzer's growing corpus and any crash go under `target/kestrel/fuzz/`
-//! (never into the tree). A crash fails the command and names its input:
-//! turn it into a regression test next to the parser.
+//! ELF, kernel-image headers, virtqueue descriptor chains. Needs the
+//! nightly toolchain (present on these machines; else one sentence says how
+//! to get it) and cargo-fuzz (installed from crates.io on first use). Seeds
+//! are committed under `fuzz/seeds/`; libFuzzer's growing corpus and any
+//! crash go under `target/kestrel/fuzz/` (never into the tree). A crash
+//! fails the command and names its input: turn it into a regression test
+//! next to the parser.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +30,7 @@ pub struct FuzzArgs {
 }
 
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "fuse_server",
     "job_spec",
     "cpio",
@@ -37,6 +38,7 @@ pub const TARGETS: [&str; 7] = [
     "scenario",
     "elf",
     "bzimage",
+    "desc_chain",
 ];
 
 pub fn run(args: &FuzzArgs) -> Result<()> {

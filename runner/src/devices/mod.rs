@@ -17,20 +17,34 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::event::VmEvent;
+use crate::kvm::IrqPin;
 
-/// An interrupt line: an eventfd wired to a GSI by KVM's irqfd, or nothing
-/// (raw guests run without an interrupt controller).
-pub struct IrqLine(Option<EventFd>);
+/// An interrupt line: an eventfd wired to a GSI by KVM's irqfd (virtio
+/// devices, raised from their worker threads), a pin pulsed with
+/// `KVM_IRQ_LINE` by the raising thread (the UARTs, raised inside a vCPU's
+/// port exit), or nothing (raw guests run without an interrupt controller).
+pub struct IrqLine(Line);
+
+enum Line {
+    Fd(EventFd),
+    Pin(IrqPin),
+    None,
+}
 
 impl IrqLine {
     /// A line backed by `evt` (already registered as an irqfd).
     pub fn new(evt: EventFd) -> Self {
-        IrqLine(Some(evt))
+        IrqLine(Line::Fd(evt))
+    }
+
+    /// A line pulsed synchronously through the VM's irqchip.
+    pub fn pin(pin: IrqPin) -> Self {
+        IrqLine(Line::Pin(pin))
     }
 
     /// A line that goes nowhere.
     pub fn none() -> Self {
-        IrqLine(None)
+        IrqLine(Line::None)
     }
 }
 
@@ -39,8 +53,9 @@ impl Trigger for IrqLine {
 
     fn trigger(&self) -> std::io::Result<()> {
         match &self.0 {
-            Some(evt) => evt.write(1),
-            None => Ok(()),
+            Line::Fd(evt) => evt.write(1),
+            Line::Pin(pin) => pin.pulse(),
+            Line::None => Ok(()),
         }
     }
 }

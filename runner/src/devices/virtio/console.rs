@@ -35,7 +35,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{Buffers, ChainError};
 use super::worker::{QueueWorker, Stop};
-use super::{device_id, ActivateError, Activation, Interrupt, VirtioDevice};
+use super::{device_id, serve_available, ActivateError, Activation, Interrupt, VirtioDevice};
 use crate::log;
 use crate::memory::GuestMemory;
 
@@ -289,21 +289,17 @@ impl Engine {
         // The driver need not notify while we drain (VRING_USED_F_NO_NOTIFY);
         // buffers it adds meanwhile are taken in the same round, so one
         // interrupt returns them all.
-        let result = (|| -> Result<(), QueueError> {
-            loop {
-                queue.disable_notification(&mem)?;
-                let chains: Vec<_> = queue.iter(&mem)?.collect();
-                for chain in chains {
-                    let bufs = Buffers::of(chain, &mem)?;
-                    port.write(&bufs, &mem, scratch);
-                    queue.add_used(&mem, bufs.head, 0)?;
-                    used += 1;
-                }
-                if !queue.enable_notification(&mem)? {
-                    return Ok(());
-                }
+        let result = serve_available(queue, &mem, |queue| {
+            let chains: Vec<_> = queue.iter(&mem)?.collect();
+            let taken = chains.len();
+            for chain in chains {
+                let bufs = Buffers::of(chain, &mem)?;
+                port.write(&bufs, &mem, scratch);
+                queue.add_used(&mem, bufs.head, 0)?;
+                used += 1;
             }
-        })();
+            Ok::<_, QueueError>(taken)
+        });
         port.flush();
         if used > 0 {
             r.interrupt.signal_used_queue();

@@ -31,7 +31,7 @@ use virtiofs_lite::{FsConfig, FsDevice, Server, ServerConfig};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::{QueueWorker, Stop};
-use super::{device_id, ActivateError, Activation, Interrupt, VirtioDevice};
+use super::{device_id, serve_available, ActivateError, Activation, Interrupt, VirtioDevice};
 use crate::log;
 use crate::memory::GuestMemory;
 
@@ -134,13 +134,13 @@ fn drain(
     mem: &GuestMemory,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
-    loop {
-        queue.disable_notification(mem)?;
+    serve_available(queue, mem, |queue| {
+        let mut taken = 0;
         loop {
             // The iterator borrows the queue: end it before `add_used`.
             let next = queue.iter(mem)?.next();
             let Some(chain) = next else {
-                break;
+                return Ok::<_, virtio_queue::Error>(taken);
             };
             let head = chain.head_index();
             let len = serve_chain(server, mem, chain).unwrap_or_else(|e| {
@@ -149,19 +149,20 @@ fn drain(
             });
             queue.add_used(mem, head, len)?;
             used_any = true;
+            taken += 1;
         }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
+    })?;
     Ok(used_any && queue.needs_notification(mem)?)
 }
 
 /// The virtio-fs device of one [`Share`].
 pub struct Fs {
     engine: Arc<Mutex<Engine>>,
-    /// For the request counts logged at shutdown (`KESTREL_LOG=debug`).
+    /// For the request counts logged at shutdown (`KESTREL_LOG=debug`) and
+    /// the full-file-system warning.
     server: Arc<Server>,
+    /// The shared host directory (named in that warning).
+    host_dir: PathBuf,
     tag: String,
     config: Vec<u8>,
     features: u64,
@@ -206,6 +207,7 @@ impl Fs {
             .map_err(|_| FsError::Tag(share.tag.clone()))?;
         Ok(Fs {
             server,
+            host_dir: share.host_dir.clone(),
             tag: share.tag.clone(),
             config: device.config_space().to_vec(),
             // The transport offers VERSION_1 itself.
@@ -335,6 +337,14 @@ impl VirtioDevice for Fs {
             self.tag,
             counts.join(" ")
         ));
+        let full = self.server.no_space_replies();
+        if full > 0 {
+            log::warn(format_args!(
+                "{} is full on the host: the guest got ENOSPC {full} time{} writing to it",
+                self.host_dir.display(),
+                if full == 1 { "" } else { "s" }
+            ));
+        }
     }
 }
 
