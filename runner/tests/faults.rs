@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{require, target_dir, KESTREL};
+use common::{require, scratch, Run, KESTREL};
 
 /// `--timeout` of each boot.
 const LIMIT: u64 = 120;
@@ -28,76 +28,34 @@ const LIMIT: u64 = 120;
 /// through a file (a boot in the rig takes 3–10 s).
 const REACH: Duration = Duration::from_secs(LIMIT);
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    wall: Duration,
-}
-
-impl Run {
-    fn expect(&self, code: i32, what: &str) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "{what}: kestrel exited {} (expected {code})\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
-    fn verdict(&self) -> &str {
-        self.stderr
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("kestrel: verdict="))
-            .unwrap_or_default()
-    }
-}
-
 fn prerequisites() -> bool {
     common::prerequisites("6.1").is_some()
 }
 
-/// `kestrel run --kernel debian:6.1 --console <console> <args…>`.
-fn kestrel(args: &[&str], env: &[(&str, &Path)]) -> Command {
+/// `kestrel run --kernel debian:6.1 --console none --timeout <timeout>
+/// [--rw <rw>] <extra…> -- sh -c <script>`, with `env` added.
+fn sh(
+    rw: Option<&Path>,
+    timeout: u64,
+    extra: &[&str],
+    script: &str,
+    env: &[(&str, &Path)],
+) -> Command {
     let mut cmd = Command::new(KESTREL);
-    cmd.args(["run", "--kernel", "debian:6.1"])
-        .args(args)
+    cmd.args(["run", "--kernel", "debian:6.1", "--console", "none"])
+        .args(["--timeout", &timeout.to_string()]);
+    if let Some(dir) = rw {
+        cmd.arg("--rw").arg(dir);
+    }
+    cmd.args(extra)
+        .args(["--", "sh", "-c", script])
         .envs(env.iter().map(|(k, v)| (*k, *v)));
     cmd
 }
 
-fn run(cmd: &mut Command) -> Run {
-    let started = Instant::now();
-    let out = cmd.output().expect("kestrel runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        wall: started.elapsed(),
-    }
-}
-
-/// `sh -c script` in a host-root guest with `--rw dir`.
+/// `sh -c script` in a host-root guest with `--rw dir`, run to its end.
 fn guest_sh(dir: &Path, extra: &[&str], script: &str) -> Run {
-    let dir = dir.to_str().unwrap();
-    let limit = LIMIT.to_string();
-    let mut args = vec!["--console", "none", "--timeout", &limit, "--rw", dir];
-    args.extend(extra);
-    args.extend(["--", "sh", "-c", script]);
-    run(&mut kestrel(&args, &[]))
-}
-
-/// A fresh directory under the target dir (the same path in the rig's L1,
-/// and not under a guest tmpfs).
-fn scratch(tag: &str) -> PathBuf {
-    let dir = target_dir()
-        .join("kestrel-tests")
-        .join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.canonicalize().unwrap()
+    Run::of(&mut sh(Some(dir), LIMIT, extra, script, &[]))
 }
 
 /// Waits until `path` exists (the guest wrote it through the share) or
@@ -159,20 +117,11 @@ fn killed_mid_run_the_next_run_works_and_nothing_is_left() {
     );
     // --warm: the killed run saved a snapshot on its way; the next run
     // must restore it (it was complete) or replace it.
-    let mut child = kestrel(
-        &[
-            "--console",
-            "none",
-            "--warm",
-            "--timeout",
-            &LIMIT.to_string(),
-            "--rw",
-            dir.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
+    let mut child = sh(
+        Some(&dir),
+        LIMIT,
+        &["--warm"],
+        &script,
         &[("KESTREL_SNAPSHOT_DIR", &snapshots)],
     )
     .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -192,20 +141,11 @@ fn killed_mid_run_the_next_run_works_and_nothing_is_left() {
         "kestrel {pid} is still there after SIGKILL"
     );
 
-    let next = run(&mut kestrel(
-        &[
-            "--console",
-            "none",
-            "--warm",
-            "--timeout",
-            &LIMIT.to_string(),
-            "--rw",
-            dir.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &format!("cat {}; exit 5", flag.display()),
-        ],
+    let next = Run::of(&mut sh(
+        Some(&dir),
+        LIMIT,
+        &["--warm"],
+        &format!("cat {}; exit 5", flag.display()),
         &[
             ("KESTREL_SNAPSHOT_DIR", &snapshots),
             ("KESTREL_LOG", Path::new("debug")),
@@ -333,25 +273,11 @@ fn the_guest_sees_host_changes_while_it_runs_without_stale_handles() {
          cat deleted 2>&1; ls sub 2>&1; exit 7"
     );
     let log = dir.join("kestrel.log");
-    let mut child = kestrel(
-        &[
-            "--console",
-            "none",
-            "--timeout",
-            &LIMIT.to_string(),
-            "--rw",
-            dir.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        &[],
-    )
-    .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = sh(Some(&dir), LIMIT, &[], &script, &[])
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for(&dir.join("ready"), &mut child, &log);
     std::fs::write(dir.join("inplace"), "one, then a longer two\n").unwrap();
     std::fs::write(dir.join("replaced.new"), "new\n").unwrap();
@@ -402,19 +328,7 @@ fn a_guest_that_eats_its_memory_is_oom_killed_and_gets_a_verdict() {
 
 /// `sh -c script` in a host-root guest with `--timeout limit`.
 fn bomb(script: &str, limit: u64) -> Run {
-    run(&mut kestrel(
-        &[
-            "--console",
-            "none",
-            "--timeout",
-            &limit.to_string(),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        &[],
-    ))
+    Run::of(&mut sh(None, limit, &[], script, &[]))
 }
 
 #[test]

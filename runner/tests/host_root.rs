@@ -19,13 +19,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use kestrel_kernels::Kernel;
 
 mod common;
 
-use common::{require, target_dir, KESTREL};
+use common::{require, scratch, target_dir, Run, KESTREL};
 /// The kernel every test boots.
 const SERIES: &str = "6.1";
 /// `--timeout` of a quick boot.
@@ -58,59 +57,21 @@ fn prerequisites(programs: &[&str]) -> Option<Kernel> {
 
 // ---- running kestrel ----
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    wall: Duration,
-}
-
-impl Run {
-    /// `boot=` of the verdict line, in ms.
-    fn boot_ms(&self) -> Option<u64> {
-        self.stderr
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("kestrel: verdict="))?
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("boot="))?
-            .parse()
-            .ok()
-    }
-
-    fn expect(&self, code: i32, what: &str) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "{what}: kestrel exited {} (expected {code})\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-}
-
 /// `kestrel run --kernel debian:6.1 --console none <args…>` in `cwd`.
 fn kestrel(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let started = Instant::now();
-    let out = Command::new(KESTREL)
-        .current_dir(cwd)
-        .args([
-            "run",
-            "--kernel",
-            &format!("debian:{SERIES}"),
-            "--console",
-            "none",
-        ])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("kestrel runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        wall: started.elapsed(),
-    }
+    Run::of(
+        Command::new(KESTREL)
+            .current_dir(cwd)
+            .args([
+                "run",
+                "--kernel",
+                &format!("debian:{SERIES}"),
+                "--console",
+                "none",
+            ])
+            .args(args)
+            .envs(env.iter().copied()),
+    )
 }
 
 /// `sh -c script` in a host-root guest.
@@ -121,17 +82,6 @@ fn guest_sh(cwd: &Path, extra: &[&str], script: &str) -> Run {
     }
     args.extend(["--", "sh", "-c", script]);
     kestrel(cwd, &args, &[])
-}
-
-/// A fresh directory under the target dir (visible at the same path in
-/// the rig's L1, and not under a guest tmpfs).
-fn scratch(tag: &str) -> PathBuf {
-    let dir = target_dir()
-        .join("kestrel-tests")
-        .join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.canonicalize().unwrap()
 }
 
 fn workspace() -> PathBuf {
@@ -172,9 +122,9 @@ fn uname_r_is_the_guest_release_from_the_hosts_uname() {
     assert_eq!(bare.stdout.trim(), kernel.release);
     eprintln!(
         "figure boot host-root: boot={:?} ms wall={} ms; initramfs only: boot={:?} ms wall={} ms",
-        run.boot_ms(),
+        run.times().0,
         run.wall.as_millis(),
-        bare.boot_ms(),
+        bare.times().0,
         bare.wall.as_millis()
     );
 }

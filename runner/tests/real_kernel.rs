@@ -19,13 +19,13 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kestrel_kernels::Kernel;
 
 mod common;
 
-use common::{prerequisites, require, target_dir, KESTREL};
+use common::{prerequisites, require, target_dir, Run, KESTREL};
 /// 512 MiB in kB, and the lowest MemTotal within 10% of it.
 const MEM_512_KB: u64 = 512 * 1024;
 const MEM_512_MIN_KB: u64 = MEM_512_KB * 9 / 10 + 1;
@@ -43,42 +43,6 @@ const TWO_CPUS_THEN_EXIT_3: &str = "read o < /sys/devices/system/cpu/online; \
 
 // ---- running kestrel ----
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    wall: Duration,
-    console: String,
-}
-
-impl Run {
-    /// `boot=` and `total=` of the verdict line, in ms.
-    fn times(&self) -> (Option<u64>, Option<u64>) {
-        let line = self
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("kestrel: verdict="))
-            .unwrap_or_default();
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-        };
-        (field("boot="), field("total="))
-    }
-
-    /// Asserts the exit code, showing everything kestrel said otherwise.
-    fn expect(&self, code: i32, what: &str) {
-        assert_eq!(
-            self.code, code,
-            "{what}: kestrel exited {} (expected {code})\n--- stderr\n{}\n--- console\n{}",
-            self.code, self.stderr, self.console
-        );
-    }
-}
-
 /// `kestrel run --kernel <kernel> <args…>` with the console in a file.
 fn kestrel_run(kernel: &str, args: &[&str]) -> Run {
     kestrel_run_env(kernel, args, &[])
@@ -90,22 +54,14 @@ fn kestrel_run_env(kernel: &str, args: &[&str], env: &[(&str, &std::path::Path)]
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let console =
         std::env::temp_dir().join(format!("kestrel-real-{}-{n}.console", std::process::id()));
-    let started = Instant::now();
-    let out = Command::new(KESTREL)
-        .args(["run", "--kernel", kernel, "--console"])
-        .arg(&console)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .output()
-        .expect("kestrel runs");
-    let wall = started.elapsed();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        wall,
-        console: std::fs::read_to_string(&console).unwrap_or_default(),
-    };
+    let mut run = Run::of(
+        Command::new(KESTREL)
+            .args(["run", "--kernel", kernel, "--console"])
+            .arg(&console)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v))),
+    );
+    run.console = std::fs::read_to_string(&console).unwrap_or_default();
     let _ = std::fs::remove_file(&console);
     run
 }

@@ -91,3 +91,70 @@ pub fn prerequisites(series: &str) -> Option<Kernel> {
     require(init_present())?;
     require(cached(series))
 }
+
+/// What one `kestrel` process did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub wall: std::time::Duration,
+    /// The guest console, when the run wrote it to a file (else empty).
+    pub console: String,
+}
+
+impl Run {
+    /// Runs `cmd` to its end, timing it.
+    pub fn of(cmd: &mut Command) -> Run {
+        let started = std::time::Instant::now();
+        let out = cmd.output().expect("kestrel runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            wall: started.elapsed(),
+            console: String::new(),
+        }
+    }
+
+    /// The last `kestrel: verdict=…` line (empty if none).
+    pub fn verdict(&self) -> &str {
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("kestrel: verdict="))
+            .unwrap_or_default()
+    }
+
+    /// `boot=` and `total=` of the verdict line, in ms.
+    pub fn times(&self) -> (Option<u64>, Option<u64>) {
+        let field = |key: &str| {
+            self.verdict()
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        (field("boot="), field("total="))
+    }
+
+    /// Asserts the exit code, showing everything kestrel said otherwise.
+    pub fn expect(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "{what}: kestrel exited {} (expected {code})\n--- stdout\n{}\n--- stderr\n{}\n--- console\n{}",
+            self.code, self.stdout, self.stderr, self.console
+        );
+        self
+    }
+}
+
+/// A fresh directory under the target dir (visible at the same path in
+/// the rig's L1, and not under a guest tmpfs).
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = target_dir()
+        .join("kestrel-tests")
+        .join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.canonicalize().unwrap()
+}
