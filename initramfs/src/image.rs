@@ -231,8 +231,6 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, ImageError> {
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    if let Some(parent) = path.parent() {
         remove_orphaned_temps(parent);
     }
     let mut tmp = path.as_os_str().to_owned();

@@ -550,8 +550,8 @@ fn build(
     };
     // The UARTs raise their interrupt inside a vCPU's port exit (an IER
     // write enabling THRE, a THR write): pulsed there, it is pending before
-    // that vCPU re-enters the guest, as with QEMU's 8250 (issue 13's triple
-    // faults all followed such exits while the UARTs used irqfds).
+    // that vCPU re-enters the guest, as with QEMU's 8250 (through an irqfd
+    // it came from KVM's worker while the vCPU ran; runner/NOTES.md).
     let uart_irq = |gsi: u32| {
         if raw {
             IrqLine::none()

@@ -12,8 +12,9 @@
 //!    binaries (built here, in release mode) boot every Debian series
 //!    under kestrel; the host root over virtio-fs; the ABI matrix (every
 //!    scenario on the four Debian series, which includes the 6.1 suite
-//!    `xtask test` runs), booted cold, then a sample of the 6.1 suite with
-//!    `xtask test --warm` (each case restored from a VM snapshot): both
+//!    `xtask test` runs), booted cold, then, in an L1 of its own, a sample
+//!    of the 6.1 suite with `xtask test --warm` (each case restored from a
+//!    VM snapshot): both
 //!    check every case against the same stored snapshot, so warm and cold
 //!    runs must give identical outputs and verdicts;
 //! 6. the bisect fixture: a git tree made from Debian's 6.1 source (kept
