@@ -11,6 +11,8 @@
 //! source into the cache, [`kconfig`] checks a merged configuration against
 //! its fragments and explains what Kconfig dropped, [`build`] is the record
 //! a build leaves next to its output (`build:DIR` reads that directory).
+//! [`symbols`] finds a kernel's System.map and vmlinux and turns addresses
+//! into names and file:line (fault reports, kernel-log traces).
 
 mod apt;
 pub mod build;
@@ -23,6 +25,7 @@ pub mod layout;
 pub mod source;
 pub mod sources;
 pub mod spec;
+pub mod symbols;
 
 use std::path::{Path, PathBuf};
 

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kestrel_initramfs::job::{JobHeader, PhaseMark};
+use kestrel_kernels::symbols;
 use kvm_bindings::CpuId;
 use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -502,7 +503,7 @@ fn build(
     let system_map = match &config.boot {
         Boot::Kernel {
             kernel, fallback, ..
-        } => find_system_map(fallback.as_deref().unwrap_or(kernel)),
+        } => symbols::find_system_map(fallback.as_deref().unwrap_or(kernel)),
         Boot::Raw { .. } => None,
     };
     let cpus = config.cpus as u8;
@@ -800,54 +801,6 @@ fn check_tsc(saved: u32, now: Option<u32>) -> Result<(), VmError> {
     }
 }
 
-/// The System.map that belongs to `kernel`: Debian's `System.map-<release>`
-/// beside `vmlinuz-<release>`, a `System.map` beside the image (Debian 7.x
-/// layout), or at the top of a build tree (`arch/x86/boot/bzImage`).
-pub fn find_system_map(kernel: &std::path::Path) -> Option<PathBuf> {
-    let dir = kernel.parent()?;
-    let name = kernel.file_name()?.to_str()?;
-    let mut candidates = Vec::new();
-    if let Some(release) = name.strip_prefix("vmlinuz-") {
-        candidates.push(dir.join(format!("System.map-{release}")));
-    }
-    candidates.push(dir.join("System.map"));
-    if let Some(tree) = dir.ancestors().nth(3) {
-        candidates.push(tree.join("System.map"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-/// `addr` as `symbol+0xoff` from a System.map (text symbols only). The
-/// addresses are the link-time ones: right for PVH boots and kernels
-/// without KASLR, shifted for a bzImage that randomized its base.
-pub fn symbolize(map: &std::path::Path, addr: u64) -> Option<String> {
-    let text = std::fs::read_to_string(map).ok()?;
-    symbol_in(&text, addr)
-}
-
-/// [`symbolize`] on the map's text.
-fn symbol_in(map: &str, addr: u64) -> Option<String> {
-    let mut best: Option<(u64, &str)> = None;
-    for line in map.lines() {
-        let mut words = line.split_ascii_whitespace();
-        let (Some(at), Some(kind), Some(name)) = (words.next(), words.next(), words.next()) else {
-            continue;
-        };
-        if !matches!(kind, "T" | "t" | "W" | "w") {
-            continue;
-        }
-        let Ok(at) = u64::from_str_radix(at, 16) else {
-            continue;
-        };
-        if at <= addr && best.is_none_or(|(b, _)| at >= b) {
-            best = Some((at, name));
-        }
-    }
-    let (at, name) = best?;
-    // Past the last symbol by more than a megabyte is not in the kernel.
-    (addr - at < 1 << 20).then(|| format!("{name}+{:#x}", addr - at))
-}
-
 /// Entry registers for vCPU `id`: the boot vCPU always; APs only for raw
 /// guests (with an irqchip they wait for INIT/SIPI).
 fn entry_for(id: u8, entry: Entry) -> Option<Entry> {
@@ -962,7 +915,7 @@ impl Vm {
                         report.symbol = self
                             .system_map
                             .as_deref()
-                            .and_then(|map| symbolize(map, report.rip));
+                            .and_then(|map| symbols::symbolize(map, report.rip));
                         return Ending::TripleFault(report);
                     }
                     VcpuEnd::GuestReset => return Ending::Reset,
@@ -1248,46 +1201,6 @@ mod tests {
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("cannot read kernel /no/such/kernel"), "{msg}");
-    }
-
-    #[test]
-    fn fault_addresses_are_named_from_the_system_map() {
-        let map = "ffffffff81000000 T _text\n\
-                   ffffffff81001000 T start_kernel\n\
-                   ffffffff81001800 t helper\n\
-                   ffffffff82000000 D some_data\n\
-                   garbage line\n";
-        assert_eq!(
-            symbol_in(map, 0xffff_ffff_8100_1010).as_deref(),
-            Some("start_kernel+0x10")
-        );
-        assert_eq!(
-            symbol_in(map, 0xffff_ffff_8100_1800).as_deref(),
-            Some("helper+0x0")
-        );
-        assert_eq!(symbol_in(map, 0x1000), None, "below every symbol");
-        assert_eq!(
-            symbol_in(map, 0xffff_ffff_9000_0000),
-            None,
-            "far past the text"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let boot = dir.path().join("boot");
-        std::fs::create_dir(&boot).unwrap();
-        std::fs::write(boot.join("vmlinuz-6.1.0-x"), b"").unwrap();
-        std::fs::write(boot.join("System.map-6.1.0-x"), map).unwrap();
-        assert_eq!(
-            find_system_map(&boot.join("vmlinuz-6.1.0-x")),
-            Some(boot.join("System.map-6.1.0-x"))
-        );
-        let tree = dir.path().join("linux");
-        std::fs::create_dir_all(tree.join("arch/x86/boot")).unwrap();
-        std::fs::write(tree.join("System.map"), map).unwrap();
-        assert_eq!(
-            find_system_map(&tree.join("arch/x86/boot/bzImage")),
-            Some(tree.join("System.map"))
-        );
-        assert_eq!(find_system_map(&dir.path().join("nothing/here")), None);
     }
 
     #[test]

@@ -22,6 +22,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kestrel_kernels::symbols::SymbolSources;
+use kestrel_kernels::{Cache, Fetch, KernelSpec};
+
 use crate::evaluate::{RunOutput, RunnerVerdict};
 
 /// One boot to perform.
@@ -59,6 +62,13 @@ pub trait Backend: Send + Sync {
     /// Performs one run. `Err` only when the run could not take place; a
     /// guest or VMM failure is an `Ok` with the runner's verdict.
     fn run(&self, request: &RunRequest) -> Result<RunOutput, BackendError>;
+
+    /// Where the symbols of `kernel` (a spec) are, to symbolize the traces
+    /// of failed cases; `None` (the default): traces stay as printed.
+    fn symbol_sources(&self, kernel: &str) -> Option<SymbolSources> {
+        let _ = kernel;
+        None
+    }
 }
 
 /// The `kestrel` binary.
@@ -94,6 +104,24 @@ impl KestrelBinary {
             extra_args: Vec::new(),
             grace: Duration::from_secs(60),
             kernels: BTreeMap::new(),
+        }
+    }
+
+    /// The kernel image a spec boots: the resolved image when the caller
+    /// gave one, else the spec resolved through the kernel cache (never
+    /// fetched).
+    pub fn image_of(&self, kernel: &str) -> Option<PathBuf> {
+        let spec = self
+            .kernels
+            .get(kernel)
+            .map_or(kernel, |k| k.image.as_str());
+        let resolved = spec.parse::<KernelSpec>().ok().and_then(|spec| {
+            let cache = Cache::from_env().ok()?;
+            kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly).ok()
+        });
+        match resolved {
+            Some(k) => Some(k.image),
+            None => Some(PathBuf::from(spec)).filter(|p| p.is_file()),
         }
     }
 
@@ -275,6 +303,11 @@ pub fn interpret(
 }
 
 impl Backend for KestrelBinary {
+    fn symbol_sources(&self, kernel: &str) -> Option<SymbolSources> {
+        self.image_of(kernel)
+            .map(|image| SymbolSources::for_image(&image))
+    }
+
     fn run(&self, r: &RunRequest) -> Result<RunOutput, BackendError> {
         if let Some(dir) = r.console_path.parent() {
             std::fs::create_dir_all(dir)

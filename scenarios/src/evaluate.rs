@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use kestrel_kernels::symbols::SymbolSources;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -17,6 +18,7 @@ use crate::ktap;
 use crate::redact::{self, Redactions};
 use crate::scenario::{ExpectedFailure, Scenario, Stream};
 use crate::snapshot::{self, Metadata, Policy, SnapshotTarget};
+use crate::trace;
 
 /// The runner's own verdict, from `kestrel: verdict=…`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,6 +136,9 @@ pub enum FailReason {
         line: String,
         /// How many lines matched in all.
         count: usize,
+        /// The splat that starts at the first matching line, its frames
+        /// symbolized (see [`crate::trace`]).
+        trace: Vec<String>,
     },
     /// KTAP output has failing tests or broken plans.
     Ktap {
@@ -186,6 +191,7 @@ impl fmt::Display for FailReason {
                 pattern,
                 line,
                 count,
+                ..
             } => {
                 write!(f, "forbidden kernel-log line (/{pattern}/): `{line}`")?;
                 if *count > 1 {
@@ -273,6 +279,22 @@ impl Verdict {
         }
     }
 
+    /// The traces of forbidden kernel-log lines, for reports.
+    pub fn traces(&self) -> Vec<&[String]> {
+        match self {
+            Verdict::Fail(reasons) => reasons
+                .iter()
+                .filter_map(|r| match r {
+                    FailReason::ForbiddenLine { trace, .. } if !trace.is_empty() => {
+                        Some(trace.as_slice())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The diffs of snapshot failures, for reports.
     pub fn diffs(&self) -> Vec<&str> {
         match self {
@@ -308,6 +330,10 @@ pub struct SnapshotContext {
     pub policy: Policy,
     /// The guest command as shown in the snapshot header.
     pub expression: String,
+    /// Where the kernel's System.map and vmlinux are, to symbolize the
+    /// trace of a forbidden line (read only when one is found); `None`:
+    /// the trace stays as the kernel printed it.
+    pub symbols: Option<SymbolSources>,
 }
 
 /// The verdict and what was compared.
@@ -398,10 +424,14 @@ pub fn digest(text: &str) -> String {
 /// Longest quoted kernel-log line.
 const MAX_QUOTE: usize = 200;
 
-fn forbidden(scenario: &Scenario, log: &str) -> Option<FailReason> {
-    let mut first: Option<(String, String)> = None;
+fn forbidden(
+    scenario: &Scenario,
+    log: &str,
+    symbols: Option<&SymbolSources>,
+) -> Option<FailReason> {
+    let mut first: Option<(String, String, usize)> = None;
     let mut count = 0;
-    for line in log.lines() {
+    for (index, line) in log.lines().enumerate() {
         if let Some(re) = scenario.expect.forbid.iter().find(|r| r.is_match(line)) {
             count += 1;
             if first.is_none() {
@@ -409,14 +439,17 @@ fn forbidden(scenario: &Scenario, log: &str) -> Option<FailReason> {
                 if line.trim().chars().count() > MAX_QUOTE {
                     quoted.push('…');
                 }
-                first = Some((re.as_str().to_owned(), quoted));
+                first = Some((re.as_str().to_owned(), quoted, index));
             }
         }
     }
-    first.map(|(pattern, line)| FailReason::ForbiddenLine {
+    let (pattern, line, index) = first?;
+    let loaded = symbols.map(SymbolSources::load);
+    Some(FailReason::ForbiddenLine {
         pattern,
         line,
         count,
+        trace: trace::trace(log, index, loaded.as_ref()),
     })
 }
 
@@ -471,7 +504,7 @@ pub fn evaluate(
             // The provoked failure happened; only a panic excuses the
             // forbidden lines it prints itself.
             if scenario.expect.failure == Some(ExpectedFailure::Timeout) {
-                reasons.extend(forbidden(scenario, &out.kernel_log));
+                reasons.extend(forbidden(scenario, &out.kernel_log, snap.symbols.as_ref()));
             }
         }
         (None, None) => {
@@ -482,7 +515,7 @@ pub fn evaluate(
                     actual,
                 });
             }
-            reasons.extend(forbidden(scenario, &out.kernel_log));
+            reasons.extend(forbidden(scenario, &out.kernel_log, snap.symbols.as_ref()));
         }
     }
 
@@ -590,6 +623,7 @@ mod tests {
             series: Some("6.1".into()),
             policy: Policy::default(),
             expression: "demo".into(),
+            symbols: None,
         }
     }
 
@@ -660,6 +694,53 @@ mod tests {
             "forbidden kernel-log line (/^(\\[[ 0-9.]+\\] )?WARNING: /): `[ 2.0] WARNING: CPU: 0 PID: 1 at fs/x.c:1 f+0x1/0x2` and 1 more"
         );
         std::fs::remove_dir_all(&c.dir).unwrap();
+    }
+
+    #[test]
+    fn a_forbidden_line_carries_its_symbolized_trace() {
+        let c = ctx("trace");
+        let dir = c.dir.with_extension("boot");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinuz-6.1.0-x"), b"").unwrap();
+        std::fs::write(
+            dir.join("System.map-6.1.0-x"),
+            "ffffffff81001000 T write_sysrq_trigger\nffffffff81002000 T vfs_write\n",
+        )
+        .unwrap();
+        let mut with_symbols = c.clone();
+        with_symbols.symbols = Some(SymbolSources::for_image(&dir.join("vmlinuz-6.1.0-x")));
+        let s = scenario("run = [\"x\"]");
+        let log = "[ 1.0] ok\n[ 2.0] Call Trace:\n[ 2.0]  <TASK>\n[ 2.0]  0xffffffff81001024\n\
+                   [ 2.0]  vfs_write+0xc6/0x3f0\n[ 2.0]  </TASK>\n[ 2.1] kestrel-init: done\n";
+        let e = evaluate(&s, &output(RunnerVerdict::Pass, "", log), &with_symbols).unwrap();
+        let Verdict::Fail(reasons) = &e.verdict else {
+            panic!("{:?}", e.verdict)
+        };
+        let FailReason::ForbiddenLine { trace, count, .. } = &reasons[0] else {
+            panic!("{reasons:?}")
+        };
+        assert_eq!(*count, 1);
+        assert_eq!(
+            trace,
+            &[
+                "Call Trace:",
+                " <TASK>",
+                " 0xffffffff81001024 write_sysrq_trigger+0x24",
+                " vfs_write+0xc6/0x3f0",
+                " </TASK>"
+            ]
+        );
+        assert_eq!(e.verdict.traces(), [trace.as_slice()]);
+        let json = serde_json::to_value(&reasons[0]).unwrap();
+        assert_eq!(
+            json["trace"][2],
+            " 0xffffffff81001024 write_sysrq_trigger+0x24"
+        );
+        // Without symbols the trace is as printed.
+        let e = evaluate(&s, &output(RunnerVerdict::Pass, "", log), &c).unwrap();
+        assert_eq!(e.verdict.traces()[0][2], " 0xffffffff81001024");
+        let _ = std::fs::remove_dir_all(&c.dir);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`redact`]: normalisation (built-in redactions, user filters).
 //! - [`snapshot`]: insta's file format, comparison, `.snap.new`, accepting.
 //! - [`evaluate`]: run output + expectations → verdict.
+//! - [`trace`]: the splat behind a forbidden kernel-log line, symbolized.
 //! - [`backend`]: the runner contract and the `kestrel` binary backend.
 //! - [`report`]: per-case artifacts, JUnit XML, the summary table.
 //! - [`suite`]: options, cases, probes, `run_suite`.
@@ -29,6 +30,7 @@ pub mod report;
 pub mod scenario;
 pub mod snapshot;
 pub mod suite;
+pub mod trace;
 
 pub use backend::{Backend, BackendError, KestrelBinary, ResolvedKernel, RunRequest};
 pub use error::{Error, Result};

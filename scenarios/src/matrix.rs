@@ -15,7 +15,7 @@
 //! scripts, no external links), so it can be opened from disk or mailed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -117,11 +117,13 @@ pub struct PlannedRow {
     pub description: String,
     /// Kernel specs it was planned on (others are `not run`).
     pub kernels: Vec<String>,
+    /// Its accepted snapshots (`snapshots/` beside the scenario file).
+    pub snapshots_dir: PathBuf,
 }
 
 impl Matrix {
     /// Builds the matrix from a run: `results` with their artifacts
-    /// (`snapshot.txt`, `diff.txt`), the snapshots directory for the
+    /// (`snapshot.txt`, `diff.txt`); each row names the directory of its
     /// accepted per-kernel snapshots.
     pub fn build(
         run_id: &str,
@@ -129,7 +131,6 @@ impl Matrix {
         columns: Vec<Column>,
         rows: &[PlannedRow],
         results: &[CaseResult],
-        snapshots_dir: &Path,
     ) -> Matrix {
         let rows = rows
             .iter()
@@ -159,7 +160,7 @@ impl Matrix {
                                 {
                                     outputs.push((col.spec.clone(), text));
                                 }
-                                cell_of(r, &planned.scenario, snapshots_dir)
+                                cell_of(r, &planned.scenario, &planned.snapshots_dir)
                             }
                             _ => Cell {
                                 kernel: col.spec.clone(),
@@ -872,10 +873,11 @@ mod tests {
                 "debian:6.12".into(),
                 "debian:7.2".into(),
             ],
+            snapshots_dir: snaps.clone(),
         }];
         let mut results = results;
         results[0].flaky = Some("timeout".into());
-        let m = Matrix::build("run1", 1500, columns, &rows, &results, &snaps);
+        let m = Matrix::build("run1", 1500, columns, &rows, &results);
         let states: Vec<State> = m.rows[0].cells.iter().map(|c| c.state).collect();
         assert_eq!(
             states,

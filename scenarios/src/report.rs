@@ -205,6 +205,10 @@ pub fn junit_xml(results: &[CaseResult], wall_ms: u64) -> String {
                 "failure"
             };
             let mut body = r.verdict.reason();
+            for t in r.verdict.traces() {
+                body.push_str("\n\n");
+                body.push_str(&t.join("\n"));
+            }
             for d in r.verdict.diffs() {
                 body.push_str("\n\n");
                 body.push_str(d);
@@ -239,7 +243,8 @@ pub fn junit_xml(results: &[CaseResult], wall_ms: u64) -> String {
 }
 
 /// The summary table (scenario, kernel, verdict, time), a totals line, and
-/// each non-passing case's reason.
+/// each non-passing case's reason, with the trace of a forbidden kernel-log
+/// line under it (`      | …`, at most [`crate::trace::MAX_LINES`] lines).
 pub fn summary_table(results: &[CaseResult], wall_ms: u64) -> String {
     let w_s = results
         .iter()
@@ -279,6 +284,11 @@ pub fn summary_table(results: &[CaseResult], wall_ms: u64) -> String {
     );
     for r in results.iter().filter(|r| !r.verdict.passed()) {
         let _ = writeln!(t, "  {}: {}", r.name(), r.verdict);
+        for trace in r.verdict.traces() {
+            for line in trace {
+                let _ = writeln!(t, "      | {line}");
+            }
+        }
     }
     for r in results.iter().filter(|r| r.verdict.passed()) {
         if let Some(first) = &r.flaky {
@@ -392,5 +402,38 @@ mod tests {
             t.contains("  b@debian:6.1: timeout: the guest did not finish before the timeout"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn traces_are_shown_under_their_reason() {
+        let reason = FailReason::ForbiddenLine {
+            pattern: "Call Trace".into(),
+            line: "[ 2.0] Call Trace:".into(),
+            count: 1,
+            trace: vec![
+                "Call Trace:".into(),
+                " vfs_write+0xc6/0x3f0 (fs/read_write.c:584)".into(),
+            ],
+        };
+        let results = vec![result("w", Verdict::Fail(vec![reason]), "")];
+        let t = summary_table(&results, 1000);
+        assert!(
+            t.contains(
+                "  w@debian:6.1: fail: forbidden kernel-log line (/Call Trace/): `[ 2.0] Call Trace:`\n\
+                 \x20     | Call Trace:\n\
+                 \x20     |  vfs_write+0xc6/0x3f0 (fs/read_write.c:584)\n"
+            ),
+            "{t}"
+        );
+        let xml = junit_xml(&results, 1000);
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let failure = doc
+            .descendants()
+            .find(|n| n.has_tag_name("failure"))
+            .unwrap();
+        assert!(failure
+            .text()
+            .unwrap()
+            .ends_with("\n\nCall Trace:\n vfs_write+0xc6/0x3f0 (fs/read_write.c:584)"));
     }
 }

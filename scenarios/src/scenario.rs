@@ -225,6 +225,16 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Scenario {
+    /// The directory the scenario file is in: its probes are under
+    /// `probes/` there, its snapshots under `snapshots/`, and its command
+    /// runs there (relative names in `run`/`script` are its neighbours).
+    pub fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
     /// Reads and validates one scenario file.
     pub fn load(path: &Path) -> Result<Scenario> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
@@ -527,6 +537,38 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         .collect()
 }
 
+/// Every scenario in `dirs` (a user's own directories, say), sorted by
+/// name. Stops at the first bad file. A directory without scenario files,
+/// or one name in two directories (snapshots and artifacts are named by
+/// scenario), is an error that says what to do.
+pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<Scenario>> {
+    let mut all: Vec<Scenario> = Vec::new();
+    for dir in dirs {
+        let files = scenario_files(dir)?;
+        if files.is_empty() {
+            return Err(Error::Options(format!(
+                "{} has no scenario files (<name>.toml): name a directory of scenarios",
+                dir.display()
+            )));
+        }
+        for file in files {
+            let scenario = Scenario::load(&file)?;
+            if let Some(first) = all.iter().find(|s| s.name == scenario.name) {
+                return Err(Error::Options(format!(
+                    "two scenarios are named `{}` ({} and {}): rename one, since snapshots and \
+                     artifacts are named by scenario",
+                    scenario.name,
+                    first.path.display(),
+                    scenario.path.display()
+                )));
+            }
+            all.push(scenario);
+        }
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -681,5 +723,44 @@ digest = false
             .collect();
         assert_eq!(names, ["a", "b"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_dirs_merges_sorts_and_refuses_clashes_and_empty_dirs() {
+        let root = std::env::temp_dir().join(format!("kestrel-scn-dirs-{}", std::process::id()));
+        let (one, two, empty) = (root.join("one"), root.join("two"), root.join("empty"));
+        for d in [&one, &two, &empty] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(one.join("b.toml"), "run = [\"b\"]\n").unwrap();
+        std::fs::write(two.join("a.toml"), "run = [\"./a.sh\"]\n").unwrap();
+        let all = load_dirs(&[one.clone(), two.clone()]).unwrap();
+        let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(all[0].dir(), two);
+        assert_eq!(all[1].dir(), one);
+
+        std::fs::write(two.join("b.toml"), "run = [\"b2\"]\n").unwrap();
+        let clash = load_dirs(&[one.clone(), two.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(clash.contains("two scenarios are named `b`"), "{clash}");
+        assert!(clash.contains("rename one"), "{clash}");
+
+        let none = load_dirs(&[one.clone(), empty.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("has no scenario files"), "{none}");
+        let missing = load_dirs(&[root.join("nope")]).unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_scenario_named_without_a_directory_is_in_the_current_one() {
+        let s = Scenario::parse(Path::new("x.toml"), "run = [\"x\"]\n").unwrap();
+        assert_eq!(s.dir(), Path::new("."));
+        let s = Scenario::parse(Path::new("/t/x.toml"), "run = [\"x\"]\n").unwrap();
+        assert_eq!(s.dir(), Path::new("/t"));
     }
 }

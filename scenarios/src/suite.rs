@@ -27,14 +27,16 @@ pub const DEFAULT_KERNEL: &str = "debian:6.1";
 /// What to run and where things go.
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
-    /// Directory of `<name>.toml` files (and `probes/`).
-    pub scenarios_dir: PathBuf,
-    /// Directory of `.snap` files.
-    pub snapshots_dir: PathBuf,
+    /// Directories of `<name>.toml` files, each with its own `probes/` and
+    /// `snapshots/` (`--scenarios DIR`, repeatable; default: the
+    /// workspace's `scenarios/`). A scenario's command runs in its
+    /// directory.
+    pub scenario_dirs: Vec<PathBuf>,
+    /// Where `.snap` files go instead of `snapshots/` beside each scenario
+    /// (a bisection keeps its baseline in its own state directory).
+    pub snapshots_dir: Option<PathBuf>,
     /// `target/kestrel`: run directories and built probes go here.
     pub artifacts_root: PathBuf,
-    /// Directory kestrel is started in (the workspace root).
-    pub workdir: PathBuf,
     /// Kernel specs; each applicable scenario runs on each.
     pub kernels: Vec<String>,
     /// Case-name filters (`scenario@kernel`): substrings, or globs with `*`;
@@ -86,12 +88,10 @@ impl SuiteOptions {
                 }
             })
             .unwrap_or_else(|| workspace_root.join("target"));
-        let scenarios_dir = workspace_root.join("scenarios");
         SuiteOptions {
-            snapshots_dir: scenarios_dir.join("snapshots"),
-            scenarios_dir,
+            scenario_dirs: vec![workspace_root.join("scenarios")],
+            snapshots_dir: None,
             artifacts_root: target.join("kestrel"),
-            workdir: workspace_root.to_owned(),
             kernels: vec![DEFAULT_KERNEL.to_owned()],
             filters: Vec::new(),
             exact: false,
@@ -105,6 +105,14 @@ impl SuiteOptions {
             base_append: Some(BASE_APPEND.to_owned()),
             retries: 0,
         }
+    }
+
+    /// Where `scenario`'s snapshots are: [`SuiteOptions::snapshots_dir`],
+    /// else `snapshots/` beside the scenario file.
+    pub fn snapshots_dir_for(&self, scenario: &Scenario) -> PathBuf {
+        self.snapshots_dir
+            .clone()
+            .unwrap_or_else(|| scenario.dir().join("snapshots"))
     }
 
     /// Applies the harness's environment: `KESTREL_KERNEL` (comma-separated
@@ -277,7 +285,10 @@ pub struct Session {
     options: SuiteOptions,
     run_id: String,
     run_dir: PathBuf,
-    probes: Probes,
+    /// One builder per scenario directory, in [`SuiteOptions::scenario_dirs`]
+    /// order: the first builds into `<root>/probes`, the others into
+    /// `<root>/probes-<n>`.
+    probes: Vec<Probes>,
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC.
@@ -335,17 +346,48 @@ impl Session {
             .clone()
             .unwrap_or_else(|| format!("{}-{}", utc_stamp(SystemTime::now()), std::process::id()));
         let root = absolute(&options.artifacts_root);
-        let probes = Probes::new(
-            options.scenarios_dir.join("probes"),
-            root.join("probes"),
-            options.cc.clone(),
-        );
+        let probes = options
+            .scenario_dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                let out = if i == 0 {
+                    root.join("probes")
+                } else {
+                    root.join(format!("probes-{i}"))
+                };
+                Probes::new(dir.join("probes"), out, options.cc.clone())
+            })
+            .collect::<Vec<_>>();
+        let probes = if probes.is_empty() {
+            // No directories: a session that will find no scenarios still
+            // has a builder, so `probes_for` always has one to give.
+            vec![Probes::new(
+                PathBuf::from("probes"),
+                root.join("probes"),
+                options.cc.clone(),
+            )]
+        } else {
+            probes
+        };
         Session {
             run_dir: root.join(&run_id),
             run_id,
             probes,
             options,
         }
+    }
+
+    /// The probe builder for `scenario`'s directory (the first one's for a
+    /// scenario loaded from elsewhere, as a bisection step's is).
+    fn probes_for(&self, scenario: &Scenario) -> &Probes {
+        self.options
+            .scenario_dirs
+            .iter()
+            .position(|d| d == scenario.dir())
+            .and_then(|i| self.probes.get(i))
+            .or(self.probes.first())
+            .expect("a session has at least one probe builder")
     }
 
     /// The options.
@@ -365,7 +407,7 @@ impl Session {
 
     /// Loads every scenario (stops at the first malformed file).
     pub fn load(&self) -> Result<Vec<Arc<Scenario>>> {
-        Ok(scenario::load_dir(&self.options.scenarios_dir)?
+        Ok(scenario::load_dirs(&self.options.scenario_dirs)?
             .into_iter()
             .map(Arc::new)
             .collect())
@@ -380,7 +422,8 @@ impl Session {
     pub fn run_case(&self, case: &Case, backend: &dyn Backend) -> CaseResult {
         let start = Instant::now();
         let s = &case.scenario;
-        let argv = s.command.argv(self.probes.out_dir());
+        let probes = self.probes_for(s);
+        let argv = s.command.argv(probes.out_dir());
         let artifacts = self.run_dir.join(&s.name).join(slug(&case.kernel));
         let _ = std::fs::remove_dir_all(&artifacts);
         let mut result = CaseResult {
@@ -404,7 +447,7 @@ impl Session {
         let probe_errors: Vec<FailReason> = s
             .probes
             .iter()
-            .filter_map(|p| self.probes.ensure(p).err())
+            .filter_map(|p| probes.ensure(p).err())
             .map(|message| FailReason::ProbeBuild { message })
             .collect();
         if !probe_errors.is_empty() {
@@ -423,11 +466,11 @@ impl Session {
             append: join_append(self.options.base_append.as_deref(), s.append.as_deref()),
             argv,
             console_path: artifacts.join("console.log"),
-            workdir: self.options.workdir.clone(),
+            workdir: s.dir().to_path_buf(),
             shares: if s.probes.is_empty() {
                 Vec::new()
             } else {
-                vec![self.probes.out_dir().to_path_buf()]
+                vec![probes.out_dir().to_path_buf()]
             },
         };
         if let Err(e) = std::fs::create_dir_all(&artifacts) {
@@ -440,13 +483,14 @@ impl Session {
             .run(&request)
             .unwrap_or_else(|e| RunOutput::vmm_error(e.to_string()));
         let context = SnapshotContext {
-            dir: self.options.snapshots_dir.clone(),
+            dir: self.options.snapshots_dir_for(s),
             series: series_of(&case.kernel).map(str::to_owned),
             policy: Policy {
                 update: self.options.update,
                 per_kernel: self.options.per_kernel_snapshots,
             },
             expression: expression(&s.command),
+            symbols: backend.symbol_sources(&case.kernel),
         };
         let (verdict, text) = match evaluate::evaluate(s, &output, &context) {
             Ok(e) => (e.verdict, e.snapshot_text),
@@ -710,7 +754,8 @@ mod tests {
     fn env_options() {
         let mut o = SuiteOptions::new(Path::new("/w"));
         assert_eq!(o.kernels, [DEFAULT_KERNEL]);
-        assert_eq!(o.snapshots_dir, Path::new("/w/scenarios/snapshots"));
+        assert_eq!(o.scenario_dirs, [Path::new("/w/scenarios")]);
+        assert_eq!(o.snapshots_dir, None);
         let vars = |k: &str| match k {
             "KESTREL_KERNEL" => Some("debian:6.1, debian:6.12".to_owned()),
             "KESTREL_UPDATE_SNAPSHOTS" => Some("1".to_owned()),

@@ -26,8 +26,7 @@ fn main() {
     let workspace = manifest.parent().unwrap_or(manifest);
     let var = |k: &str| std::env::var(k).ok();
     let mut options = SuiteOptions::new(workspace);
-    options.scenarios_dir = manifest.to_owned();
-    options.snapshots_dir = manifest.join("snapshots");
+    options.scenario_dirs = vec![manifest.to_owned()];
     options.progress = false;
     options.apply_env(&var);
     let backend: Option<Arc<dyn Backend>> =

@@ -68,9 +68,14 @@ pub struct BisectArgs {
     /// (failing) last.
     #[arg(long, value_delimiter = ',')]
     pub kernels: Vec<String>,
-    /// A scenario name (scenarios/NAME.toml) or the path of a scenario file.
+    /// A scenario name (scenarios/NAME.toml, or DIR/NAME.toml with
+    /// `--scenarios DIR`) or the path of a scenario file.
     #[arg(long)]
     pub scenario: String,
+    /// Directories to look the scenario name up in (repeatable; default:
+    /// this workspace's `scenarios/`).
+    #[arg(long = "scenarios", value_name = "DIR")]
+    pub scenarios: Vec<PathBuf>,
     /// As for `kernel build`: kestrel, defconfig or a fragment file.
     #[arg(long = "config")]
     pub config: Vec<String>,
@@ -316,8 +321,10 @@ pub fn bisect_list(
     }
 }
 
-/// Finds the scenario: a file path, else `scenarios/<name>.toml`.
-pub fn load_scenario(name: &str) -> Result<Scenario> {
+/// Finds the scenario: a file path, else `<name>.toml` in the first of
+/// `dirs` that has one (`--scenarios DIR`; default: the workspace's
+/// `scenarios/`).
+pub fn load_scenario(name: &str, dirs: &[PathBuf]) -> Result<Scenario> {
     let as_path = Path::new(name);
     if name.ends_with(".toml") || name.contains('/') {
         if !as_path.is_file() {
@@ -325,29 +332,32 @@ pub fn load_scenario(name: &str) -> Result<Scenario> {
         }
         return Ok(Scenario::load(as_path)?);
     }
-    let dir = paths::workspace().join("scenarios");
-    let path = dir.join(format!("{name}.toml"));
-    if !path.is_file() {
-        let mut known: Vec<String> = std::fs::read_dir(&dir)
-            .map(|r| {
-                r.flatten()
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_suffix(".toml"))
-                            .map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        known.sort();
-        bail!(
-            "no scenario `{name}` ({} is missing); known: {}",
-            path.display(),
-            known.join(", ")
-        );
+    let dirs = if dirs.is_empty() {
+        vec![paths::workspace().join("scenarios")]
+    } else {
+        crate::test::scenario_dirs(dirs)?
+    };
+    if let Some(path) = dirs
+        .iter()
+        .map(|d| d.join(format!("{name}.toml")))
+        .find(|p| p.is_file())
+    {
+        return Ok(Scenario::load(&path)?);
     }
-    Ok(Scenario::load(&path)?)
+    let mut known: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| kestrel_scenarios::scenario::scenario_files(d).unwrap_or_default())
+        .filter_map(|p| p.file_stem().and_then(|n| n.to_str()).map(str::to_owned))
+        .collect();
+    known.sort();
+    bail!(
+        "no scenario `{name}` in {}; known: {}",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        known.join(", ")
+    );
 }
 
 /// Where a bisection keeps its baseline, runs and step log.
@@ -428,15 +438,13 @@ pub fn run_boot(args: &BootArgs) -> Result<()> {
 }
 
 fn boot_here(args: &BootArgs) -> Result<BootRecord> {
-    let scenario = load_scenario(&args.scenario)?;
+    let scenario = load_scenario(&args.scenario, &[])?;
     let state = State {
         dir: args.state.clone(),
     };
     let mut options = SuiteOptions::new(&paths::workspace());
-    if let Some(dir) = scenario.path.parent() {
-        options.scenarios_dir = dir.to_owned();
-    }
-    options.snapshots_dir = state.snapshots();
+    options.scenario_dirs = vec![scenario.dir().to_path_buf()];
+    options.snapshots_dir = Some(state.snapshots());
     options.artifacts_root = state.runs();
     options.run_id = Some(args.name.clone());
     options.kernels = vec![args.kernel.clone()];
@@ -504,6 +512,10 @@ fn boot(args: &BootArgs, xtask: &Path, in_rig: bool) -> Result<BootRecord> {
         cmd.extend(["--pack".into(), p.clone()]);
     }
     let mut rig_args = RigArgs::for_cmd(cmd, 300);
+    // The scenario's directory (its files, probes), even under /tmp.
+    if let Some(dir) = Path::new(&args.scenario).parent().filter(|d| d.is_dir()) {
+        rig_args.writable.push(dir.to_path_buf());
+    }
     rig_args.memory = 2048;
     rig_args.timeout = 1800;
     let interrupted = || INTERRUPTED.load(Ordering::SeqCst);
@@ -829,7 +841,7 @@ fn check_interrupted() -> Result<()> {
 /// `cargo xtask bisect`: prints the report, returns the conclusion.
 pub fn run(args: &BisectArgs) -> Result<Conclusion> {
     take_signals()?;
-    let scenario = load_scenario(&args.scenario)?;
+    let scenario = load_scenario(&args.scenario, &args.scenarios)?;
     let scenario_arg = std::fs::canonicalize(&scenario.path)
         .unwrap_or_else(|_| scenario.path.clone())
         .display()
@@ -1332,14 +1344,32 @@ git bisect skip 11aa22bb
 
     #[test]
     fn scenarios_are_found_by_name_or_path() {
-        let s = load_scenario("boot_smoke").unwrap();
+        let s = load_scenario("boot_smoke", &[]).unwrap();
         assert_eq!(s.name, "boot_smoke");
-        let err = load_scenario("no_such_scenario").unwrap_err().to_string();
+        let err = load_scenario("no_such_scenario", &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("no scenario `no_such_scenario`") && err.contains("boot_smoke"),
             "{err}"
         );
-        assert!(load_scenario("/no/such.toml").is_err());
+        assert!(load_scenario("/no/such.toml", &[]).is_err());
+
+        // A user's own directory: looked up there, listed when missing.
+        let own = std::env::temp_dir().join(format!("kestrel-bisect-own-{}", std::process::id()));
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("mine.toml"), "run = [\"./mine.sh\"]\n").unwrap();
+        let s = load_scenario("mine", std::slice::from_ref(&own)).unwrap();
+        assert_eq!(s.dir(), std::fs::canonicalize(&own).unwrap());
+        let err = load_scenario("boot_smoke", std::slice::from_ref(&own))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("known: mine"), "{err}");
+        let err = load_scenario("mine", &[own.join("nope")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such directory"), "{err}");
+        std::fs::remove_dir_all(&own).unwrap();
     }
 }
 
@@ -1657,6 +1687,7 @@ timeout = 60
             bad: Some(bad.to_owned()),
             kernels: Vec::new(),
             scenario: scenario.display().to_string(),
+            scenarios: Vec::new(),
             config: config.to_vec(),
             out: None,
             jobs: None,

@@ -119,29 +119,37 @@ pub fn run() -> Result<()> {
     let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
     let xtask = shell_quote(&xtask.to_string_lossy());
     let bins = rig_test_binaries()?;
+    let kestrel_bin = guest::build_kestrel()?;
     let test_bin = |name: &str| -> Result<String> {
         let bin = bins
             .iter()
             .find(|(t, _)| *t == name)
             .with_context(|| format!("no rig test binary {name}"))?;
         Ok(format!(
-            "echo '==> {name}'; KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} {} --test-threads 1 || rc=1\n",
+            "echo '==> {name}'; KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {} --test-threads 1 || rc=1\n",
             shell_quote(&k61.image.to_string_lossy()),
+            shell_quote(&kestrel_bin.to_string_lossy()),
             shell_quote(&bin.1.to_string_lossy())
         ))
     };
     let parts = [
         (
-            "rig: QEMU-KVM guests, the runner on every Debian series, virtio-console",
+            "rig: QEMU-KVM guests, the runner on every Debian series, virtio-console, a forbidden trace",
             format!(
-                "{xtask} selftest --accel kvm --kernel debian:6.1 || rc=1\n{}{}",
+                "{xtask} selftest --accel kvm --kernel debian:6.1 || rc=1\n{}{}{}",
                 test_bin("real_kernel")?,
-                test_bin("virtio_console")?
+                test_bin("virtio_console")?,
+                test_bin("splat_trace")?
             ),
         ),
         (
-            "rig: the host's root over virtio-fs, faults survived",
-            format!("{}{}", test_bin("host_root")?, test_bin("faults")?),
+            "rig: the host's root over virtio-fs, faults survived, own scenario directories",
+            format!(
+                "{}{}{}",
+                test_bin("host_root")?,
+                test_bin("faults")?,
+                test_bin("own_scenarios")?
+            ),
         ),
         (
             "rig: the ABI matrix (every scenario × Debian 5.10, 6.1, 6.12, 7.2)",
@@ -199,6 +207,8 @@ const RIG_TESTS: &[(&str, &str)] = &[
     ("kestrel", "virtio_console"),
     ("kestrel", "host_root"),
     ("kestrel", "faults"),
+    ("kestrel", "own_scenarios"),
+    ("kestrel-scenarios", "splat_trace"),
 ];
 
 /// Builds the rig tests (release) and returns (test name, executable).

@@ -36,6 +36,10 @@ pub struct MatrixArgs {
     /// Run only cases whose `scenario@kernel` name contains this (or matches this glob).
     #[arg(long)]
     pub filter: Vec<String>,
+    /// A directory of your own scenarios (repeatable) instead of this
+    /// workspace's `scenarios/`; per-kernel snapshots go to `DIR/snapshots`.
+    #[arg(long = "scenarios", value_name = "DIR")]
+    pub scenarios: Vec<PathBuf>,
     /// Cases run at once (default: one per core of the machine that runs them).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -110,13 +114,18 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
         kernel_flag: "--kernels",
         kernels: &args.kernels,
         filters: &args.filter,
+        scenario_dirs: &args.scenarios,
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
         warm: args.warm,
     }
     .argv()?;
-    let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 600), 2, &|| false)?;
+    let mut rig_args = RigArgs::for_cmd(cmd, 600);
+    // Own scenario directories (maybe under /tmp) must be seen and
+    // written (snapshots) in L1.
+    rig_args.writable = crate::test::scenario_dirs(&args.scenarios)?;
+    let code = rig::run_retrying(&rig_args, 2, &|| false)?;
     Ok(code == 0)
 }
 
@@ -151,6 +160,9 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
     }
 
     let mut options = SuiteOptions::new(&paths::workspace());
+    if !args.scenarios.is_empty() {
+        options.scenario_dirs = crate::test::scenario_dirs(&args.scenarios)?;
+    }
     options.kernels = columns
         .iter()
         .filter(|c| c.unresolved.is_none())
@@ -184,6 +196,7 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
                 .filter(|c| c.scenario.name == s.name)
                 .map(|c| c.kernel.clone())
                 .collect(),
+            snapshots_dir: options.snapshots_dir_for(s),
         })
         .collect();
     if rows.is_empty() {
@@ -206,33 +219,35 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
         )
     };
     if args.update {
-        let names: Vec<(String, Vec<String>)> = rows
-            .iter()
-            .map(|r| {
-                let series = r
-                    .kernels
-                    .iter()
-                    .filter_map(|k| kestrel_scenarios::kernel::series_of(k))
-                    .map(str::to_owned)
-                    .collect();
-                (r.scenario.clone(), series)
-            })
-            .collect();
-        let changed = normalise_snapshots(&options.snapshots_dir, &names, BASELINE_SERIES)
-            .context("could not tidy the per-kernel snapshots")?;
-        for c in changed {
-            tools::step(format!("matrix: snapshots: {c}"));
+        // Per snapshots directory (one per --scenarios DIR).
+        let mut by_dir: std::collections::BTreeMap<&Path, Vec<(String, Vec<String>)>> =
+            std::collections::BTreeMap::new();
+        for r in &rows {
+            let series = r
+                .kernels
+                .iter()
+                .filter_map(|k| kestrel_scenarios::kernel::series_of(k))
+                .map(str::to_owned)
+                .collect();
+            by_dir
+                .entry(r.snapshots_dir.as_path())
+                .or_default()
+                .push((r.scenario.clone(), series));
+        }
+        for (dir, names) in by_dir {
+            let changed = normalise_snapshots(dir, &names, BASELINE_SERIES).with_context(|| {
+                format!(
+                    "could not tidy the per-kernel snapshots in {}",
+                    dir.display()
+                )
+            })?;
+            for c in changed {
+                tools::step(format!("matrix: snapshots: {c}"));
+            }
         }
     }
 
-    let matrix = Matrix::build(
-        &run_id,
-        wall_ms,
-        columns,
-        &rows,
-        &results,
-        &options.snapshots_dir,
-    );
+    let matrix = Matrix::build(&run_id, wall_ms, columns, &rows, &results);
     let dir = report_dir();
     write_reports(&matrix, &dir)?;
     eprintln!("{}", table_only(&matrix.markdown()));

@@ -7,8 +7,9 @@
 //!
 //! Invariants:
 //! - Inside L1, CMD sees the host's `/` read-only at the same paths; only
-//!   the workspace, the target dir and the kernel cache are writable; `/tmp`,
-//!   `/run`, `/var/tmp` are fresh tmpfs. CMD runs as root in the directory
+//!   the workspace, the target dir, the kernel cache and any `--writable`
+//!   directory are writable; `/tmp`, `/run`, `/var/tmp` are fresh tmpfs
+//!   (a `--writable` directory under them is bound on top). CMD runs as root in the directory
 //!   the rig was started from, with the host's environment (filtered) plus
 //!   `KESTREL_RIG=1`.
 //! - CMD's stdout/stderr reach ours as they arrive (virtio-console ports);
@@ -77,6 +78,10 @@ pub struct RigArgs {
     /// Show L1's kernel log on stderr while it runs.
     #[arg(long)]
     pub console: bool,
+    /// Also writable in L1, at the same path (repeatable; may be under
+    /// `/tmp`, which L1 otherwise replaces with its own tmpfs).
+    #[arg(long, value_name = "DIR")]
+    pub writable: Vec<PathBuf>,
     /// The command to run inside L1.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -92,6 +97,7 @@ impl RigArgs {
             timeout: 3600,
             silence,
             console: false,
+            writable: Vec::new(),
             cmd,
         }
     }
@@ -135,7 +141,9 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
     })?;
 
     let cache_dir = kestrel_kernels::Cache::from_env()?.root().to_path_buf();
-    let writable = writable_paths(&[paths::workspace(), paths::target_dir(), cache_dir])?;
+    let mut writable = vec![paths::workspace(), paths::target_dir(), cache_dir];
+    writable.extend(args.writable.iter().cloned());
+    let writable = writable_paths(&writable)?;
     let cwd = std::env::current_dir().context("the current directory is not readable")?;
     let spec = Spec {
         argv: args.cmd.clone(),

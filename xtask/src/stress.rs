@@ -41,6 +41,10 @@ pub struct StressArgs {
     /// The QEMU machine compared with: pc or microvm.
     #[arg(long, default_value = "pc")]
     pub qemu_machine: String,
+    /// Extra kernel arguments for kestrel's guests only (an A/B lever such
+    /// as `pci=off`, which QEMU pc's DSDT cannot boot with).
+    #[arg(long, default_value = "")]
+    pub kestrel_append: String,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -76,6 +80,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
             args.jobs.to_string(),
             "--qemu-machine".into(),
             args.qemu_machine.clone(),
+            format!("--kestrel-append={}", args.kestrel_append),
         ]);
     }
     let qemu = tools::ensure_qemu()?;
@@ -84,9 +89,31 @@ pub fn run(args: &StressArgs) -> Result<()> {
     let initrd = dir.join("initrd.cpio");
     bench::write_true_initrd(&base, &initrd)?;
     tools::step(format!(
-        "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}",
-        args.boots, args.qemu_machine, qemu.version, args.cpus, args.jobs, kernel.release
+        "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}{}",
+        args.boots,
+        args.qemu_machine,
+        qemu.version,
+        args.cpus,
+        args.jobs,
+        kernel.release,
+        if args.kestrel_append.trim().is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", kestrel's kernel arguments + `{}`",
+                args.kestrel_append.trim()
+            )
+        }
     ));
+    let setup = Setup {
+        kestrel: &kestrel,
+        qemu: &qemu,
+        kernel: &kernel.image,
+        initrd: &initrd,
+        cpus: args.cpus,
+        append: args.kestrel_append.trim(),
+        dir: &dir,
+    };
     let vmms = [Vmm::Kestrel, Vmm::Qemu(machine)];
     let mut tally = [Tally::default(), Tally::default()];
     let started = Instant::now();
@@ -97,13 +124,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
                 continue;
             }
             let results: Vec<Result<(), String>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..n)
-                    .map(|_| {
-                        s.spawn(|| {
-                            vmm.boot(&kestrel, &qemu, &kernel.image, &initrd, args.cpus, &dir)
-                        })
-                    })
-                    .collect();
+                let handles: Vec<_> = (0..n).map(|_| s.spawn(|| vmm.boot(&setup))).collect();
                 handles
                     .into_iter()
                     .map(|h| {
@@ -152,6 +173,19 @@ struct Tally {
     failures: usize,
 }
 
+/// What every boot of a stress run shares.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    kestrel: &'a Path,
+    qemu: &'a Qemu,
+    kernel: &'a Path,
+    initrd: &'a Path,
+    cpus: u32,
+    /// Extra kernel arguments for kestrel's guests.
+    append: &'a str,
+    dir: &'a Path,
+}
+
 enum Vmm {
     Kestrel,
     Qemu(Machine),
@@ -166,15 +200,16 @@ impl Vmm {
     }
 
     /// One boot; `Err` says how it failed (its log is kept in `dir`).
-    fn boot(
-        &self,
-        kestrel: &Path,
-        qemu: &Qemu,
-        kernel: &Path,
-        initrd: &Path,
-        cpus: u32,
-        dir: &Path,
-    ) -> Result<(), String> {
+    fn boot(&self, setup: &Setup) -> Result<(), String> {
+        let Setup {
+            kestrel,
+            qemu,
+            kernel,
+            initrd,
+            cpus,
+            append: extra_args,
+            dir,
+        } = *setup;
         let log = dir.join(format!(
             "{}-{}.log",
             self.name(),
@@ -192,6 +227,7 @@ impl Vmm {
                     .arg(initrd)
                     .arg("--console")
                     .arg(&log)
+                    .arg(format!("--append={extra_args}"))
                     .args([
                         "--cpus",
                         &cpus.to_string(),

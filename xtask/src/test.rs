@@ -22,6 +22,11 @@ pub struct TestArgs {
     /// Run only cases whose `scenario@kernel` name contains this (or matches this glob).
     #[arg(long)]
     pub filter: Vec<String>,
+    /// A directory of your own scenarios (repeatable) instead of this
+    /// workspace's `scenarios/`: each keeps its snapshots in `DIR/snapshots`
+    /// and its probes in `DIR/probes`, and runs in `DIR`.
+    #[arg(long = "scenarios", value_name = "DIR")]
+    pub scenarios: Vec<PathBuf>,
     /// Cases run at once (default: one per core of the machine that runs them).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -65,6 +70,9 @@ pub fn run(args: &TestArgs) -> Result<bool> {
         return in_rig(args);
     }
     let mut options = SuiteOptions::new(&paths::workspace());
+    if !args.scenarios.is_empty() {
+        options.scenario_dirs = scenario_dirs(&args.scenarios)?;
+    }
     options.kernels = args.kernel.clone();
     options.filters = args.filter.clone();
     if let Some(jobs) = args.jobs {
@@ -95,6 +103,23 @@ pub fn run(args: &TestArgs) -> Result<bool> {
         summary.run_dir.display()
     );
     Ok(summary.passed())
+}
+
+/// `--scenarios` directories made absolute (the rig's run and kestrel's
+/// working directory need them so); one sentence for a path that is not a
+/// directory.
+pub fn scenario_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    dirs.iter()
+        .map(|d| {
+            if !d.is_dir() {
+                bail!(
+                    "--scenarios {}: no such directory; name a directory of <name>.toml scenario files",
+                    d.display()
+                );
+            }
+            std::fs::canonicalize(d).with_context(|| format!("cannot resolve {}", d.display()))
+        })
+        .collect()
 }
 
 /// The scenarios' backend: `kestrel`, with `--warm` when `warm`.
@@ -130,6 +155,8 @@ pub struct HereCmd<'a> {
     pub kernel_flag: &'a str,
     pub kernels: &'a [String],
     pub filters: &'a [String],
+    /// `--scenarios` directories (absolute).
+    pub scenario_dirs: &'a [PathBuf],
     pub jobs: Option<usize>,
     pub retries: u32,
     pub update: bool,
@@ -149,6 +176,9 @@ impl HereCmd<'_> {
         ];
         for f in self.filters {
             cmd.extend(["--filter".into(), f.clone()]);
+        }
+        for d in scenario_dirs(self.scenario_dirs)? {
+            cmd.extend(["--scenarios".into(), d.to_string_lossy().into_owned()]);
         }
         if let Some(jobs) = self.jobs {
             cmd.extend(["--jobs".into(), jobs.to_string()]);
@@ -170,6 +200,7 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         kernel_flag: "--kernel",
         kernels: &args.kernel,
         filters: &args.filter,
+        scenario_dirs: &args.scenarios,
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
@@ -183,6 +214,8 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         let junit = std::path::absolute(junit).context("cannot resolve --junit")?;
         cmd.extend(["--junit".into(), junit.to_string_lossy().into_owned()]);
     }
-    let code = rig::run_retrying(&RigArgs::for_cmd(cmd, 600), 2, &|| false)?;
+    let mut rig_args = RigArgs::for_cmd(cmd, 600);
+    rig_args.writable = scenario_dirs(&args.scenarios)?;
+    let code = rig::run_retrying(&rig_args, 2, &|| false)?;
     Ok(code == 0)
 }
