@@ -243,6 +243,25 @@ pub struct Spec {
     pub stderr: Dest,
     /// Where the init writes the `KESTREL-STATUS` line (None: kmsg only).
     pub status: Option<Dest>,
+    /// Run the command on a terminal: its stdin, stdout and stderr, and its
+    /// controlling tty (it leads a session on it, so job control and
+    /// Ctrl-C work); `stdout`/`stderr` are then unused.
+    pub tty: Option<Tty>,
+}
+
+/// A terminal for the command (see [`Spec::tty`]): the virtio-console
+/// port the host marked as a console (the guest's `/dev/hvc0`), its size
+/// at start, and the port later sizes arrive on as `ROWS COLS` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tty {
+    /// Name of the console port (its appearance means `/dev/hvc0` exists).
+    pub port: String,
+    /// Rows at start.
+    pub rows: u16,
+    /// Columns at start.
+    pub cols: u16,
+    /// Name of the port that carries window-size changes.
+    pub winsize_port: String,
 }
 
 /// How the guest command ended, as reported by the init.
@@ -502,6 +521,17 @@ impl Spec {
             let mode = if sh.writable { "rw" } else { "ro" };
             line("share", &[&sh.tag, &sh.path, mode]);
         }
+        if let Some(t) = &self.tty {
+            line(
+                "tty",
+                &[
+                    &t.port,
+                    &t.rows.to_string(),
+                    &t.cols.to_string(),
+                    &t.winsize_port,
+                ],
+            );
+        }
         // Destinations carry their own sub-keyword, already encoded.
         let mut raw = |key: &str, dest: &Dest| {
             out.push_str(key);
@@ -579,6 +609,25 @@ impl Spec {
                 "stdout" => self.stdout = Dest::parse(&fields).map_err(err)?,
                 "stderr" => self.stderr = Dest::parse(&fields).map_err(err)?,
                 "status" => self.status = Some(Dest::parse(&fields).map_err(err)?),
+                "tty" => match fields.as_slice() {
+                    [port, rows, cols, winsize_port] => {
+                        let size = |v: &str| {
+                            v.parse::<u16>()
+                                .map_err(|_| err(format!("tty size {v:?} is not a number")))
+                        };
+                        self.tty = Some(Tty {
+                            port: port.clone(),
+                            rows: size(rows)?,
+                            cols: size(cols)?,
+                            winsize_port: winsize_port.clone(),
+                        })
+                    }
+                    _ => {
+                        return Err(err(
+                            "tty takes a port, rows, columns and a window-size port".into(),
+                        ))
+                    }
+                },
                 other => return Err(err(format!("unknown key {other:?}"))),
             }
         }
@@ -631,6 +680,12 @@ mod tests {
             stdout: Dest::VirtioPort("kestrel.stdout".into()),
             stderr: Dest::Path("/dev/ttyS2".into()),
             status: Some(Dest::Path("/dev/ttyS1".into())),
+            tty: Some(Tty {
+                port: "kestrel.tty".into(),
+                rows: 40,
+                cols: 132,
+                winsize_port: "kestrel.winsize".into(),
+            }),
         }
     }
 
@@ -892,7 +947,7 @@ mod tests {
             let fields: Vec<_> = line.split(' ').collect();
             assert!(fields.iter().all(|f| !f.is_empty()), "{line:?}");
         }
-        assert_eq!(text.lines().count(), 19);
+        assert_eq!(text.lines().count(), 20);
     }
 
     #[test]
@@ -926,6 +981,11 @@ mod tests {
         let e = Spec::parse("kestrel-spec 1\nshare t /p yes\n").unwrap_err();
         assert!(e.what.contains("ro|rw"), "{e}");
         assert!(Spec::parse("kestrel-spec 1\nshare t /p\n").is_err());
+        let e = Spec::parse("kestrel-spec 1\ntty p 40 wide w\n").unwrap_err();
+        assert!(e.what.contains("\"wide\" is not a number"), "{e:?}");
+        let e = Spec::parse("kestrel-spec 1\ntty p 40 80\n").unwrap_err();
+        assert!(e.what.contains("tty takes a port"), "{e:?}");
+        assert!(Spec::parse("kestrel-spec 1\ntty p 70000 80 w\n").is_err());
     }
 
     #[test]

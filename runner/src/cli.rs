@@ -17,7 +17,7 @@ use crate::initrd::{self, InitrdError};
 use crate::snapshot;
 use crate::vm::{Boot, Config, ConfigError, Console, Warm};
 use crate::vmlinux::{self, NotUnpacked};
-use crate::{guest_modules, log};
+use crate::{guest_modules, log, terminal};
 
 /// Run a command inside a Linux kernel under KVM and report one verdict.
 #[derive(Debug, Parser)]
@@ -73,9 +73,16 @@ pub struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 512)]
     pub memory: u64,
-    /// Wall-clock limit in seconds; exit 124 when it passes.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub timeout: u64,
+    /// Wall-clock limit in seconds; exit 124 when it passes (default 300;
+    /// none for an interactive shell).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Never give the guest command a terminal, even when kestrel's stdin
+    /// and stdout are one (by default it gets one: a real tty with job
+    /// control, stdin forwarded, Ctrl-A x to quit; with no command, an
+    /// interactive shell).
+    #[arg(long)]
+    pub no_tty: bool,
     /// Kernel console destination: stderr, none, or a file path.
     #[arg(long, value_name = "stderr|FILE|none", default_value = "stderr")]
     pub console: String,
@@ -119,6 +126,12 @@ pub struct RunArgs {
     /// phases (ms since the process started, guest uptime beside them).
     #[arg(long)]
     pub timings: bool,
+    /// Serve the gdb remote protocol on 127.0.0.1:PORT (`gdb vmlinux -ex
+    /// 'target remote :PORT'`); the guest waits for gdb before its first
+    /// instruction, and time stopped in gdb does not count against
+    /// --timeout. Add `--append nokaslr` so vmlinux's addresses hold.
+    #[arg(long, value_name = "PORT", conflicts_with = "warm")]
+    pub gdb: Option<u16>,
     /// The guest command and its arguments (none: boot, report exit 0).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -177,14 +190,45 @@ pub enum CliError {
     },
 }
 
+/// `--timeout` when none is given.
+pub const DEFAULT_TIMEOUT: u64 = 300;
+/// An interactive shell's limit when `--timeout` is not given: 30 days.
+const INTERACTIVE_TIMEOUT: u64 = 30 * 24 * 3600;
+
+/// The shell for an interactive session: the host's bash (the guest root
+/// is the host's `/`), else `/bin/sh`.
+fn host_shell() -> String {
+    if std::path::Path::new("/bin/bash").is_file() {
+        "/bin/bash".into()
+    } else {
+        "/bin/sh".into()
+    }
+}
+
 impl TryFrom<RunArgs> for Config {
     type Error = CliError;
 
     /// Checks ranges first, then resolves the kernel (cache only), then
     /// builds or reuses kestrel's initramfs unless `--initrd` is given.
-    fn try_from(args: RunArgs) -> Result<Config, CliError> {
+    fn try_from(mut args: RunArgs) -> Result<Config, CliError> {
         let begun = Instant::now();
-        let timeout = Duration::from_secs(args.timeout);
+        // A terminal for the command: kestrel's own initramfs, stdin and
+        // stdout both terminals, and something to run (no command means
+        // the host's shell, with the host's root).
+        let terminal = !args.no_tty
+            && args.initrd.is_none()
+            && terminal::is_terminal(0)
+            && terminal::is_terminal(1)
+            && (!args.command.is_empty() || !args.no_host_root);
+        let shell = terminal && args.command.is_empty();
+        if shell {
+            args.command = vec![host_shell()];
+        }
+        let timeout = Duration::from_secs(match (args.timeout, shell) {
+            (Some(t), _) => t,
+            (None, true) => INTERACTIVE_TIMEOUT,
+            (None, false) => DEFAULT_TIMEOUT,
+        });
         Config::validate_resources(args.cpus, args.memory, timeout)?;
         let console = match args.console.as_str() {
             "" => return Err(CliError::Empty("console")),
@@ -257,6 +301,7 @@ impl TryFrom<RunArgs> for Config {
                     modules_dir,
                     pack: args.pack,
                     command: args.command,
+                    terminal: terminal.then(|| terminal::window_size(0).unwrap_or((24, 80))),
                     release: kernel.release.clone(),
                     cache_dir: initrd::default_cache_dir(),
                     guest,
@@ -294,6 +339,7 @@ impl TryFrom<RunArgs> for Config {
                 .max(Duration::from_secs(1)),
             console,
             warm,
+            terminal,
         })
     }
 }
@@ -433,7 +479,7 @@ mod tests {
     #[test]
     fn defaults() {
         let a = run_args(&["run", "--kernel", "debian:6.1"]);
-        assert_eq!((a.cpus, a.memory, a.timeout), (1, 512, 300));
+        assert_eq!((a.cpus, a.memory, a.timeout), (1, 512, None));
         assert_eq!(a.console, "stderr");
         assert_eq!(a.initrd, None);
         assert!(a.pack.is_empty() && a.command.is_empty() && a.append.is_empty());
@@ -468,7 +514,7 @@ mod tests {
             "-c",
             "exit 3",
         ]);
-        assert_eq!((a.cpus, a.memory, a.timeout), (2, 256, 5));
+        assert_eq!((a.cpus, a.memory, a.timeout), (2, 256, Some(5)));
         assert_eq!(a.init, Some("/i".into()));
         assert_eq!(a.modules, Some("/m".into()));
         assert_eq!(a.pack, ["sh", "/usr/bin/nproc"]);

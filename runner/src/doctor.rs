@@ -97,6 +97,7 @@ pub fn time_probe(iterations: u32) -> Result<Duration, String> {
         timeout: Duration::from_secs(120),
         console: Console::Discard,
         warm: None,
+        terminal: false,
     };
     let vm = Vm::try_from(config).map_err(|e| e.to_string())?;
     let log = vm.probe_log();

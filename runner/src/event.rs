@@ -19,6 +19,8 @@ pub enum VmEvent {
     StatusReported,
     /// The init said it waits for its job on COM2 (`KESTREL-READY`).
     GuestReady,
+    /// The user pressed the terminal escape (Ctrl-A x).
+    UserQuit,
 }
 
 /// Why one vCPU stopped running.
@@ -56,6 +58,8 @@ pub enum Ending {
     StatusGraceExpired,
     /// The VMM failed (the text says how).
     VmmFailure(String),
+    /// The user ended the VM from the terminal (Ctrl-A x).
+    UserQuit,
 }
 
 /// What a vCPU looked like when the guest triple-faulted (KVM's shutdown

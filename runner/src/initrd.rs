@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kestrel_initramfs::elf::LibrarySearch;
 use kestrel_initramfs::image::{job_archive, write_if_changed, BaseImage, ImageError};
-use kestrel_initramfs::job::{Dest, Root, Spec};
+use kestrel_initramfs::job::{Dest, Root, Spec, Tty};
 use kestrel_initramfs::modules::{ModuleError, ModulesDir};
 
 use crate::boot;
@@ -114,6 +114,9 @@ pub struct Request {
     pub pack: Vec<String>,
     /// `-- CMD ARGS…`.
     pub command: Vec<String>,
+    /// Run the command on the guest's terminal (the console port), with
+    /// this starting size (rows, columns).
+    pub terminal: Option<(u16, u16)>,
     /// Kernel release, for the cache file name.
     pub release: String,
     /// Where cached base archives live.
@@ -196,7 +199,13 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
         },
         took.as_millis()
     ));
-    let spec = job_spec_for(&req.command, &req.guest);
+    let mut spec = job_spec_for(&req.command, &req.guest);
+    spec.tty = req.terminal.map(|(rows, cols)| Tty {
+        port: crate::terminal::TTY_PORT.into(),
+        rows,
+        cols,
+        winsize_port: crate::terminal::WINSIZE_PORT.into(),
+    });
     let job = job_archive(&spec)?;
     Ok(Prepared {
         base: path.clone(),

@@ -7,10 +7,10 @@
 //! backs it is alive (the [`VmHandle`] keeps a clone).
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave, CpuId, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH,
+    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_guest_debug_arch, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs,
+    kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave, CpuId,
+    Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
@@ -382,8 +382,24 @@ pub enum Exit<'a> {
     /// A signal kicked the vCPU out of the guest (`EINTR`), or
     /// `immediate_exit` was set.
     Interrupted,
+    /// A guest-debug event (`KVM_EXIT_DEBUG`: breakpoint, single step),
+    /// only while a debugger set [`VcpuHandle::set_guest_debug`].
+    Debug(DebugExit),
     /// Anything else: the vCPU cannot continue.
     Failed(String),
+}
+
+/// What `KVM_EXIT_DEBUG` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugExit {
+    /// The exception vector: 1 (#DB: single step, hardware breakpoint) or
+    /// 3 (#BP: `int3`).
+    pub exception: u32,
+    /// The linear address of the instruction (for #BP, of the `int3`).
+    pub pc: u64,
+    /// DR6 at the exit: bits 0-3 name the hardware breakpoint, bit 14 a
+    /// single step.
+    pub dr6: u64,
 }
 
 /// A vCPU file descriptor.
@@ -460,6 +476,31 @@ impl VcpuHandle {
     /// `KVM_SET_REGS`.
     pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), KvmError> {
         self.fd.set_regs(regs).map_err(ioctl("SET_REGS"))
+    }
+
+    /// `KVM_GET_FPU`.
+    pub fn fpu(&self) -> Result<kvm_fpu, KvmError> {
+        self.fd.get_fpu().map_err(ioctl("GET_FPU"))
+    }
+
+    /// `KVM_SET_GUEST_DEBUG`: `control` is `KVM_GUESTDBG_*` flags,
+    /// `debugreg` DR0-DR7 for hardware breakpoints (DR4-DR6 unused).
+    pub fn set_guest_debug(&self, control: u32, debugreg: [u64; 8]) -> Result<(), KvmError> {
+        let debug = kvm_guest_debug {
+            control,
+            pad: 0,
+            arch: kvm_guest_debug_arch { debugreg },
+        };
+        self.fd
+            .set_guest_debug(&debug)
+            .map_err(ioctl("SET_GUEST_DEBUG"))
+    }
+
+    /// `KVM_TRANSLATE`: the guest-physical address of the linear address
+    /// `gva` through this vCPU's current paging mode, `None` when unmapped.
+    pub fn translate(&self, gva: u64) -> Result<Option<u64>, KvmError> {
+        let t = self.fd.translate_gva(gva).map_err(ioctl("TRANSLATE"))?;
+        Ok((t.valid != 0).then_some(t.physical_address))
     }
 
     /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns at once
@@ -572,6 +613,11 @@ impl VcpuHandle {
             Ok(VcpuExit::Hlt) => Exit::Hlt,
             Ok(VcpuExit::Shutdown) => Exit::Shutdown,
             Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::Debug(d)) => Exit::Debug(DebugExit {
+                exception: d.exception,
+                pc: d.pc,
+                dr6: d.dr6,
+            }),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_RESET => Exit::Reset,
                 KVM_SYSTEM_EVENT_SHUTDOWN => Exit::PowerOff,

@@ -11,6 +11,7 @@
 //! - [`bus`] — one device trait for port I/O and MMIO, range dispatch.
 //! - [`devices`] — UARTs and their sinks, i8042, probe port, virtio hook.
 //! - [`vcpu`] — vCPU state and threads.
+//! - [`gdb`] — `--gdb PORT`: the gdb remote protocol over KVM guest debugging.
 //! - [`xsave`] — CPUID leaf 0xD made consistent, and the matching XCR0.
 //! - [`vm`] — `Config` → `Vm` → `Outcome`.
 //! - [`snapshot`] — a VM saved where the init waits for its job, restored
@@ -22,6 +23,8 @@
 //! - [`guest_modules`] — the kernel's modules at `/lib/modules/<release>`
 //!   with a generated kmod index (sidecar) when the tree has none.
 //! - [`verdict`] — verdict, exit code, final line.
+//! - [`terminal`] — an interactive terminal: raw mode, stdin to the guest's
+//!   console port (`/dev/hvc0`), window sizes, the Ctrl-A x escape.
 //! - [`timings`] — host and guest phase marks on one clock (`--timings`).
 //! - [`cli`], [`doctor`] — the `kestrel` command's front end.
 
@@ -32,6 +35,7 @@ pub mod cli;
 pub mod devices;
 pub mod doctor;
 pub mod event;
+pub mod gdb;
 pub mod guest_modules;
 pub mod guest_root;
 pub mod initrd;
@@ -40,6 +44,7 @@ pub mod layout;
 pub mod log;
 pub mod memory;
 pub mod snapshot;
+pub mod terminal;
 pub mod timings;
 pub mod vcpu;
 pub mod verdict;

@@ -10,6 +10,7 @@ use clap::error::ErrorKind;
 use clap::Parser;
 use kestrel::cli::{clap_error_line, Cli, Command, RunArgs};
 use kestrel::event::Ending;
+use kestrel::gdb::Listener;
 use kestrel::timings::Timings;
 use kestrel::verdict::{verdict_line, EXIT_VMM_ERROR};
 use kestrel::vm::{Config, Vm};
@@ -53,9 +54,21 @@ fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
     // the guest holds spares re-opens from the parent chain.
     let nofile = virtiofs_lite::raise_nofile_limit();
     log::debug(format_args!("RLIMIT_NOFILE is {nofile}"));
+    // Bound first: a taken port is an argument error, before any boot work.
+    let gdb = args.gdb.map(Listener::bind).transpose()?;
     let config = Config::try_from(args)?;
+    if config.terminal {
+        // Before any thread starts, so only the terminal's signalfd sees it.
+        kestrel::terminal::block_sigwinch()?;
+        log::debug(format_args!(
+            "the guest command runs on a terminal; Ctrl-A x ends the VM"
+        ));
+    }
     timings.host("inputs-ready", Instant::now());
-    let vm = Vm::try_from(config)?;
+    let mut vm = Vm::try_from(config)?;
+    if let Some(listener) = gdb {
+        vm.attach_gdb(listener);
+    }
     timings.host("vm-built", Instant::now());
     let outcome = vm.run();
     timings.host("vcpus-released", outcome.released);
@@ -110,5 +123,6 @@ fn ending_mark(ending: &Ending) -> &'static str {
         Ending::Timeout => "timeout",
         Ending::StatusGraceExpired => "status-grace-expired",
         Ending::VmmFailure(_) => "vmm-failure",
+        Ending::UserQuit => "user-quit",
     }
 }

@@ -11,19 +11,28 @@
 //! exits; a panic inside a thread (a device bug) becomes
 //! `VcpuEnd::Failed`, never a VMM crash; only the boot vCPU gets entry
 //! registers when an in-kernel irqchip exists (APs wait for INIT/SIPI).
+//!
+//! A debugger ([`crate::gdb`]) drives the same threads through a
+//! [`VcpuControl`]: a halt flag + kicks (the thread answers with a
+//! [`DebugStop`] and waits), [`DebugRequest`]s answered while paused, and
+//! `KVM_EXIT_DEBUG` exits, which stop the thread and are reported the same
+//! way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use kvm_bindings::{kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, CpuId};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, KVM_GUESTDBG_BLOCKIRQ,
+};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot::{gdt, Entry};
 use crate::bus::Bus;
 use crate::event::{FaultReport, VcpuEnd, VmEvent};
-use crate::kvm::{Exit, KvmError, VcpuHandle, VcpuState};
+use crate::kvm::{DebugExit, Exit, KvmError, VcpuHandle, VcpuState};
 use crate::layout;
 use crate::log;
 use crate::xsave;
@@ -38,7 +47,7 @@ pub struct Buses {
 }
 
 /// Commands to a vCPU thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Start (or resume) running the guest.
     Run,
@@ -47,6 +56,72 @@ pub enum Command {
     /// While paused: read the vCPU's state (these MSRs; XCRs when `true`)
     /// and reply [`Reply::Saved`].
     Save(Arc<Vec<u32>>, bool),
+    /// While paused: a debugger's request, answered on the sender.
+    Debug(DebugRequest, Sender<DebugReply>),
+}
+
+/// The registers a debugger sees and changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RegisterSet {
+    /// General-purpose registers, RIP, RFLAGS.
+    pub regs: kvm_regs,
+    /// Segments, control registers, EFER.
+    pub sregs: kvm_sregs,
+    /// x87 and SSE.
+    pub fpu: kvm_fpu,
+}
+
+/// What a debugger asks of a paused vCPU thread.
+#[derive(Debug)]
+pub enum DebugRequest {
+    /// From now on, report debug exits and halts on this channel.
+    Attach(Sender<DebugStop>),
+    /// Read the registers: [`DebugReply::Registers`].
+    ReadRegisters,
+    /// Write the general-purpose, x87 and SSE registers (segments and
+    /// control registers are left as they are).
+    WriteRegisters(Box<RegisterSet>),
+    /// Translate a linear address: [`DebugReply::Translated`].
+    Translate(u64),
+    /// `KVM_SET_GUEST_DEBUG` with these `KVM_GUESTDBG_*` flags and DR0-DR7.
+    /// `KVM_GUESTDBG_BLOCKIRQ` is dropped where KVM does not know it.
+    SetGuestDebug {
+        /// Flags.
+        control: u32,
+        /// DR0-DR7.
+        debugreg: [u64; 8],
+    },
+}
+
+/// A vCPU thread's answer to a [`DebugRequest`].
+#[derive(Debug)]
+pub enum DebugReply {
+    /// Done.
+    Done,
+    /// The registers.
+    Registers(Box<RegisterSet>),
+    /// The guest-physical address (None: not mapped).
+    Translated(Option<u64>),
+    /// KVM refused; the text says what.
+    Failed(String),
+}
+
+/// A vCPU thread stopped for the debugger and waits for commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugStop {
+    /// vCPU index.
+    pub id: u8,
+    /// Why.
+    pub why: StopWhy,
+}
+
+/// Why a vCPU stopped for the debugger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopWhy {
+    /// The halt flag ([`VcpuControl::halt`]).
+    Halted,
+    /// A breakpoint or a single step.
+    Debug(DebugExit),
 }
 
 /// What a vCPU thread answers to a pause request and to [`Command::Save`].
@@ -358,7 +433,85 @@ pub struct VcpuThread {
     replies: Receiver<Reply>,
     stop: Arc<AtomicBool>,
     pause: Arc<AtomicBool>,
+    halt: Arc<AtomicBool>,
+    kick: Arc<Kick>,
     join: Option<JoinHandle<()>>,
+}
+
+/// Signals one vCPU thread while it lives. The thread records itself on
+/// start and clears the slot, under its lock, before it exits, so a
+/// `pthread_t` found in the slot always names the live thread.
+#[derive(Default)]
+struct Kick(Mutex<Option<libc::pthread_t>>);
+
+impl Kick {
+    fn register(&self) {
+        // SAFETY: pthread_self has no preconditions and cannot fail.
+        let me = unsafe { libc::pthread_self() };
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(me);
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn kick(&self) {
+        let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(thread) = *slot {
+            // SAFETY: the slot holds the thread's own id from `register`
+            // and is cleared (under this lock, which we hold) before the
+            // thread exits, so `thread` is a live thread; the signal has
+            // an installed, empty handler.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+/// A debugger's handle on one vCPU thread (cloneable, usable from another
+/// thread). Commands other than [`VcpuControl::run`] are for a paused
+/// thread.
+#[derive(Clone)]
+pub struct VcpuControl {
+    /// vCPU index.
+    pub id: u8,
+    commands: Sender<Command>,
+    halt: Arc<AtomicBool>,
+    kick: Arc<Kick>,
+}
+
+impl VcpuControl {
+    /// Sends `request` to the paused thread; its answer within `limit`.
+    pub fn request(&self, request: DebugRequest, limit: Duration) -> Option<DebugReply> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands.send(Command::Debug(request, tx)).ok()?;
+        rx.recv_timeout(limit).ok()
+    }
+
+    /// Asks a running thread to stop and report [`StopWhy::Halted`]
+    /// (unless it stops for a debug exit first). Call again until it
+    /// reported: a kick can land just before `KVM_RUN`.
+    pub fn halt(&self) {
+        self.halt.store(true, Ordering::SeqCst);
+        self.kick.kick();
+    }
+
+    /// Lets a paused thread run the guest.
+    pub fn run(&self) {
+        self.halt.store(false, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Run);
+    }
+
+    /// Whether the thread still exists (false once the VM ended).
+    pub fn alive(&self) -> bool {
+        self.kick.alive()
+    }
 }
 
 impl VcpuThread {
@@ -374,17 +527,23 @@ impl VcpuThread {
         let (reply, replies) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(AtomicBool::new(false));
+        let halt = Arc::new(AtomicBool::new(false));
+        let kick = Arc::new(Kick::default());
         let flags = Flags {
             stop: stop.clone(),
             pause: pause.clone(),
+            halt: halt.clone(),
         };
+        let thread_kick = kick.clone();
         let join = std::thread::Builder::new()
             .name(format!("kestrel_vcpu {id}"))
             .spawn(move || {
+                thread_kick.register();
                 let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     run_thread(vcpu, id, &buses, &inbox, &reply, &flags)
                 }))
                 .unwrap_or_else(|_| VcpuEnd::Failed(format!("vCPU {id} thread panicked")));
+                thread_kick.clear();
                 let _ = events.send(VmEvent::VcpuStopped { id, end });
             })
             .map_err(|e| KvmError::Ioctl {
@@ -397,8 +556,20 @@ impl VcpuThread {
             replies,
             stop,
             pause,
+            halt,
+            kick,
             join: Some(join),
         })
+    }
+
+    /// A debugger's handle on this thread.
+    pub fn control(&self) -> VcpuControl {
+        VcpuControl {
+            id: self.id,
+            commands: self.commands.clone(),
+            halt: self.halt.clone(),
+            kick: self.kick.clone(),
+        }
     }
 
     /// Lets the guest run.
@@ -459,10 +630,11 @@ impl VcpuThread {
     }
 }
 
-/// A thread's stop and pause flags.
+/// A thread's stop, pause and (debugger) halt flags.
 struct Flags {
     stop: Arc<AtomicBool>,
     pause: Arc<AtomicBool>,
+    halt: Arc<AtomicBool>,
 }
 
 fn run_thread(
@@ -475,6 +647,7 @@ fn run_thread(
 ) -> VcpuEnd {
     let mut state = State::Paused;
     let mut exits = ExitRing::default();
+    let mut debugger: Option<Sender<DebugStop>> = None;
     loop {
         state = match state {
             State::Paused => match inbox.recv() {
@@ -482,6 +655,15 @@ fn run_thread(
                 Ok(Command::Save(msrs, xcrs)) => {
                     let saved = vcpu.save_state(&msrs, xcrs).map(Box::new);
                     let _ = reply.send(Reply::Saved(saved));
+                    State::Paused
+                }
+                Ok(Command::Debug(DebugRequest::Attach(to), answer)) => {
+                    debugger = Some(to);
+                    let _ = answer.send(DebugReply::Done);
+                    State::Paused
+                }
+                Ok(Command::Debug(request, answer)) => {
+                    let _ = answer.send(debug_request(&vcpu, request));
                     State::Paused
                 }
                 Ok(Command::Stop) | Err(_) => return VcpuEnd::Stopped,
@@ -497,8 +679,38 @@ fn run_thread(
                 let _ = reply.send(Reply::Paused);
                 State::Paused
             }
+            State::Running if flags.halt.load(Ordering::SeqCst) => {
+                // As for a pause: complete a pending read first.
+                vcpu.set_immediate_exit(true);
+                let _ = vcpu.run();
+                vcpu.set_immediate_exit(false);
+                match &debugger {
+                    Some(to) => {
+                        let _ = to.send(DebugStop {
+                            id,
+                            why: StopWhy::Halted,
+                        });
+                        State::Paused
+                    }
+                    // Nobody to report to: ignore the request.
+                    None => {
+                        flags.halt.store(false, Ordering::SeqCst);
+                        State::Running
+                    }
+                }
+            }
             State::Running => match step(&mut vcpu, buses, &mut exits) {
                 None => State::Running,
+                Some(StepEnd::Debug(exit)) => match &debugger {
+                    Some(to) => {
+                        let _ = to.send(DebugStop {
+                            id,
+                            why: StopWhy::Debug(exit),
+                        });
+                        State::Paused
+                    }
+                    None => State::Running,
+                },
                 Some(Fault) => {
                     return VcpuEnd::TripleFault(Box::new(fault_report(&vcpu, id, &exits)))
                 }
@@ -506,6 +718,39 @@ fn run_thread(
             },
             State::Exited => return VcpuEnd::Stopped,
         };
+    }
+}
+
+/// Answers a debugger's request (the thread is paused).
+fn debug_request(vcpu: &VcpuHandle, request: DebugRequest) -> DebugReply {
+    let failed = |e: KvmError| DebugReply::Failed(e.to_string());
+    match request {
+        DebugRequest::Attach(_) => DebugReply::Done,
+        DebugRequest::ReadRegisters => {
+            let read = || -> Result<RegisterSet, KvmError> {
+                Ok(RegisterSet {
+                    regs: vcpu.regs()?,
+                    sregs: vcpu.sregs()?,
+                    fpu: vcpu.fpu()?,
+                })
+            };
+            read().map_or_else(failed, |r| DebugReply::Registers(Box::new(r)))
+        }
+        DebugRequest::WriteRegisters(set) => vcpu
+            .set_regs(&set.regs)
+            .and_then(|()| vcpu.set_fpu(&set.fpu))
+            .map_or_else(failed, |()| DebugReply::Done),
+        DebugRequest::Translate(gva) => vcpu
+            .translate(gva)
+            .map_or_else(failed, DebugReply::Translated),
+        DebugRequest::SetGuestDebug { control, debugreg } => {
+            let mut result = vcpu.set_guest_debug(control, debugreg);
+            // KVM before 5.16 does not know BLOCKIRQ (EINVAL).
+            if result.is_err() && control & KVM_GUESTDBG_BLOCKIRQ != 0 {
+                result = vcpu.set_guest_debug(control & !KVM_GUESTDBG_BLOCKIRQ, debugreg);
+            }
+            result.map_or_else(failed, |()| DebugReply::Done)
+        }
     }
 }
 
@@ -560,6 +805,8 @@ enum StepEnd {
     Fault,
     /// The thread ends this way.
     Ended(VcpuEnd),
+    /// A guest-debug exit: stop for the debugger.
+    Debug(DebugExit),
 }
 use StepEnd::{Ended, Fault};
 
@@ -609,6 +856,7 @@ fn step(vcpu: &mut VcpuHandle, buses: &Buses, exits: &mut ExitRing) -> Option<St
             None
         }
         Exit::Interrupted => None,
+        Exit::Debug(exit) => Some(StepEnd::Debug(exit)),
         Exit::Hlt => Some(Ended(VcpuEnd::Halted)),
         Exit::Shutdown => Some(Fault),
         Exit::Reset | Exit::PowerOff => Some(Ended(VcpuEnd::GuestReset)),

@@ -18,6 +18,9 @@ pub const EXIT_TIMEOUT: u8 = 124;
 pub const EXIT_VMM_ERROR: u8 = 125;
 /// Exit code when the guest died without reporting a status.
 pub const EXIT_GUEST_DIED: u8 = 255;
+/// Exit code when the user ended the VM from the terminal (as a shell's
+/// for SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// How a run ended, from the user's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub enum Verdict {
     BootFailure(String),
     /// The VMM failed.
     VmmError(String),
+    /// The user ended the VM from the terminal (Ctrl-A x) before the
+    /// command ended.
+    Interrupted,
 }
 
 impl Verdict {
@@ -67,6 +73,7 @@ impl Verdict {
             }
             Ending::Crash => Verdict::BootFailure("the guest reported a crash".into()),
             Ending::StatusGraceExpired => Verdict::BootFailure("status line unreadable".into()),
+            Ending::UserQuit => Verdict::Interrupted,
         }
     }
 
@@ -78,6 +85,7 @@ impl Verdict {
             Verdict::Timeout => EXIT_TIMEOUT,
             Verdict::VmmError(_) => EXIT_VMM_ERROR,
             Verdict::Panic | Verdict::BootFailure(_) => EXIT_GUEST_DIED,
+            Verdict::Interrupted => EXIT_INTERRUPTED,
         }
     }
 
@@ -100,6 +108,7 @@ impl fmt::Display for Verdict {
             Verdict::Panic => write!(f, "panic"),
             Verdict::BootFailure(_) => write!(f, "boot-failure"),
             Verdict::VmmError(_) => write!(f, "vmm-error"),
+            Verdict::Interrupted => write!(f, "interrupted"),
         }
     }
 }

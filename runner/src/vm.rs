@@ -36,11 +36,13 @@ use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
 use crate::devices::virtio::{self, console, fs, Interrupt, VirtioDevice};
 use crate::devices::{EventLine, IrqLine};
 use crate::event::{Ending, VcpuEnd, VmEvent};
+use crate::gdb;
 use crate::kvm::{Kvm, KvmError, VcpuState, VmHandle};
 use crate::layout;
 use crate::log;
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::snapshot::{self, Loaded};
+use crate::terminal;
 use crate::timings;
 use crate::vcpu::{self, Buses, Reply, VcpuSetup, VcpuThread};
 use crate::verdict::Verdict;
@@ -111,6 +113,12 @@ pub struct Config {
     pub console: Console,
     /// Start from a snapshot (kernels with kestrel's base initramfs alone).
     pub warm: Option<Warm>,
+    /// The guest command runs on a terminal (its job spec has a `tty`):
+    /// the virtio console gets the console port [`terminal::TTY_PORT`] on
+    /// kestrel's stdout and the input port [`terminal::WINSIZE_PORT`], and
+    /// kestrel's stdin (a terminal, put in raw mode for the run) is
+    /// forwarded to the guest.
+    pub terminal: bool,
 }
 
 /// A warm start ([`crate::snapshot`]): restore the snapshot made for this
@@ -194,6 +202,9 @@ pub enum VmError {
     /// The virtio console's ports (a VMM bug).
     #[error("internal virtio console error: {0}")]
     VirtioConsole(#[from] console::ConsoleError),
+    /// kestrel's terminal could not be set up for the guest.
+    #[error("cannot use this terminal for the guest: {0}")]
+    Terminal(#[source] std::io::Error),
     /// A virtio-fs share cannot be served.
     #[error(transparent)]
     Share(#[from] fs::FsError),
@@ -326,6 +337,11 @@ pub struct Vm {
     warm: Option<WarmRun>,
     start: Start,
     snapshot_at: Option<Instant>,
+    /// `--gdb`: the port to serve once `run` begins.
+    gdb: Option<gdb::Listener>,
+    /// kestrel's terminal in raw mode while the VM runs (restored when the
+    /// `Vm` is dropped, at the end of [`Vm::run`]).
+    _terminal: Option<terminal::RawMode>,
 }
 
 /// A warm run's job and, for a cold one, where to save the snapshot.
@@ -616,8 +632,26 @@ fn build(
     let mut virtio_slots: Vec<acpi::VirtioMmioSlot> = Vec::new();
     let mut virtio_transports = Vec::new();
     let mut absorbed = Vec::new();
+    let mut raw_mode = None;
     if !raw {
-        let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console::stdio()?)];
+        let ports = if config.terminal {
+            let ports = console::with_terminal(terminal::TTY_PORT, terminal::WINSIZE_PORT)?;
+            let (tty, winsize) = (
+                ports.input(terminal::TTY_PORT),
+                ports.input(terminal::WINSIZE_PORT),
+            );
+            if let (Some(tty), Some(winsize)) = (tty, winsize) {
+                if let Some((rows, cols)) = terminal::window_size(0) {
+                    winsize.send(&terminal::winsize_line(rows, cols));
+                }
+                terminal::forward(tty, winsize, tx.clone()).map_err(VmError::Terminal)?;
+                raw_mode = Some(terminal::RawMode::enter(0).map_err(VmError::Terminal)?);
+            }
+            ports
+        } else {
+            console::stdio()?
+        };
+        let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(ports)];
         if let Boot::Kernel { shares, .. } = &config.boot {
             for share in shares {
                 devices.push(Box::new(fs::Fs::new(share)?));
@@ -784,6 +818,8 @@ fn build(
         warm,
         start,
         snapshot_at,
+        gdb: None,
+        _terminal: raw_mode,
     })
 }
 
@@ -817,17 +853,30 @@ impl Vm {
         self.probe.clone()
     }
 
+    /// Serves gdb on `listener` during [`Vm::run`]; the guest then waits
+    /// for gdb before its first instruction.
+    pub fn attach_gdb(&mut self, listener: gdb::Listener) {
+        self.gdb = Some(listener);
+    }
+
     /// Runs the guest to its end and decides the verdict.
     pub fn run(mut self) -> Outcome {
         let started = Instant::now();
-        for vcpu in &self.vcpus {
-            vcpu.start();
+        // With gdb, the vCPUs run when gdb says so.
+        let gdb = self.gdb.take().map(|listener| {
+            let controls = self.vcpus.iter().map(VcpuThread::control).collect();
+            gdb::GdbServer::start(listener, controls, self.mem.clone())
+        });
+        if gdb.is_none() {
+            for vcpu in &self.vcpus {
+                vcpu.start();
+            }
         }
         if self.start == Start::Warm {
             self.send_job();
         }
         // The limit covers building the VM too: `--timeout` is wall-clock.
-        let ending = self.wait_for_end(self.created);
+        let ending = self.wait_for_end(self.created, gdb.as_ref());
         let stopping = Instant::now();
         let ended = stopping;
         self.stop_vcpus();
@@ -866,7 +915,7 @@ impl Vm {
         Outcome {
             start: self.start,
             snapshot_at: self.snapshot_at,
-            verdict: Verdict::decide(status, &ending, panicked),
+            verdict: gdb_told(gdb, Verdict::decide(status, &ending, panicked)),
             ending,
             boot: timings::time_to_init(started, &marks),
             built: self.created,
@@ -880,7 +929,7 @@ impl Vm {
         }
     }
 
-    fn wait_for_end(&mut self, since: Instant) -> Ending {
+    fn wait_for_end(&mut self, since: Instant, gdb: Option<&gdb::GdbServer>) -> Ending {
         let mut deadline = since + self.timeout;
         let mut timeout_ending = Ending::Timeout;
         let mut halted = 0;
@@ -888,13 +937,23 @@ impl Vm {
             let left = deadline.saturating_duration_since(Instant::now());
             let event = match self.events.recv_timeout(left) {
                 Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) => return timeout_ending,
+                Err(RecvTimeoutError::Timeout) => {
+                    // Time stopped in gdb does not count against --timeout.
+                    let stopped = gdb.map_or(Duration::ZERO, gdb::GdbServer::stopped_for);
+                    let later = since + self.timeout + stopped;
+                    if timeout_ending == Ending::Timeout && later > Instant::now() {
+                        deadline = later;
+                        continue;
+                    }
+                    return timeout_ending;
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Ending::VmmFailure("the VM's event channel closed".into())
                 }
             };
             match event {
                 VmEvent::ResetRequested => return Ending::Reset,
+                VmEvent::UserQuit => return Ending::UserQuit,
                 VmEvent::GuestReady => self.on_ready(),
                 VmEvent::StatusReported => {
                     let grace = Instant::now() + STATUS_GRACE;
@@ -1104,6 +1163,14 @@ impl Vm {
     }
 }
 
+/// Tells gdb (if any) how the VM ended; `verdict` unchanged.
+fn gdb_told(gdb: Option<gdb::GdbServer>, verdict: Verdict) -> Verdict {
+    if let Some(server) = gdb {
+        server.finish(verdict.exit_code());
+    }
+    verdict
+}
+
 /// Fresh random bytes for the guest kernel's random pool (see
 /// [`JobHeader::seed`]): from `getrandom(2)`, else `/dev/urandom`, else a
 /// hash of the time and pid, which at least differs between runs. Never
@@ -1153,6 +1220,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             console: Console::Discard,
             warm: None,
+            terminal: false,
         }
     }
 

@@ -32,6 +32,7 @@ fn config(code: Vec<u8>, cpus: u32, timeout: Duration) -> Config {
         timeout,
         console: Console::Discard,
         warm: None,
+        terminal: false,
     }
 }
 

@@ -134,11 +134,13 @@ pub fn run() -> Result<()> {
     };
     let parts = [
         (
-            "rig: QEMU-KVM guests, the runner on every Debian series, virtio-console, a forbidden trace",
+            "rig: QEMU-KVM guests, the runner on every Debian series, virtio-console, a terminal, gdb, a forbidden trace",
             format!(
-                "{xtask} selftest --accel kvm --kernel debian:6.1 || rc=1\n{}{}{}",
+                "{xtask} selftest --accel kvm --kernel debian:6.1 || rc=1\n{}{}{}{}{}",
                 test_bin("real_kernel")?,
                 test_bin("virtio_console")?,
+                test_bin("terminal")?,
+                test_bin("gdb")?,
                 test_bin("splat_trace")?
             ),
         ),
@@ -208,6 +210,8 @@ const RIG_TESTS: &[(&str, &str)] = &[
     ("kestrel", "host_root"),
     ("kestrel", "faults"),
     ("kestrel", "own_scenarios"),
+    ("kestrel", "terminal"),
+    ("kestrel", "gdb"),
     ("kestrel-scenarios", "splat_trace"),
 ];
 

@@ -17,7 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kestrel_initramfs::job::{Dest, Spec};
+use kestrel_initramfs::job::{Dest, Spec, Tty};
 
 use crate::error::InitError;
 use crate::{kmsg, sys};
@@ -27,6 +27,12 @@ pub const PORTS_DIR: &str = "/sys/class/virtio-ports";
 /// How long a named port may take to appear.
 pub const PORT_WAIT: Duration = Duration::from_secs(10);
 const CONSOLE_PATH: &str = "/dev/console";
+/// Where the kernel lists ttys (for a `dev` attribute when devtmpfs has
+/// not made the node).
+const TTY_CLASS_DIR: &str = "/sys/class/tty";
+/// The terminal a console port becomes: kestrel marks exactly one port as
+/// a console, and nothing else in its VMs registers an hvc backend.
+const TERMINAL: &str = "hvc0";
 
 /// The device (`vport0p1`) of the port named `name`, if it has one yet.
 /// Entries are visited in sorted order so the answer is deterministic.
@@ -103,7 +109,8 @@ impl Dests {
         let wants_port = [Some(&spec.stdout), Some(&spec.stderr), spec.status.as_ref()]
             .into_iter()
             .flatten()
-            .any(|d| matches!(d, Dest::VirtioPort(_)));
+            .any(|d| matches!(d, Dest::VirtioPort(_)))
+            || spec.tty.is_some();
         let uevents = if wants_port {
             sys::uevent_socket()
                 .map_err(|e| {
@@ -164,6 +171,37 @@ impl Dests {
             .map_err(|e| InitError::os(format!("dup {role} descriptor"), &e))?;
         self.opened.push((dest.clone(), file));
         Ok(copy)
+    }
+
+    /// The command's terminal: waits for the console port to be named (the
+    /// driver made its hvc before it names it), opens `/dev/hvc0`
+    /// read-write (close-on-exec, not yet anyone's controlling tty) and
+    /// sets its starting size.
+    pub fn open_terminal(&mut self, tty: &Tty) -> Result<File, InitError> {
+        self.wait_for_port(&tty.port)?;
+        let node = ensure_node(Path::new(TTY_CLASS_DIR), &self.dev_dir, TERMINAL)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&node)
+            .map_err(|e| InitError::os(format!("open terminal {}", node.display()), &e))?;
+        if tty.rows > 0 && tty.cols > 0 {
+            sys::set_winsize(file.as_raw_fd(), tty.rows, tty.cols)
+                .map_err(|e| InitError::os("set the terminal size", &e))?;
+        }
+        Ok(file)
+    }
+
+    /// The port window-size changes arrive on, open for reading.
+    pub fn open_input(&mut self, name: &str) -> Result<File, InitError> {
+        let dev = self.wait_for_port(name)?;
+        let path = ensure_node(&self.ports_dir, &self.dev_dir, &dev)?;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| InitError::os(format!("open {}", path.display()), &e))
     }
 
     fn path_of(&mut self, dest: &Dest) -> Result<PathBuf, InitError> {

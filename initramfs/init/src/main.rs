@@ -20,6 +20,7 @@ mod root;
 mod run;
 mod spec;
 mod sys;
+mod terminal;
 #[cfg(test)]
 mod testdir;
 
@@ -101,10 +102,23 @@ fn boot() -> Result<Status, InitError> {
         open_status(&mut dests, &spec, loaded.clone())?;
     }
     loaded?;
-    let streams = run::Streams {
-        stdin: File::open("/dev/null").map_err(|e| InitError::os("open /dev/null", &e))?,
-        stdout: dests.open(&spec.stdout, "stdout")?,
-        stderr: dests.open(&spec.stderr, "stderr")?,
+    let streams = match &spec.tty {
+        // A terminal is all three streams, and later the controlling tty.
+        Some(tty) => {
+            let term = dests.open_terminal(tty)?;
+            let dup = |f: &File| f.try_clone().map_err(|e| InitError::os("dup terminal", &e));
+            terminal::follow_window_size(dests.open_input(&tty.winsize_port)?, dup(&term)?);
+            run::Streams {
+                stdin: dup(&term)?,
+                stdout: dup(&term)?,
+                stderr: term,
+            }
+        }
+        None => run::Streams {
+            stdin: File::open("/dev/null").map_err(|e| InitError::os("open /dev/null", &e))?,
+            stdout: dests.open(&spec.stdout, "stdout")?,
+            stderr: dests.open(&spec.stderr, "stderr")?,
+        },
     };
 
     // 5. The command's root.

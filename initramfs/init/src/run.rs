@@ -38,6 +38,7 @@ enum ChildStep {
     Stdin,
     Stdout,
     Stderr,
+    Ctty,
     Chroot,
     Chdir,
     Groups,
@@ -48,11 +49,12 @@ enum ChildStep {
 }
 
 impl ChildStep {
-    const ALL: [ChildStep; 11] = [
+    const ALL: [ChildStep; 12] = [
         ChildStep::Setsid,
         ChildStep::Stdin,
         ChildStep::Stdout,
         ChildStep::Stderr,
+        ChildStep::Ctty,
         ChildStep::Chroot,
         ChildStep::Chdir,
         ChildStep::Groups,
@@ -108,6 +110,7 @@ impl<'a> Plan<'a> {
             ChildStep::Stdin => "redirect stdin".into(),
             ChildStep::Stdout => "redirect stdout".into(),
             ChildStep::Stderr => "redirect stderr".into(),
+            ChildStep::Ctty => "make the terminal the controlling tty".into(),
             ChildStep::Chroot => format!(
                 "chroot {}",
                 self.root
@@ -198,6 +201,9 @@ fn child(plan: &Plan, streams: &Streams, failure: RawFd) -> ! {
         ChildStep::Stderr,
         sys::child_redirect(streams.stderr.as_raw_fd(), 2),
     );
+    if spec.tty.is_some() {
+        step(ChildStep::Ctty, sys::child_set_ctty());
+    }
     if let Some(root) = &plan.root {
         step(ChildStep::Chroot, sys::child_chroot(root));
     }

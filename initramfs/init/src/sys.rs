@@ -399,6 +399,29 @@ pub fn child_redirect(src: RawFd, target: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the terminal on descriptor 0 the controlling terminal of the
+/// calling session leader (child side, after `setsid`).
+pub fn child_set_ctty() -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); no memory
+    // is passed.
+    check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })?;
+    Ok(())
+}
+
+/// Sets the window size of the terminal `fd` (the kernel sends SIGWINCH
+/// to its foreground process group when it changes).
+pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize`, which lives for the call.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) })?;
+    Ok(())
+}
+
 /// `chroot(2)` (child side).
 pub fn child_chroot(path: &CStr) -> io::Result<()> {
     // SAFETY: `path` is a valid NUL-terminated string.

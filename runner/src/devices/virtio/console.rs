@@ -7,8 +7,10 @@
 //! driver `PORT_READY` → device `PORT_NAME` + `PORT_OPEN` (host side
 //! connected). Output buffers go to the sink whole (a file descriptor sink
 //! is written straight from guest memory), one notify per buffer, not per
-//! byte. Input (host → guest) is not offered: the receive queues' buffers
-//! are never used.
+//! byte. Input (host → guest) goes into a port's receive buffers as they
+//! come ([`PortInput::send`] queues it until the driver offers some); one
+//! port may be a console port (`CONSOLE_PORT`: the guest's `/dev/hvc0`, a
+//! real tty for an interactive command).
 //!
 //! Queues are processed by a worker thread (`kestrel_virtio_console`) woken
 //! by the transport's queue eventfd (a KVM ioeventfd, so a notify costs no
@@ -55,6 +57,9 @@ pub const F_MULTIPORT: u64 = 1 << 1;
 pub const QUEUE_SIZE: u16 = 128;
 /// Most ports a console may have.
 pub const MAX_PORTS: usize = 16;
+/// Most input bytes waiting for a port's receive buffers (a paste larger
+/// than this loses its tail, with a warning).
+pub const MAX_PENDING_INPUT: usize = 1 << 20;
 /// Most control messages waiting for receive buffers.
 pub const MAX_PENDING_CONTROL: usize = 4 * MAX_PORTS + 16;
 /// Name of the worker thread.
@@ -72,6 +77,7 @@ mod event {
     pub const DEVICE_READY: u16 = 0;
     pub const DEVICE_ADD: u16 = 1;
     pub const PORT_READY: u16 = 3;
+    pub const CONSOLE_PORT: u16 = 4;
     pub const PORT_OPEN: u16 = 6;
     pub const PORT_NAME: u16 = 7;
 }
@@ -107,12 +113,17 @@ enum Sink {
     Writer(Box<dyn Write + Send>),
 }
 
-/// One port: its name and where its output goes.
+/// One port: its name, where its output goes, and host input waiting for
+/// the guest's receive buffers.
 pub struct Port {
     name: String,
     sink: Option<Sink>,
     guest_open: bool,
     bytes: u64,
+    /// Announced as a console port (the guest makes it an hvc tty).
+    console: bool,
+    input: VecDeque<u8>,
+    input_dropped: bool,
 }
 
 impl Port {
@@ -126,12 +137,29 @@ impl Port {
         Port::with(name.into(), Sink::File(file))
     }
 
+    /// A console port named `name` (the guest's `/dev/hvc0`) writing to
+    /// the terminal or file `file`; its input comes through
+    /// [`Console::input`].
+    pub fn terminal(name: impl Into<String>, file: File) -> Self {
+        let mut port = Port::with(name.into(), Sink::File(file));
+        port.console = true;
+        port
+    }
+
+    /// An input-only port named `name` (what the guest writes is dropped).
+    pub fn input_only(name: impl Into<String>) -> Self {
+        Port::with(name.into(), Sink::Writer(Box::new(std::io::sink())))
+    }
+
     fn with(name: String, sink: Sink) -> Self {
         Port {
             name,
             sink: Some(sink),
             guest_open: false,
             bytes: 0,
+            console: false,
+            input: VecDeque::new(),
+            input_dropped: false,
         }
     }
 
@@ -177,6 +205,23 @@ pub fn stdio() -> Result<Console, ConsoleError> {
     ])
 }
 
+/// The console of a VM whose command runs on a terminal: [`stdio`]'s two
+/// ports, the console port `tty` (the guest's `/dev/hvc0`) writing to
+/// kestrel's stdout, and the input-only port `winsize`.
+pub fn with_terminal(tty: &str, winsize: &str) -> Result<Console, ConsoleError> {
+    let dup = |fd: std::os::fd::BorrowedFd<'_>, what| {
+        fd.try_clone_to_owned()
+            .map(File::from)
+            .map_err(|e| ConsoleError::Dup(what, e))
+    };
+    Console::new(vec![
+        Port::file(STDOUT_PORT, dup(std::io::stdout().as_fd(), "stdout")?),
+        Port::file(STDERR_PORT, dup(std::io::stderr().as_fd(), "stderr")?),
+        Port::terminal(tty, dup(std::io::stdout().as_fd(), "stdout")?),
+        Port::input_only(winsize),
+    ])
+}
+
 /// The queues and channels of a running console.
 struct Running {
     mem: GuestMemory,
@@ -206,6 +251,15 @@ fn rx_queue(p: usize) -> usize {
         0
     } else {
         2 + 2 * p
+    }
+}
+
+/// The port whose receive queue is `q`.
+fn port_of_rx(q: usize) -> Option<usize> {
+    match q {
+        0 => Some(0),
+        q if q >= 4 && q % 2 == 0 => Some((q - 2) / 2),
+        _ => None,
     }
 }
 
@@ -249,12 +303,18 @@ impl Engine {
         }
     }
 
-    /// Every queue the device serves: control first, then each port.
+    /// Every queue the device serves: control first, then each port's
+    /// output, then input waiting for receive buffers.
     fn notify_all(&mut self) {
         self.notify(CONTROL_TX);
         self.notify(CONTROL_RX);
         for p in 0..self.ports.len() {
             self.notify(rx_queue(p) + 1);
+        }
+        for p in 0..self.ports.len() {
+            if !self.ports[p].input.is_empty() {
+                self.notify(rx_queue(p));
+            }
         }
     }
 
@@ -265,9 +325,9 @@ impl Engine {
                 self.control_to_guest()
             }
             CONTROL_RX => self.control_to_guest(),
-            q => match port_of_tx(q) {
-                Some(p) if p < self.ports.len() => self.output(p, q),
-                // Receive queues: buffers for input, which is not offered.
+            q => match (port_of_tx(q), port_of_rx(q)) {
+                (Some(p), _) if p < self.ports.len() => self.output(p, q),
+                (_, Some(p)) if p < self.ports.len() => self.input(p, q),
                 _ => Ok(()),
             },
         }
@@ -301,6 +361,45 @@ impl Engine {
             Ok::<_, QueueError>(taken)
         });
         port.flush();
+        if used > 0 {
+            r.interrupt.signal_used_queue();
+        }
+        result
+    }
+
+    /// Moves waiting host input of port `p` into its receive buffers.
+    fn input(&mut self, p: usize, q: usize) -> Result<(), QueueError> {
+        let Some(r) = &mut self.running else {
+            return Ok(());
+        };
+        let port = &mut self.ports[p];
+        if port.input.is_empty() {
+            return Ok(());
+        }
+        let mem = r.mem.clone();
+        let queue = &mut r.queues[q];
+        if !queue.ready() {
+            return Ok(());
+        }
+        let mut used = 0;
+        let result = (|| -> Result<(), QueueError> {
+            while !port.input.is_empty() {
+                let Some(chain) = queue.iter(&mem)?.next() else {
+                    break;
+                };
+                let bufs = Buffers::of(chain, &mem)?;
+                let written = bufs.write(&mem, port.input.make_contiguous());
+                port.input.drain(..written);
+                queue.add_used(&mem, bufs.head, written as u32)?;
+                used += 1;
+                if written == 0 {
+                    // A chain with no room: the driver's mistake; stop
+                    // rather than spin through its buffers.
+                    break;
+                }
+            }
+            Ok(())
+        })();
         if used > 0 {
             r.interrupt.signal_used_queue();
         }
@@ -356,6 +455,11 @@ impl Engine {
                 "the guest's virtio-console driver failed to start"
             )),
             (event::PORT_READY, Some(p)) if value == 1 => {
+                // The console first: the guest makes its hvc before the
+                // name (and its uevent) tells the init the port is there.
+                if self.ports[p].console {
+                    replies.push(control(p as u32, event::CONSOLE_PORT, 1));
+                }
                 let mut name = control(p as u32, event::PORT_NAME, 1);
                 name.extend_from_slice(self.ports[p].name.as_bytes());
                 replies.push(name);
@@ -417,6 +521,35 @@ impl Engine {
     }
 }
 
+/// Sends host input to one port (from any thread).
+#[derive(Clone)]
+pub struct PortInput {
+    engine: Arc<Mutex<Engine>>,
+    port: usize,
+}
+
+impl PortInput {
+    /// Queues `bytes` for the guest and delivers what fits in the receive
+    /// buffers the driver has offered; the rest goes when it offers more.
+    /// Past [`MAX_PENDING_INPUT`] waiting bytes, the excess is dropped
+    /// (warned about once).
+    pub fn send(&self, bytes: &[u8]) {
+        let mut engine = lock(&self.engine);
+        let port = &mut engine.ports[self.port];
+        let room = MAX_PENDING_INPUT.saturating_sub(port.input.len());
+        if bytes.len() > room && !port.input_dropped {
+            port.input_dropped = true;
+            log::warn(format_args!(
+                "the guest is not reading input on virtio port {}: input past {} KiB is dropped",
+                port.name,
+                MAX_PENDING_INPUT >> 10
+            ));
+        }
+        port.input.extend(&bytes[..bytes.len().min(room)]);
+        engine.notify(rx_queue(self.port));
+    }
+}
+
 impl Console {
     /// A console with these ports (ids in order, from 0).
     pub fn new(ports: Vec<Port>) -> Result<Self, ConsoleError> {
@@ -437,6 +570,18 @@ impl Console {
                 scratch: Vec::new(),
             })),
             worker: None,
+        })
+    }
+
+    /// A handle that sends host input to the port named `name`.
+    pub fn input(&self, name: &str) -> Option<PortInput> {
+        let port = lock(&self.engine)
+            .ports
+            .iter()
+            .position(|p| p.name == name)?;
+        Some(PortInput {
+            engine: self.engine.clone(),
+            port,
         })
     }
 
@@ -655,6 +800,12 @@ mod tests {
                 Port::new(STDERR_PORT, stderr),
             ])
             .unwrap();
+            Rig::on(console, events, out, err)
+        }
+
+        /// `console` behind a transport, every queue set up, `DRIVER_OK`.
+        fn on(console: Console, events: Option<EventFd>, out: Capture, err: Capture) -> Rig {
+            let ports = console.port_count;
             let mem = test_memory();
             let mut t = MmioTransport::new(
                 Box::new(console),
@@ -669,10 +820,10 @@ mod tests {
             write_reg(&mut t, regs::CONFIG, 0);
             let mut cfg = [0u8; 4];
             t.read(regs::CONFIG + 4, &mut cfg);
-            assert_eq!(u32::from_le_bytes(cfg), 2, "max_nr_ports");
+            assert_eq!(u32::from_le_bytes(cfg) as usize, ports, "max_nr_ports");
             let status = negotiate(&mut t, VIRTIO_F_VERSION_1 | F_MULTIPORT);
             assert_ne!(status & S_FEATURES_OK, 0);
-            let q: Vec<DriverQueue> = (0..6)
+            let q: Vec<DriverQueue> = (0..2 * ports as u32 + 2)
                 .map(|i| DriverQueue::new(&mem, i, QUEUE_SIZE))
                 .collect();
             for dq in &q {
@@ -768,6 +919,74 @@ mod tests {
         rig.q[CTRL_TX].add_out(&rig.mem, b"abc");
         rig.q[CTRL_TX].kick(&mut rig.t);
         assert!(rig.received(&mut addrs).is_empty());
+        assert!(!rig.needs_reset());
+    }
+
+    #[test]
+    fn a_console_port_is_announced_first_and_takes_host_input() {
+        const TTY_RX: usize = 4;
+        const WINSIZE_RX: usize = 6;
+        let console = Console::new(vec![
+            Port::new(STDOUT_PORT, Box::new(Capture::default())),
+            Port::terminal("kestrel.tty", tempfile::tempfile().unwrap()),
+            Port::input_only("kestrel.winsize"),
+        ])
+        .unwrap();
+        let tty = console.input("kestrel.tty").unwrap();
+        let winsize = console.input("kestrel.winsize").unwrap();
+        assert!(console.input("nope").is_none());
+        // Input before the device runs waits.
+        tty.send(b"hello");
+        let mut rig = Rig::on(console, None, Capture::default(), Capture::default());
+        let mut addrs: VecDeque<u64> = rig.offer_control_buffers(16).into();
+        rig.send_control(BAD_ID, event::DEVICE_READY, 1);
+        rig.send_control(1, event::PORT_READY, 1);
+        rig.send_control(2, event::PORT_READY, 1);
+        let got = rig.received(&mut addrs);
+        assert_eq!(
+            got[3..],
+            [
+                control(1, event::CONSOLE_PORT, 1),
+                named(1, "kestrel.tty"),
+                control(1, event::PORT_OPEN, 1),
+                named(2, "kestrel.winsize"),
+                control(2, event::PORT_OPEN, 1),
+            ]
+        );
+        // Delivered as the driver offers buffers, split across them.
+        let small = rig.q[TTY_RX].add_in(&rig.mem, 3);
+        rig.q[TTY_RX].kick(&mut rig.t);
+        let large = rig.q[TTY_RX].add_in(&rig.mem, 64);
+        rig.q[TTY_RX].kick(&mut rig.t);
+        assert_eq!(rig.q[TTY_RX].used(&rig.mem), vec![(0, 3), (1, 2)]);
+        let mut b = [0u8; 3];
+        rig.mem.read_slice(&mut b, GuestAddress(small)).unwrap();
+        assert_eq!(&b, b"hel");
+        let mut b = [0u8; 2];
+        rig.mem.read_slice(&mut b, GuestAddress(large)).unwrap();
+        assert_eq!(&b, b"lo");
+        // With a buffer waiting, input goes at once, with an interrupt.
+        let buf = rig.q[WINSIZE_RX].add_in(&rig.mem, 64);
+        rig.q[WINSIZE_RX].kick(&mut rig.t);
+        assert!(rig.q[WINSIZE_RX].used(&rig.mem).is_empty());
+        write_reg(&mut rig.t, regs::INTERRUPT_ACK, 1);
+        winsize.send(b"40 132\n");
+        assert_eq!(rig.q[WINSIZE_RX].used(&rig.mem), vec![(0, 7)]);
+        let mut b = [0u8; 7];
+        rig.mem.read_slice(&mut b, GuestAddress(buf)).unwrap();
+        assert_eq!(&b, b"40 132\n");
+        assert_ne!(read_reg(&mut rig.t, regs::INTERRUPT_STATUS) & 1, 0);
+        // A receive buffer with no room ends the round instead of spinning.
+        rig.q[TTY_RX].add_in(&rig.mem, 0);
+        rig.q[TTY_RX].kick(&mut rig.t);
+        tty.send(b"z");
+        let z = rig.q[TTY_RX].add_in(&rig.mem, 8);
+        rig.q[TTY_RX].kick(&mut rig.t);
+        let used = rig.q[TTY_RX].used(&rig.mem);
+        assert_eq!(used.last(), Some(&(3, 1)), "{used:?}");
+        let mut b = [0u8; 1];
+        rig.mem.read_slice(&mut b, GuestAddress(z)).unwrap();
+        assert_eq!(&b, b"z");
         assert!(!rig.needs_reset());
     }
 
