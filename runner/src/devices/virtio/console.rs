@@ -194,32 +194,35 @@ impl Port {
 /// The console of a kestrel VM: [`STDOUT_PORT`] to kestrel's stdout and
 /// [`STDERR_PORT`] to its stderr (duplicated descriptors, written directly).
 pub fn stdio() -> Result<Console, ConsoleError> {
-    let dup = |fd: std::os::fd::BorrowedFd<'_>, what| {
-        fd.try_clone_to_owned()
-            .map(File::from)
-            .map_err(|e| ConsoleError::Dup(what, e))
-    };
-    Console::new(vec![
-        Port::file(STDOUT_PORT, dup(std::io::stdout().as_fd(), "stdout")?),
-        Port::file(STDERR_PORT, dup(std::io::stderr().as_fd(), "stderr")?),
-    ])
+    Console::new(stdio_ports()?)
 }
 
 /// The console of a VM whose command runs on a terminal: [`stdio`]'s two
 /// ports, the console port `tty` (the guest's `/dev/hvc0`) writing to
 /// kestrel's stdout, and the input-only port `winsize`.
 pub fn with_terminal(tty: &str, winsize: &str) -> Result<Console, ConsoleError> {
-    let dup = |fd: std::os::fd::BorrowedFd<'_>, what| {
-        fd.try_clone_to_owned()
-            .map(File::from)
-            .map_err(|e| ConsoleError::Dup(what, e))
-    };
-    Console::new(vec![
+    let mut ports = stdio_ports()?;
+    ports.push(Port::terminal(
+        tty,
+        dup(std::io::stdout().as_fd(), "stdout")?,
+    ));
+    ports.push(Port::input_only(winsize));
+    Console::new(ports)
+}
+
+fn stdio_ports() -> Result<Vec<Port>, ConsoleError> {
+    Ok(vec![
         Port::file(STDOUT_PORT, dup(std::io::stdout().as_fd(), "stdout")?),
         Port::file(STDERR_PORT, dup(std::io::stderr().as_fd(), "stderr")?),
-        Port::terminal(tty, dup(std::io::stdout().as_fd(), "stdout")?),
-        Port::input_only(winsize),
     ])
+}
+
+/// A descriptor of kestrel's own (`what` names it in the error), as a file
+/// a port writes to directly.
+fn dup(fd: std::os::fd::BorrowedFd<'_>, what: &'static str) -> Result<File, ConsoleError> {
+    fd.try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| ConsoleError::Dup(what, e))
 }
 
 /// The queues and channels of a running console.
