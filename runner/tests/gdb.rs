@@ -382,7 +382,6 @@ fn the_protocol_against_a_raw_guest() {
     let listener = Listener::bind(0).unwrap();
     let port = listener.port();
     vm.attach_gdb(listener);
-    let started = Instant::now();
     let run = std::thread::spawn(move || vm.run());
 
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -459,5 +458,4 @@ fn the_protocol_against_a_raw_guest() {
         kestrel::event::Ending::Timeout,
         "the guest ran on after detach"
     );
-    assert!(started.elapsed() < Duration::from_secs(60));
 }
