@@ -132,7 +132,8 @@ pub struct RunArgs {
     /// --timeout. Add `--append nokaslr` so vmlinux's addresses hold.
     #[arg(long, value_name = "PORT", conflicts_with = "warm")]
     pub gdb: Option<u16>,
-    /// The guest command and its arguments (none: boot, report exit 0).
+    /// The guest command and its arguments (none: an interactive shell when
+    /// kestrel is on a terminal, else boot and report exit 0).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
