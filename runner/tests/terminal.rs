@@ -118,6 +118,31 @@ impl Session {
         assert_eq!(n, bytes.len() as isize, "write to the pty");
     }
 
+    /// Waits up to `timeout_ms` for output and appends what came to
+    /// `seen`: `Some(bytes)` (0: nothing came), `None` once the pty is
+    /// closed or hung up.
+    fn read_some(&mut self, timeout_ms: i32) -> Option<usize> {
+        let mut pfd = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, timeout_ms) } <= 0 {
+            return Some(0);
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` is writable for its length.
+        let got =
+            unsafe { libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got <= 0 {
+            return None;
+        }
+        self.seen
+            .push_str(&String::from_utf8_lossy(&buf[..got as usize]));
+        Some(got as usize)
+    }
+
     /// Reads until `needle` appears after what earlier calls consumed;
     /// returns the text up to and including it.
     fn expect(&mut self, needle: &str) -> String {
@@ -135,27 +160,12 @@ impl Session {
                 "no {needle:?} within {STEP:?}; the terminal showed:\n{}",
                 self.seen
             );
-            let mut pfd = libc::pollfd {
-                fd: self.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
-            if n <= 0 {
-                continue;
-            }
-            let mut buf = [0u8; 4096];
-            // SAFETY: `buf` is writable for its length.
-            let got =
-                unsafe { libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let open = self.read_some(left.as_millis().min(1000) as i32);
             assert!(
-                got > 0,
+                open.is_some(),
                 "the terminal closed before {needle:?}; it showed:\n{}",
                 self.seen
             );
-            self.seen
-                .push_str(&String::from_utf8_lossy(&buf[..got as usize]));
         }
     }
 
@@ -182,55 +192,17 @@ impl Session {
         let deadline = Instant::now() + STEP;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let rest = self.drain();
-                return (status.code().unwrap_or(-1), rest);
+                // What is left in the pty, then all of it.
+                while self.read_some(0).is_some_and(|n| n > 0) {}
+                return (status.code().unwrap_or(-1), std::mem::take(&mut self.seen));
             }
             assert!(
                 Instant::now() < deadline,
                 "kestrel did not exit; the terminal showed:\n{}",
                 self.seen
             );
-            let mut pfd = libc::pollfd {
-                fd: self.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd. A short timeout: the exit itself
-            // is not an event on the pty (the slave stays open here).
-            if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 {
-                let mut buf = [0u8; 4096];
-                // SAFETY: `buf` is writable for its length.
-                let got = unsafe {
-                    libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
-                if got > 0 {
-                    self.seen
-                        .push_str(&String::from_utf8_lossy(&buf[..got as usize]));
-                }
-            }
-        }
-    }
-
-    fn drain(&mut self) -> String {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; 0: do not wait.
-            if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
-                return std::mem::take(&mut self.seen);
-            }
-            let mut buf = [0u8; 4096];
-            // SAFETY: `buf` is writable for its length.
-            let got =
-                unsafe { libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if got <= 0 {
-                return std::mem::take(&mut self.seen);
-            }
-            self.seen
-                .push_str(&String::from_utf8_lossy(&buf[..got as usize]));
+            // A short wait: the exit itself is not an event on the pty.
+            self.read_some(100);
         }
     }
 }
