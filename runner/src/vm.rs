@@ -635,18 +635,15 @@ fn build(
     let mut raw_mode = None;
     if !raw {
         let ports = if config.terminal {
-            let ports = console::with_terminal(terminal::TTY_PORT, terminal::WINSIZE_PORT)?;
-            let (tty, winsize) = (
-                ports.input(terminal::TTY_PORT),
-                ports.input(terminal::WINSIZE_PORT),
-            );
-            if let (Some(tty), Some(winsize)) = (tty, winsize) {
-                if let Some((rows, cols)) = terminal::window_size(0) {
-                    winsize.send(&terminal::winsize_line(rows, cols));
-                }
-                terminal::forward(tty, winsize, tx.clone()).map_err(VmError::Terminal)?;
-                raw_mode = Some(terminal::RawMode::enter(0).map_err(VmError::Terminal)?);
+            let (ports, tty, winsize) =
+                console::with_terminal(terminal::TTY_PORT, terminal::WINSIZE_PORT)?;
+            // The job spec has the size the CLI read; a resize since then
+            // (before SIGWINCH was blocked for the signalfd) is not lost.
+            if let Some((rows, cols)) = terminal::window_size(0) {
+                winsize.send(&terminal::winsize_line(rows, cols));
             }
+            terminal::forward(tty, winsize, tx.clone()).map_err(VmError::Terminal)?;
+            raw_mode = Some(terminal::RawMode::enter(0).map_err(VmError::Terminal)?);
             ports
         } else {
             console::stdio()?

@@ -199,15 +199,26 @@ pub fn stdio() -> Result<Console, ConsoleError> {
 
 /// The console of a VM whose command runs on a terminal: [`stdio`]'s two
 /// ports, the console port `tty` (the guest's `/dev/hvc0`) writing to
-/// kestrel's stdout, and the input-only port `winsize`.
-pub fn with_terminal(tty: &str, winsize: &str) -> Result<Console, ConsoleError> {
+/// kestrel's stdout, and the input-only port `winsize`; with the inputs of
+/// those two.
+pub fn with_terminal(
+    tty: &str,
+    winsize: &str,
+) -> Result<(Console, PortInput, PortInput), ConsoleError> {
     let mut ports = stdio_ports()?;
+    let (tty_id, winsize_id) = (ports.len(), ports.len() + 1);
     ports.push(Port::terminal(
         tty,
         dup(std::io::stdout().as_fd(), "stdout")?,
     ));
     ports.push(Port::input_only(winsize));
-    Console::new(ports)
+    let console = Console::new(ports)?;
+    let input = |port| PortInput {
+        engine: console.engine.clone(),
+        port,
+    };
+    let (tty, winsize) = (input(tty_id), input(winsize_id));
+    Ok((console, tty, winsize))
 }
 
 fn stdio_ports() -> Result<Vec<Port>, ConsoleError> {
