@@ -18,7 +18,7 @@ use kestrel_kernels::{Cache, Fetch, KernelSpec};
 use kestrel_scenarios::matrix::{normalise_snapshots, Column, Matrix, PlannedRow};
 use kestrel_scenarios::{run_suite, Session, SuiteOptions};
 
-use crate::rig::{self, RigArgs};
+use crate::rig;
 use crate::{guest, paths, tools};
 
 /// The kernels of the matrix unless `--kernels` says otherwise.
@@ -109,7 +109,7 @@ pub fn run(args: &MatrixArgs) -> Result<bool> {
 }
 
 fn in_rig(args: &MatrixArgs) -> Result<bool> {
-    let cmd = crate::test::HereCmd {
+    let rig_args = crate::test::HereCmd {
         sub: "matrix",
         kernel_flag: "--kernels",
         kernels: &args.kernels,
@@ -120,11 +120,7 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
         update: args.update,
         warm: args.warm,
     }
-    .argv()?;
-    let mut rig_args = RigArgs::for_cmd(cmd, 600);
-    // Own scenario directories (maybe under /tmp) must be seen and
-    // written (snapshots) in L1.
-    rig_args.writable = crate::test::scenario_dirs(&args.scenarios)?;
+    .rig_args()?;
     let code = rig::run_retrying(&rig_args, 2, &|| false)?;
     Ok(code == 0)
 }

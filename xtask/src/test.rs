@@ -155,7 +155,7 @@ pub struct HereCmd<'a> {
     pub kernel_flag: &'a str,
     pub kernels: &'a [String],
     pub filters: &'a [String],
-    /// `--scenarios` directories (absolute).
+    /// `--scenarios` directories as given.
     pub scenario_dirs: &'a [PathBuf],
     pub jobs: Option<usize>,
     pub retries: u32,
@@ -164,8 +164,18 @@ pub struct HereCmd<'a> {
 }
 
 impl HereCmd<'_> {
-    /// `xtask SUB --here …` as argv.
-    pub fn argv(&self) -> Result<Vec<String>> {
+    /// The rig run of `xtask SUB --here …`: the `--scenarios` directories,
+    /// made absolute once, are both passed on and bound writable into L1
+    /// (they may be under `/tmp`, which L1 replaces; snapshots go there).
+    pub fn rig_args(&self) -> Result<RigArgs> {
+        let dirs = scenario_dirs(self.scenario_dirs)?;
+        let mut rig_args = RigArgs::for_cmd(self.argv(&dirs)?, 600);
+        rig_args.writable = dirs;
+        Ok(rig_args)
+    }
+
+    /// `xtask SUB --here …` as argv, with `dirs` as `--scenarios`.
+    fn argv(&self, dirs: &[PathBuf]) -> Result<Vec<String>> {
         let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
         let mut cmd = vec![
             xtask.to_string_lossy().into_owned(),
@@ -177,7 +187,7 @@ impl HereCmd<'_> {
         for f in self.filters {
             cmd.extend(["--filter".into(), f.clone()]);
         }
-        for d in scenario_dirs(self.scenario_dirs)? {
+        for d in dirs {
             cmd.extend(["--scenarios".into(), d.to_string_lossy().into_owned()]);
         }
         if let Some(jobs) = self.jobs {
@@ -195,7 +205,7 @@ impl HereCmd<'_> {
 }
 
 fn in_rig(args: &TestArgs) -> Result<bool> {
-    let mut cmd = HereCmd {
+    let mut rig_args = HereCmd {
         sub: "test",
         kernel_flag: "--kernel",
         kernels: &args.kernel,
@@ -206,16 +216,16 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         update: args.update,
         warm: args.warm,
     }
-    .argv()?;
+    .rig_args()?;
     if args.per_kernel {
-        cmd.push("--per-kernel".into());
+        rig_args.cmd.push("--per-kernel".into());
     }
     if let Some(junit) = &args.junit {
         let junit = std::path::absolute(junit).context("cannot resolve --junit")?;
-        cmd.extend(["--junit".into(), junit.to_string_lossy().into_owned()]);
+        rig_args
+            .cmd
+            .extend(["--junit".into(), junit.to_string_lossy().into_owned()]);
     }
-    let mut rig_args = RigArgs::for_cmd(cmd, 600);
-    rig_args.writable = scenario_dirs(&args.scenarios)?;
     let code = rig::run_retrying(&rig_args, 2, &|| false)?;
     Ok(code == 0)
 }
