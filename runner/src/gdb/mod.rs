@@ -94,20 +94,37 @@ struct StoppedClock(Mutex<(Duration, Option<Instant>)>);
 
 impl StoppedClock {
     fn stop(&self) {
-        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        c.1.get_or_insert_with(Instant::now);
+        self.stop_at(Instant::now());
     }
 
     fn go(&self) {
-        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(since) = c.1.take() {
-            c.0 += since.elapsed();
-        }
+        self.go_at(Instant::now());
     }
 
     fn total(&self) -> Duration {
+        self.total_at(Instant::now())
+    }
+
+    /// Stopped from `now` (a stop while stopped keeps the first).
+    fn stop_at(&self, now: Instant) {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        c.1.get_or_insert(now);
+    }
+
+    /// Running again from `now`.
+    fn go_at(&self, now: Instant) {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(since) = c.1.take() {
+            c.0 += now.saturating_duration_since(since);
+        }
+    }
+
+    /// Time stopped up to `now`.
+    fn total_at(&self, now: Instant) -> Duration {
         let c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        c.0 + c.1.map_or(Duration::ZERO, |s| s.elapsed())
+        c.0 + c
+            .1
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
     }
 }
 
@@ -130,6 +147,9 @@ pub struct GdbServer {
     input: Sender<Input>,
     clock: Arc<StoppedClock>,
     thread: Option<JoinHandle<()>>,
+    /// Closed when the server thread ends (its sender is dropped there,
+    /// also on a panic).
+    ended: Receiver<()>,
 }
 
 impl GdbServer {
@@ -201,11 +221,16 @@ impl GdbServer {
             last_stop: stop_packet(SIGTRAP, 0, ""),
             clock: clock.clone(),
         };
-        let thread = spawn("kestrel_gdb", move || server.serve());
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
+        let thread = spawn("kestrel_gdb", move || {
+            let _ended = ended_tx;
+            server.serve();
+        });
         GdbServer {
             input,
             clock,
             thread,
+            ended,
         }
     }
 
@@ -220,11 +245,11 @@ impl GdbServer {
     pub fn finish(mut self, exit_code: u8) {
         let _ = self.input.send(Input::End(exit_code));
         if let Some(thread) = self.thread.take() {
-            let limit = Instant::now() + HALT_LIMIT + REPLY_LIMIT;
-            while !thread.is_finished() && Instant::now() < limit {
-                std::thread::sleep(KICK_INTERVAL);
-            }
-            if thread.is_finished() {
+            // Disconnected: the thread has ended (a thread stuck longer
+            // than this is left behind).
+            if let Err(RecvTimeoutError::Disconnected) =
+                self.ended.recv_timeout(HALT_LIMIT + REPLY_LIMIT)
+            {
                 let _ = thread.join();
             }
         }
@@ -1015,14 +1040,21 @@ mod tests {
 
     #[test]
     fn the_stopped_clock_counts_only_stopped_time() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
         let c = StoppedClock::default();
-        assert_eq!(c.total(), Duration::ZERO);
-        c.stop();
-        std::thread::sleep(Duration::from_millis(20));
-        c.go();
-        let once = c.total();
-        assert!(once >= Duration::from_millis(20));
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(c.total(), once);
+        assert_eq!(c.total_at(at(0)), Duration::ZERO);
+        c.stop_at(at(10));
+        // A second stop while stopped keeps the first.
+        c.stop_at(at(15));
+        assert_eq!(c.total_at(at(25)), Duration::from_millis(15));
+        c.go_at(at(30));
+        // Running time does not count.
+        assert_eq!(c.total_at(at(100)), Duration::from_millis(20));
+        c.go_at(at(110));
+        assert_eq!(c.total_at(at(120)), Duration::from_millis(20));
+        c.stop_at(at(200));
+        c.go_at(at(205));
+        assert_eq!(c.total_at(at(300)), Duration::from_millis(25));
     }
 }
