@@ -195,8 +195,7 @@ impl Dests {
 
     /// The port window-size changes arrive on, open for reading.
     pub fn open_input(&mut self, name: &str) -> Result<File, InitError> {
-        let dev = self.wait_for_port(name)?;
-        let path = ensure_node(&self.ports_dir, &self.dev_dir, &dev)?;
+        let path = self.path_of(&Dest::VirtioPort(name.to_string()))?;
         OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
