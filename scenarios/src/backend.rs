@@ -111,10 +111,7 @@ impl KestrelBinary {
     /// gave one, else the spec resolved through the kernel cache (never
     /// fetched).
     pub fn image_of(&self, kernel: &str) -> Option<PathBuf> {
-        let spec = self
-            .kernels
-            .get(kernel)
-            .map_or(kernel, |k| k.image.as_str());
+        let spec = self.kernel_arg(kernel);
         let resolved = spec.parse::<KernelSpec>().ok().and_then(|spec| {
             let cache = Cache::from_env().ok()?;
             kestrel_kernels::resolve(&spec, &cache, Fetch::CacheOnly).ok()
@@ -125,6 +122,14 @@ impl KestrelBinary {
         }
     }
 
+    /// What `--kernel` gets for the spec `kernel`: its resolved image when
+    /// the caller gave one, else the spec itself.
+    fn kernel_arg<'a>(&'a self, kernel: &'a str) -> &'a str {
+        self.kernels
+            .get(kernel)
+            .map_or(kernel, |k| k.image.as_str())
+    }
+
     /// The argv after the binary's name.
     pub fn args(&self, r: &RunRequest) -> Vec<String> {
         let resolved = self.kernels.get(&r.kernel);
@@ -133,7 +138,7 @@ impl KestrelBinary {
         args.extend(resolved.iter().flat_map(|k| k.extra_args.iter().cloned()));
         args.extend([
             "--kernel".to_owned(),
-            resolved.map_or_else(|| r.kernel.clone(), |k| k.image.clone()),
+            self.kernel_arg(&r.kernel).to_owned(),
             "--cpus".to_owned(),
             r.cpus.to_string(),
             "--memory".to_owned(),
