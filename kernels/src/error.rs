@@ -47,7 +47,7 @@ pub enum Error {
     #[error("no cache directory: set KESTREL_CACHE_DIR, XDG_CACHE_HOME or HOME")]
     NoCacheDir,
 
-    #[error("{spec} is not in the kernel cache ({dir}); run `cargo xtask kernel fetch {spec}`")]
+    #[error("{spec} is not in the kernel cache ({dir}); run `kestrel kernel fetch {spec}` (or `cargo xtask kernel fetch {spec}` in a Kestrel checkout)")]
     NotCached { spec: String, dir: PathBuf },
 
     #[error("cache entry {dir} is damaged ({reason}); delete it and fetch the kernel again")]

@@ -17,9 +17,13 @@
 mod apt;
 pub mod build;
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod commands;
 pub mod debtools;
 mod error;
+pub mod host;
 pub mod image;
+pub mod kbuild;
 pub mod kconfig;
 pub mod layout;
 pub mod source;
@@ -166,10 +170,7 @@ mod tests {
         let msg = resolve(&spec, &cache, Fetch::CacheOnly)
             .unwrap_err()
             .to_string();
-        assert!(
-            msg.contains("cargo xtask kernel fetch debian:6.12"),
-            "{msg}"
-        );
+        assert!(msg.contains("kestrel kernel fetch debian:6.12"), "{msg}");
     }
 
     #[test]

@@ -35,6 +35,17 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Check /dev/kvm, its permissions and whether it runs at hardware speed.
     Doctor,
+    /// Fetch Debian kernels and their source, list the cache, build a
+    /// kernel from a source tree.
+    #[command(subcommand)]
+    Kernel(crate::commands::kernel::KernelCmd),
+    /// Run your own scenario directories and check them against their
+    /// snapshots.
+    Test(crate::commands::test::TestArgs),
+    /// Build a tree's KUnit tests into a kernel, boot it, report per test.
+    Kunit(crate::commands::kunit::KunitArgs),
+    /// Build a tree's kselftests, run them in the guest, report per test.
+    Kselftest(crate::commands::kselftest::KselftestArgs),
 }
 
 /// `kestrel run` arguments.

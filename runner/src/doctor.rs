@@ -115,6 +115,73 @@ pub fn time_probe(iterations: u32) -> Result<Duration, String> {
     }
 }
 
+/// Iterations of the quick probe `kestrel run` makes once per host boot
+/// (≈0.1 s on software KVM, well under a millisecond on hardware).
+const QUICK_ITERATIONS: u32 = 100_000;
+
+/// `kestrel run`'s check before it boots a kernel: one sentence naming the
+/// rig when `/dev/kvm` emulates instructions (a real kernel cannot boot
+/// there: it would only time out). The class is measured once per host
+/// boot and remembered in `<cache>/doctor/` (keyed by the kernel's boot
+/// id), so later runs pay a file read. A missing `/dev/kvm` or a probe
+/// that cannot run is left to the VM's own errors. `KESTREL_ALLOW_SOFTWARE_KVM=1`
+/// boots anyway.
+pub fn require_hardware_speed() -> Result<(), String> {
+    if std::env::var_os("KESTREL_ALLOW_SOFTWARE_KVM").is_some_and(|v| v == "1")
+        || !std::path::Path::new(KVM_PATH).exists()
+    {
+        return Ok(());
+    }
+    let remembered = remembered_class_path();
+    let class = match remembered
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        Some(name) if name.trim() == KvmClass::Software.name() => KvmClass::Software,
+        Some(name) if name.trim() == KvmClass::Hardware.name() => KvmClass::Hardware,
+        _ => {
+            let Ok(took) = time_probe(QUICK_ITERATIONS) else {
+                return Ok(());
+            };
+            let class =
+                KvmClass::from_rate(f64::from(QUICK_ITERATIONS) / took.as_secs_f64().max(1e-9));
+            if let Some(p) = &remembered {
+                if let Some(dir) = p.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+                if std::fs::write(&tmp, class.name()).is_ok() {
+                    let _ = std::fs::rename(&tmp, p);
+                }
+            }
+            class
+        }
+    };
+    match class {
+        KvmClass::Software => Err(software_kvm_sentence()),
+        _ => Ok(()),
+    }
+}
+
+/// What `kestrel run` says on instruction-emulating KVM.
+pub fn software_kvm_sentence() -> String {
+    "/dev/kvm here emulates instructions in software (about 1 M/s), so a real kernel cannot boot on it: \
+     run kestrel inside the nested rig (`cargo xtask rig -- kestrel …`) or on a machine with hardware \
+     virtualization (`kestrel doctor` shows the measurement)"
+        .to_owned()
+}
+
+/// `<cache>/doctor/kvm-<boot id>`, when both are known.
+fn remembered_class_path() -> Option<std::path::PathBuf> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot_id = boot_id.trim();
+    if boot_id.is_empty() || !boot_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return None;
+    }
+    let cache = kestrel_kernels::Cache::from_env().ok()?;
+    Some(cache.root().join("doctor").join(format!("kvm-{boot_id}")))
+}
+
 fn vm_min_memory() -> u64 {
     crate::vm::MIN_MEMORY_MIB
 }

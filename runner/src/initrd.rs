@@ -74,8 +74,11 @@ pub fn output_dest(stream: Stream) -> Dest {
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
     /// No init binary anywhere kestrel looks.
-    #[error("no guest init at {0}: build it with `cargo xtask selftest` (any cargo xtask guest command builds it), set KESTREL_INIT, or pass --init PATH")]
+    #[error("no guest init at {0} and none built into this kestrel (built with KESTREL_EMBED_INIT=0): build it with `cargo xtask selftest`, set KESTREL_INIT, or pass --init PATH")]
     NoInit(PathBuf),
+    /// The built-in init could not be written out.
+    #[error("cannot unpack kestrel's built-in guest init to {0}; check that the kernel cache directory is writable or pass --init PATH")]
+    EmbeddedInit(String),
     /// `--init` or `$KESTREL_INIT` names a missing file.
     #[error("{what} {path} does not exist: pass the static kestrel-init binary (cargo xtask builds it to <target>/{INIT_IN_TARGET})")]
     InitMissing {
@@ -280,8 +283,30 @@ pub fn has_virtiofs(modules_dir: Option<&Path>, config: Option<&Path>) -> bool {
             .is_some_and(|text| text.lines().any(|l| l.trim() == "CONFIG_VIRTIO_FS=y"))
 }
 
-/// The static init: `--init`, else `$KESTREL_INIT`, else where `cargo
-/// xtask` builds it in the target dir this `kestrel` was built in.
+/// The static init built into this binary (`build.rs`); empty when it was
+/// built with `KESTREL_EMBED_INIT=0`.
+pub static EMBEDDED_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kestrel-init"));
+
+/// Writes [`EMBEDDED_INIT`] once into `<dir>/<hash of it>/kestrel-init`
+/// (the packer reads the init from a file) and returns that path.
+fn embedded_init_in(dir: &Path) -> Result<PathBuf, InitrdError> {
+    let hash = kestrel_kernels::build::sha256_hex(EMBEDDED_INIT);
+    let path = dir.join(&hash[..16]).join("kestrel-init");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == EMBEDDED_INIT.len() as u64) {
+        return Ok(path);
+    }
+    let io = |e: std::io::Error| InitrdError::EmbeddedInit(format!("{}: {e}", path.display()));
+    let parent = path.parent().unwrap_or(dir);
+    std::fs::create_dir_all(parent).map_err(io)?;
+    let tmp = parent.join(format!("kestrel-init.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, EMBEDDED_INIT).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(path)
+}
+
+/// The static init: `--init`, else `$KESTREL_INIT`, else the one built
+/// into this binary (unpacked into the kernel cache's `init/`), else where
+/// `cargo xtask` builds it in the target dir this `kestrel` was built in.
 pub fn find_init(explicit: Option<&Path>) -> Result<PathBuf, InitrdError> {
     let given = explicit.map(|p| ("--init", p.to_path_buf())).or_else(|| {
         std::env::var_os(INIT_ENV)
@@ -294,6 +319,11 @@ pub fn find_init(explicit: Option<&Path>) -> Result<PathBuf, InitrdError> {
         } else {
             Err(InitrdError::InitMissing { what, path })
         };
+    }
+    if !EMBEDDED_INIT.is_empty() {
+        let cache = kestrel_kernels::Cache::from_env()
+            .map_err(|e| InitrdError::EmbeddedInit(e.to_string()))?;
+        return embedded_init_in(&cache.root().join("init"));
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let candidates = init_candidates(&exe);
@@ -568,6 +598,20 @@ mod tests {
         assert_eq!(spec.env[0], format!("PATH={GUEST_PATH}"));
         assert!(spec.env.contains(&"HOME=/root".to_string()));
         assert!(job_spec(&[]).argv.is_empty());
+    }
+
+    #[test]
+    fn the_built_in_init_is_unpacked_once() {
+        if EMBEDDED_INIT.is_empty() {
+            return; // built with KESTREL_EMBED_INIT=0
+        }
+        assert_eq!(&EMBEDDED_INIT[..4], b"\x7fELF");
+        let dir = tempfile::tempdir().unwrap();
+        let a = embedded_init_in(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), EMBEDDED_INIT);
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        assert_eq!(embedded_init_in(dir.path()).unwrap(), a);
+        assert_eq!(std::fs::metadata(&a).unwrap().modified().unwrap(), mtime);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod cli;
+pub mod commands;
 pub mod devices;
 pub mod doctor;
 pub mod event;

@@ -38,11 +38,26 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_VMM_ERROR)
             }
         },
+        Command::Kernel(cmd) => report(kestrel::commands::kernel::run(cmd).map(|()| 0)),
+        Command::Test(args) => report(kestrel::commands::test::run(args)),
+        Command::Kunit(args) => report(kestrel::commands::kunit::run(args)),
+        Command::Kselftest(args) => report(kestrel::commands::kselftest::run(args)),
         Command::Doctor => {
             let report = doctor::run();
             println!("kestrel doctor\n{}", report.text);
             println!("kestrel: doctor={}", report.class.name());
             ExitCode::from(report.class.exit_code())
+        }
+    }
+}
+
+/// A developer command's exit: its code, or its error as one line and 125.
+fn report(result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kestrel: {e:#}");
+            ExitCode::from(EXIT_VMM_ERROR)
         }
     }
 }
@@ -57,6 +72,8 @@ fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
     // Bound first: a taken port is an argument error, before any boot work.
     let gdb = args.gdb.map(Listener::bind).transpose()?;
     let config = Config::try_from(args)?;
+    // After the arguments (their errors come first), before any VM work.
+    doctor::require_hardware_speed().map_err(anyhow::Error::msg)?;
     if config.terminal {
         // Before any thread starts, so only the terminal's signalfd sees it.
         kestrel::terminal::block_sigwinch()?;

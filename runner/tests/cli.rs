@@ -75,7 +75,7 @@ fn an_uncached_debian_kernel_names_the_fetch_command() {
     one_clear_line_with(
         &["run", "--kernel", "debian:6.12"],
         &[("KESTREL_CACHE_DIR", &empty)],
-        "run `cargo xtask kernel fetch debian:6.12`",
+        "run `kestrel kernel fetch debian:6.12`",
     );
 }
 
@@ -112,4 +112,59 @@ fn initramfs_problems_are_one_sentence() {
 fn help_exits_zero() {
     let (code, _) = kestrel(&["--help"], &[]);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn developer_commands_answer_bad_input_in_one_sentence() {
+    one_clear_line(
+        &["kunit", "--src", "/no/such/tree"],
+        "--src /no/such/tree: no such directory",
+    );
+    let dir = scratch("devcmd");
+    one_clear_line(
+        &["kselftest", "--src", dir.to_str().unwrap()],
+        "is not a Linux kernel source tree",
+    );
+    one_clear_line(
+        &["kernel", "source", "build:/x"],
+        "kernel source takes debian:<series>",
+    );
+}
+
+#[test]
+fn software_kvm_is_named_before_a_boot_that_could_only_time_out() {
+    let doctor = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .arg("doctor")
+        .output()
+        .unwrap();
+    if doctor.status.code() != Some(2) {
+        eprintln!("skipped: /dev/kvm here is not the instruction-emulating kind");
+        return;
+    }
+    let dir = scratch("software-kvm");
+    let kernel = fake_bzimage(&dir);
+    // The init built into kestrel (unpacked into this cache).
+    let env = [("KESTREL_CACHE_DIR", dir.as_path())];
+    one_clear_line_with(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--no-host-root",
+        ],
+        &env,
+        "cannot boot on it: run kestrel inside the nested rig",
+    );
+    // Remembered for this host boot: asked again, the same answer.
+    assert_eq!(std::fs::read_dir(dir.join("doctor")).unwrap().count(), 1);
+    one_clear_line_with(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--no-host-root",
+        ],
+        &env,
+        "nested rig",
+    );
 }

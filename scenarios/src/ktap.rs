@@ -466,6 +466,132 @@ impl Report {
         t
     }
 
+    /// Every leaf test with its full path (`suite.case`, `suite.case.param`),
+    /// in document order: what kunit.py counts and reports one by one.
+    pub fn leaves(&self) -> Vec<(String, &TestNode)> {
+        fn walk<'a>(nodes: &'a [TestNode], path: &str, out: &mut Vec<(String, &'a TestNode)>) {
+            for n in nodes {
+                let p = join(path, &n.name);
+                if n.children.is_empty() {
+                    out.push((p, n));
+                } else {
+                    walk(&n.children, &p, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.tests, "", &mut out);
+        out
+    }
+
+    /// The result tree without diagnostics or directive text beyond its
+    /// first word (`SKIP`, `TIMEOUT`): what a snapshot of a run keeps, so
+    /// timings and messages in diagnostics never make it differ.
+    pub fn render_outcomes(&self) -> String {
+        fn walk(nodes: &[TestNode], depth: usize, out: &mut String) {
+            for n in nodes {
+                let directive = n
+                    .directive
+                    .as_deref()
+                    .and_then(|d| d.split_whitespace().next())
+                    .map(|d| format!(" # {}", d.to_ascii_uppercase()))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{:<6}{}{}{directive}",
+                    n.outcome.label(),
+                    "  ".repeat(depth),
+                    n.name
+                );
+                walk(&n.children, depth + 1, out);
+            }
+        }
+        if !self.found {
+            return "no KTAP/TAP version line found\n".into();
+        }
+        let mut out = String::new();
+        walk(&self.tests, 0, &mut out);
+        let t = self.totals();
+        let _ = writeln!(
+            out,
+            "--\ntotals: {} passed, {} failed, {} skipped",
+            t.passed, t.failed, t.skipped
+        );
+        out
+    }
+
+    /// JUnit XML: one `testsuite` per top-level test, one `testcase` per
+    /// leaf under it (`classname` the path above the leaf); `failure` with
+    /// the test's diagnostics for failing and missing ones, `skipped` for
+    /// skips.
+    pub fn junit(&self, name: &str) -> String {
+        use crate::report::xml_escape;
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let t = self.totals();
+        let _ = writeln!(
+            x,
+            "<testsuites name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            xml_escape(name),
+            t.passed + t.failed + t.skipped,
+            t.failed,
+            t.skipped
+        );
+        for top in &self.tests {
+            let sub = Report {
+                found: true,
+                tests: vec![top.clone()],
+                ..Report::default()
+            };
+            let st = sub.totals();
+            let _ = writeln!(
+                x,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+                xml_escape(&top.name),
+                st.passed + st.failed + st.skipped,
+                st.failed,
+                st.skipped
+            );
+            for (path, leaf) in sub.leaves() {
+                let (class, case) = path.rsplit_once('.').unwrap_or((name, path.as_str()));
+                let _ = write!(
+                    x,
+                    "    <testcase name=\"{}\" classname=\"{}\"",
+                    xml_escape(case),
+                    xml_escape(class)
+                );
+                let directive = leaf.directive.as_deref().unwrap_or_default();
+                match leaf.outcome {
+                    Outcome::Pass | Outcome::XFail => x.push_str("/>\n"),
+                    Outcome::Skip | Outcome::Todo => {
+                        let _ = writeln!(
+                            x,
+                            ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                            xml_escape(directive)
+                        );
+                    }
+                    Outcome::Fail | Outcome::Missing => {
+                        let message = if leaf.outcome == Outcome::Missing {
+                            "no result line (the test crashed or the run was cut)".to_owned()
+                        } else if directive.is_empty() {
+                            "not ok".to_owned()
+                        } else {
+                            format!("not ok # {directive}")
+                        };
+                        let _ = writeln!(
+                            x,
+                            ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                            xml_escape(&message),
+                            xml_escape(&leaf.diagnostics.join("\n"))
+                        );
+                    }
+                }
+            }
+            x.push_str("  </testsuite>\n");
+        }
+        x.push_str("</testsuites>\n");
+        x
+    }
+
     /// The stable text tree: status column, two spaces per level, the name,
     /// the directive; diagnostics only under failing tests. Then problems,
     /// totals and failing paths.
@@ -512,6 +638,54 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_outcome_tree_and_junit() {
+        let r = parse(
+            "[    1.000000] KTAP version 1\n[    1.000001] 1..1\n[    1.000002]     KTAP version 1\n\
+             [    1.000003]     # Subtest: example\n[    1.000004]     1..3\n\
+             [    1.000005]     ok 1 example_simple_test\n\
+             [    1.000006]     ok 2 example_skip_test # SKIP this test should be skipped\n\
+             [    1.000007]     # example_fail: EXPECTATION FAILED at x.c:1 <a&b>\n\
+             [    1.000008]     not ok 3 example_fail\n[    1.000009] not ok 1 example\n",
+        );
+        let leaves: Vec<(String, Outcome)> = r
+            .leaves()
+            .into_iter()
+            .map(|(p, n)| (p, n.outcome))
+            .collect();
+        assert_eq!(
+            leaves,
+            [
+                ("example.example_simple_test".to_owned(), Outcome::Pass),
+                ("example.example_skip_test".to_owned(), Outcome::Skip),
+                ("example.example_fail".to_owned(), Outcome::Fail),
+            ]
+        );
+        assert_eq!(
+            r.render_outcomes(),
+            "FAIL  example\nok      example_simple_test\nskip    example_skip_test # SKIP\n\
+             FAIL    example_fail\n--\ntotals: 1 passed, 1 failed, 1 skipped\n"
+        );
+        let x = r.junit("kunit");
+        let doc = roxmltree::Document::parse(&x).unwrap();
+        let cases: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        assert_eq!(cases.len(), 3);
+        assert_eq!(cases[0].attribute("classname"), Some("example"));
+        assert!(cases[1].children().any(|c| c.has_tag_name("skipped")));
+        let failure = cases[2]
+            .children()
+            .find(|c| c.has_tag_name("failure"))
+            .unwrap();
+        assert_eq!(
+            failure.text(),
+            Some("example_fail: EXPECTATION FAILED at x.c:1 <a&b>")
+        );
+        assert!(x.contains("tests=\"3\" failures=\"1\" skipped=\"1\""));
+    }
 
     #[test]
     fn spec_example_tree() {

@@ -17,6 +17,9 @@
 //!    VM snapshot): both
 //!    check every case against the same stored snapshot, so warm and cold
 //!    runs must give identical outputs and verdicts;
+//!    Between the boots, `kestrel kselftest` and `kestrel kunit` build two
+//!    selftest targets and a KUnit kernel from Debian's 6.1 source on the
+//!    host (`--build-only`); their rig test runs them with `--no-build`.
 //! 6. the bisect fixture: a git tree made from Debian's 6.1 source (kept
 //!    with its build directory between runs: ~3 min then, ~20 min the first
 //!    time), built here; `cargo xtask bisect` must name its regressing
@@ -132,6 +135,12 @@ pub fn run() -> Result<()> {
             shell_quote(&bin.1.to_string_lossy())
         ))
     };
+    // `kestrel kselftest` and `kestrel kunit` build on the host (the
+    // emulated L1 would take an hour); their rig test runs with --no-build.
+    timed(
+        "kselftest targets and a KUnit kernel from Debian's 6.1 source (host builds)",
+        &mut || dev_tool_builds(&kestrel_bin),
+    )?;
     let parts = [
         (
             "rig: QEMU-KVM guests, the runner on every Debian series, virtio-console, a terminal, gdb, a forbidden trace",
@@ -145,12 +154,13 @@ pub fn run() -> Result<()> {
             ),
         ),
         (
-            "rig: the host's root over virtio-fs, faults survived, own scenario directories",
+            "rig: the host's root over virtio-fs, faults survived, own scenario directories, kselftest and KUnit",
             format!(
-                "{}{}{}",
+                "{}{}{}{}",
                 test_bin("host_root")?,
                 test_bin("faults")?,
-                test_bin("own_scenarios")?
+                test_bin("own_scenarios")?,
+                test_bin("dev_tools")?
             ),
         ),
         (
@@ -190,6 +200,29 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// What runner/tests/dev_tools.rs boots, built with the same commands a
+/// developer runs (`--build-only`): Debian's 6.1 source, two selftest
+/// targets and the small KUnit configuration.
+fn dev_tool_builds(kestrel: &std::path::Path) -> Result<()> {
+    let cache = kestrel_kernels::Cache::from_env()?;
+    let tree = kestrel_kernels::source::fetch(&cache, kestrel_kernels::Series::parse("6.1")?)?;
+    let src = tree.dir.to_string_lossy().into_owned();
+    tools::run(Command::new(kestrel).args([
+        "kselftest",
+        "--build-only",
+        "--src",
+        &src,
+        "--targets",
+        "size,membarrier",
+    ]))?;
+    let kunitconfig = paths::workspace().join("runner/tests/data/small.kunitconfig");
+    tools::run(
+        Command::new(kestrel)
+            .args(["kunit", "--build-only", "--src", &src, "--kunitconfig"])
+            .arg(kunitconfig),
+    )
+}
+
 /// Runs CMD in the rig and returns its exit code. A rig failure (L1 died,
 /// froze or soft-locked: ARCHITECTURE.md, "The nested rig") is retried
 /// twice; it is never taken as CMD's verdict. The silence limit is long
@@ -210,6 +243,7 @@ const RIG_TESTS: &[(&str, &str)] = &[
     ("kestrel", "host_root"),
     ("kestrel", "faults"),
     ("kestrel", "own_scenarios"),
+    ("kestrel", "dev_tools"),
     ("kestrel", "terminal"),
     ("kestrel", "gdb"),
     ("kestrel-scenarios", "splat_trace"),
