@@ -199,14 +199,18 @@ fn stdout_and_stderr_reach_their_own_streams() {
     let Some(setup) = skip() else {
         return;
     };
-    let script = "echo out; echo err >&2; exit 3";
+    // Reopening the streams (`> /dev/stderr` is `/proc/self/fd/2`) works:
+    // a port can be open only once, so the init relays them through pipes.
+    let script = "echo out; echo err >&2; echo out2 > /proc/self/fd/1; \
+                  echo err2 > /proc/self/fd/2; exit 3";
     let initrd = initrd(setup, script, &["virtio_mmio", "virtio_console"], "streams");
     let (out, _) = kestrel(setup, &initrd);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
-    assert_eq!(out.stdout, b"out\n", "{}", describe(&out));
+    assert_eq!(out.stdout, b"out\nout2\n", "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut lines = stderr.lines();
     assert_eq!(lines.next(), Some("err"), "{}", describe(&out));
+    assert_eq!(lines.next(), Some("err2"), "{}", describe(&out));
     assert!(
         lines
             .next()

@@ -15,6 +15,7 @@ mod jobwait;
 mod kmsg;
 mod modules;
 mod mounts;
+mod relay;
 mod report;
 mod root;
 mod run;

@@ -16,7 +16,7 @@ use kestrel_initramfs::job::{Spec, Status};
 
 use crate::error::InitError;
 use crate::sys::{self, CStringArray};
-use crate::{error, kmsg};
+use crate::{error, kmsg, relay};
 use std::ffi::CString;
 
 /// The search path when the spec's environment has no `PATH` (glibc's).
@@ -166,22 +166,45 @@ pub fn run(spec: &Spec, root: Option<&Path>, streams: &Streams) -> Result<Status
         return Ok(Status::Exit(0));
     }
     let plan = Plan::new(spec, root)?;
+    // stdout and stderr: a pipe relayed to a virtio-console port (see
+    // relay.rs), else the stream itself.
+    let mut relayed: Vec<(OwnedFd, File)> = Vec::new();
+    let mut pipe_ends: Vec<OwnedFd> = Vec::new();
+    let mut fds = [streams.stdin.as_raw_fd(), 0, 0];
+    for (i, stream) in [(1, &streams.stdout), (2, &streams.stderr)] {
+        fds[i] = stream.as_raw_fd();
+        if spec.tty.is_none() && relay::needs_relay(stream.as_raw_fd()) {
+            let (rd, wr) = sys::pipe_cloexec().map_err(|e| InitError::os("pipe", &e))?;
+            let dest = stream
+                .try_clone()
+                .map_err(|e| InitError::os("dup an output stream", &e))?;
+            fds[i] = wr.as_raw_fd();
+            relayed.push((rd, dest));
+            pipe_ends.push(wr);
+        }
+    }
     let (failure_rd, failure_wr) = sys::pipe_cloexec().map_err(|e| InitError::os("pipe", &e))?;
     let pid = sys::fork().map_err(|e| InitError::os("fork", &e))?;
     if pid == 0 {
-        child(&plan, streams, failure_wr.as_raw_fd());
+        child(&plan, fds, failure_wr.as_raw_fd());
     }
     drop(failure_wr);
+    drop(pipe_ends);
+    let relays =
+        relay::Relays::start(relayed).map_err(|e| InitError::os("start the output relays", &e))?;
     let failure = read_failure(failure_rd);
-    let status = wait_for(pid)?;
+    let status = wait_for(pid);
+    relays.finish();
+    let status = status?;
     match failure? {
         Some((step, err)) => Err(InitError::os(plan.describe(step), &err)),
         None => Ok(status),
     }
 }
 
-/// The child between fork and exec; never returns.
-fn child(plan: &Plan, streams: &Streams, failure: RawFd) -> ! {
+/// The child between fork and exec (`fds`: its stdin, stdout, stderr);
+/// never returns.
+fn child(plan: &Plan, fds: [RawFd; 3], failure: RawFd) -> ! {
     let spec = plan.spec;
     let step = |step: ChildStep, result: io::Result<()>| {
         if let Err(e) = result {
@@ -189,18 +212,9 @@ fn child(plan: &Plan, streams: &Streams, failure: RawFd) -> ! {
         }
     };
     step(ChildStep::Setsid, sys::child_setsid());
-    step(
-        ChildStep::Stdin,
-        sys::child_redirect(streams.stdin.as_raw_fd(), 0),
-    );
-    step(
-        ChildStep::Stdout,
-        sys::child_redirect(streams.stdout.as_raw_fd(), 1),
-    );
-    step(
-        ChildStep::Stderr,
-        sys::child_redirect(streams.stderr.as_raw_fd(), 2),
-    );
+    step(ChildStep::Stdin, sys::child_redirect(fds[0], 0));
+    step(ChildStep::Stdout, sys::child_redirect(fds[1], 1));
+    step(ChildStep::Stderr, sys::child_redirect(fds[2], 2));
     if spec.tty.is_some() {
         step(ChildStep::Ctty, sys::child_set_ctty());
     }
