@@ -42,6 +42,8 @@ pub enum Command {
     /// Run your own scenario directories and check them against their
     /// snapshots.
     Test(crate::commands::test::TestArgs),
+    /// Run your own scenario directories on several kernels side by side.
+    Matrix(crate::commands::matrix::MatrixArgs),
     /// Build a tree's KUnit tests into a kernel, boot it, report per test.
     Kunit(crate::commands::kunit::KunitArgs),
     /// Build a tree's kselftests, run them in the guest, report per test.

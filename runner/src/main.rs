@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         },
         Command::Kernel(cmd) => report(kestrel::commands::kernel::run(cmd).map(|()| 0)),
         Command::Test(args) => report(kestrel::commands::test::run(args)),
+        Command::Matrix(args) => report(kestrel::commands::matrix::run(args)),
         Command::Kunit(args) => report(kestrel::commands::kunit::run(args)),
         Command::Kselftest(args) => report(kestrel::commands::kselftest::run(args)),
         Command::Doctor => {

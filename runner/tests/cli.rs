@@ -129,6 +129,12 @@ fn developer_commands_answer_bad_input_in_one_sentence() {
         &["kernel", "source", "build:/x"],
         "kernel source takes debian:<series>",
     );
+    for cmd in ["test", "matrix"] {
+        one_clear_line(
+            &[cmd, "--scenarios", "/no/such/dir"],
+            "--scenarios /no/such/dir: no such directory",
+        );
+    }
 }
 
 #[test]

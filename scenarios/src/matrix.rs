@@ -654,6 +654,153 @@ fn summarise(values: &[(String, Option<String>)]) -> String {
     }
 }
 
+/// The series whose output is the generic snapshot (`test`'s kernel).
+pub const BASELINE_SERIES: &str = "6.1";
+
+/// One matrix run, for `cargo xtask matrix` and `kestrel matrix`.
+pub struct MatrixRun<'a> {
+    /// Scenario directories, filters, jobs, retries, `update`; its
+    /// `kernels` are replaced by the resolvable columns and per-kernel
+    /// snapshots are always on.
+    pub options: crate::SuiteOptions,
+    /// One column per spec, in order.
+    pub kernels: Vec<String>,
+    /// What boots the cells.
+    pub backend: &'a dyn crate::Backend,
+    /// Where `matrix.md`, `matrix.json` and `matrix.html` go.
+    pub report_dir: PathBuf,
+}
+
+/// Resolves every column from the cache (one that cannot be is an
+/// `unresolved` column, the others run), runs the suite, with `update`
+/// tidies the per-kernel snapshots, writes the reports and returns the
+/// matrix. Progress lines go to stderr.
+pub fn run_matrix(run: MatrixRun<'_>) -> crate::Result<Matrix> {
+    use crate::{run_suite, Error, Session};
+    let cache = kestrel_kernels::Cache::from_env().map_err(|e| Error::Options(e.to_string()))?;
+    let columns: Vec<Column> = run
+        .kernels
+        .iter()
+        .map(|spec| {
+            let resolved = spec
+                .parse::<kestrel_kernels::KernelSpec>()
+                .map_err(|e| e.to_string())
+                .and_then(|k| {
+                    kestrel_kernels::resolve(&k, &cache, kestrel_kernels::Fetch::CacheOnly)
+                        .map_err(|e| e.to_string())
+                });
+            match resolved {
+                Ok(k) => Column {
+                    spec: spec.clone(),
+                    release: Some(k.release),
+                    unresolved: None,
+                },
+                Err(why) => Column {
+                    spec: spec.clone(),
+                    release: None,
+                    unresolved: Some(why),
+                },
+            }
+        })
+        .collect();
+    for c in columns.iter().filter(|c| c.unresolved.is_some()) {
+        eprintln!(
+            "matrix: {} cannot be resolved ({}); the other kernels still run",
+            c.spec,
+            c.unresolved.as_deref().unwrap_or_default()
+        );
+    }
+    let mut options = run.options;
+    options.kernels = columns
+        .iter()
+        .filter(|c| c.unresolved.is_none())
+        .map(|c| c.spec.clone())
+        .collect();
+    options.per_kernel_snapshots = true;
+
+    // Rows: every scenario the filter selects on any column (planned on
+    // all columns, so a scenario whose globs leave a kernel out shows
+    // `not run` there).
+    let session = Session::new(options.clone());
+    let scenarios = session.load()?;
+    let mut all_columns = options.clone();
+    all_columns.kernels = run.kernels.clone();
+    let planned_all = Session::new(all_columns).plan(&scenarios);
+    let planned_here = session.plan(&scenarios);
+    let rows: Vec<PlannedRow> = scenarios
+        .iter()
+        .filter(|s| planned_all.iter().any(|c| c.scenario.name == s.name))
+        .map(|s| PlannedRow {
+            scenario: s.name.clone(),
+            description: s.description.clone(),
+            kernels: planned_here
+                .iter()
+                .filter(|c| c.scenario.name == s.name)
+                .map(|c| c.kernel.clone())
+                .collect(),
+            snapshots_dir: options.snapshots_dir_for(s),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(Error::Options(format!(
+            "no scenario matches the filter {:?} on {}",
+            options.filters,
+            run.kernels.join(", ")
+        )));
+    }
+    let (run_id, wall_ms, results) = if planned_here.is_empty() {
+        (String::from("none"), 0, Vec::new())
+    } else {
+        let summary = run_suite(&options, run.backend)?;
+        eprint!("{}", summary.table);
+        (
+            summary.run_id.clone(),
+            u64::try_from(summary.wall.as_millis()).unwrap_or(u64::MAX),
+            summary.results,
+        )
+    };
+    if options.update {
+        // Per snapshots directory (one per scenario directory).
+        let mut by_dir: BTreeMap<&Path, Vec<(String, Vec<String>)>> = BTreeMap::new();
+        for r in &rows {
+            let series = r
+                .kernels
+                .iter()
+                .filter_map(|k| crate::kernel::series_of(k))
+                .map(str::to_owned)
+                .collect();
+            by_dir
+                .entry(r.snapshots_dir.as_path())
+                .or_default()
+                .push((r.scenario.clone(), series));
+        }
+        for (dir, names) in by_dir {
+            let changed = normalise_snapshots(dir, &names, BASELINE_SERIES)
+                .map_err(|e| Error::io("tidy the per-kernel snapshots in", dir, e))?;
+            for c in changed {
+                eprintln!("matrix: snapshots: {c}");
+            }
+        }
+    }
+    let matrix = Matrix::build(&run_id, wall_ms, columns, &rows, &results);
+    std::fs::create_dir_all(&run.report_dir)
+        .map_err(|e| Error::io("create directory", &run.report_dir, e))?;
+    for (name, text) in [
+        ("matrix.md", matrix.markdown()),
+        ("matrix.json", matrix.json()),
+        ("matrix.html", matrix.html()),
+    ] {
+        let path = run.report_dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    }
+    Ok(matrix)
+}
+
+/// The Markdown report up to its first section after the table.
+pub fn table_only(markdown: &str) -> &str {
+    markdown.split("\n## ").next().unwrap_or(markdown)
+}
+
 /// After `--update` with per-kernel snapshots, keeps one file per actual
 /// difference. For each `(scenario, series it ran on)`:
 /// - the baseline series' new `<name>@<baseline>.snap` becomes the generic

@@ -537,6 +537,24 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
         .collect()
 }
 
+/// `--scenarios` directories as given on a command line, checked to be
+/// directories and made absolute (commands run in them, and the rig binds
+/// them at the same path); one sentence for one that is not.
+pub fn resolve_dirs(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    given
+        .iter()
+        .map(|d| {
+            if !d.is_dir() {
+                return Err(Error::Options(format!(
+                    "--scenarios {}: no such directory; name a directory of <name>.toml scenario files",
+                    d.display()
+                )));
+            }
+            std::fs::canonicalize(d).map_err(|e| Error::io("resolve", d, e))
+        })
+        .collect()
+}
+
 /// Every scenario in `dirs` (a user's own directories, say), sorted by
 /// name. Stops at the first bad file. A directory without scenario files,
 /// or one name in two directories (snapshots and artifacts are named by
@@ -571,6 +589,20 @@ pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<Scenario>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn scenario_directories_are_checked_and_made_absolute() {
+        let dir = std::env::temp_dir();
+        let got = resolve_dirs(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(got, [std::fs::canonicalize(&dir).unwrap()]);
+        let err = resolve_dirs(&[PathBuf::from("/no/such/dir")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--scenarios /no/such/dir: no such directory"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn default_warning_pattern_matches_splats_not_vulnerability_notices() {

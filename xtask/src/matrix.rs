@@ -14,17 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use kestrel_kernels::{Cache, Fetch, KernelSpec};
-use kestrel_scenarios::matrix::{normalise_snapshots, Column, Matrix, PlannedRow};
-use kestrel_scenarios::{run_suite, Session, SuiteOptions};
+use kestrel_scenarios::matrix::{run_matrix, table_only, MatrixRun};
+use kestrel_scenarios::SuiteOptions;
 
 use crate::rig;
 use crate::{guest, paths, tools};
 
 /// The kernels of the matrix unless `--kernels` says otherwise.
 pub const DEFAULT_KERNELS: &str = "debian:5.10,debian:6.1,debian:6.12,debian:7.2";
-/// The series whose output is the generic snapshot (`xtask test`'s kernel).
-const BASELINE_SERIES: &str = "6.1";
 
 /// `cargo xtask matrix` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -125,127 +122,30 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
     Ok(code == 0)
 }
 
-/// Resolves every column (cache only: the host fetched what it could), runs
-/// the suite on the resolved ones, writes the reports.
+/// The matrix engine ([`kestrel_scenarios::matrix::run_matrix`]) on
+/// this workspace's scenarios or `--scenarios`, reports in
+/// `target/kestrel/matrix/`.
 fn run_here(args: &MatrixArgs) -> Result<bool> {
     let kestrel = guest::build_kestrel()?;
     guest::build_init()?;
-    let cache = Cache::from_env()?;
-    let columns: Vec<Column> = args
-        .kernels
-        .iter()
-        .map(|spec| match resolve(spec, &cache) {
-            Ok(release) => Column {
-                spec: spec.clone(),
-                release: Some(release),
-                unresolved: None,
-            },
-            Err(why) => Column {
-                spec: spec.clone(),
-                release: None,
-                unresolved: Some(why),
-            },
-        })
-        .collect();
-    for c in columns.iter().filter(|c| c.unresolved.is_some()) {
-        tools::step(format!(
-            "matrix: {} cannot be resolved ({}); the other kernels still run",
-            c.spec,
-            c.unresolved.as_deref().unwrap_or_default()
-        ));
-    }
-
     let mut options = SuiteOptions::new(&paths::workspace());
     if !args.scenarios.is_empty() {
         options.scenario_dirs = crate::test::scenario_dirs(&args.scenarios)?;
     }
-    options.kernels = columns
-        .iter()
-        .filter(|c| c.unresolved.is_none())
-        .map(|c| c.spec.clone())
-        .collect();
     options.filters = args.filter.clone();
     if let Some(jobs) = args.jobs {
         options.jobs = jobs;
     }
     options.update = args.update;
     options.retries = args.retries;
-    options.per_kernel_snapshots = true;
-
-    // Rows: every scenario the filter selects on any column (planned on
-    // all columns, so a scenario whose globs leave a kernel out shows
-    // `not run` there).
-    let session = Session::new(options.clone());
-    let scenarios = session.load()?;
-    let mut all_columns = options.clone();
-    all_columns.kernels = args.kernels.clone();
-    let planned_all = Session::new(all_columns).plan(&scenarios);
-    let planned_here = session.plan(&scenarios);
-    let rows: Vec<PlannedRow> = scenarios
-        .iter()
-        .filter(|s| planned_all.iter().any(|c| c.scenario.name == s.name))
-        .map(|s| PlannedRow {
-            scenario: s.name.clone(),
-            description: s.description.clone(),
-            kernels: planned_here
-                .iter()
-                .filter(|c| c.scenario.name == s.name)
-                .map(|c| c.kernel.clone())
-                .collect(),
-            snapshots_dir: options.snapshots_dir_for(s),
-        })
-        .collect();
-    if rows.is_empty() {
-        bail!(
-            "no scenario matches the filter {:?} on {}",
-            args.filter,
-            args.kernels.join(", ")
-        );
-    }
-
-    let (run_id, wall_ms, results) = if planned_here.is_empty() {
-        (String::from("none"), 0, Vec::new())
-    } else {
-        let summary = run_suite(&options, &crate::test::backend(kestrel, args.warm))?;
-        eprint!("{}", summary.table);
-        (
-            summary.run_id.clone(),
-            summary.wall.as_millis() as u64,
-            summary.results,
-        )
-    };
-    if args.update {
-        // Per snapshots directory (one per --scenarios DIR).
-        let mut by_dir: std::collections::BTreeMap<&Path, Vec<(String, Vec<String>)>> =
-            std::collections::BTreeMap::new();
-        for r in &rows {
-            let series = r
-                .kernels
-                .iter()
-                .filter_map(|k| kestrel_scenarios::kernel::series_of(k))
-                .map(str::to_owned)
-                .collect();
-            by_dir
-                .entry(r.snapshots_dir.as_path())
-                .or_default()
-                .push((r.scenario.clone(), series));
-        }
-        for (dir, names) in by_dir {
-            let changed = normalise_snapshots(dir, &names, BASELINE_SERIES).with_context(|| {
-                format!(
-                    "could not tidy the per-kernel snapshots in {}",
-                    dir.display()
-                )
-            })?;
-            for c in changed {
-                tools::step(format!("matrix: snapshots: {c}"));
-            }
-        }
-    }
-
-    let matrix = Matrix::build(&run_id, wall_ms, columns, &rows, &results);
+    let backend = crate::test::backend(kestrel, args.warm);
     let dir = report_dir();
-    write_reports(&matrix, &dir)?;
+    let matrix = run_matrix(MatrixRun {
+        options,
+        kernels: args.kernels.clone(),
+        backend: &backend,
+        report_dir: dir.clone(),
+    })?;
     eprintln!("{}", table_only(&matrix.markdown()));
     tools::step(format!(
         "matrix: {} in {:.1} s; reports in {} (matrix.md, matrix.json, matrix.html)",
@@ -254,36 +154,10 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
         } else {
             "some cells FAILED"
         },
-        wall_ms as f64 / 1000.0,
+        matrix.wall_ms as f64 / 1000.0,
         dir.display()
     ));
     Ok(matrix.passed())
-}
-
-/// The release of a spec from the cache, or one sentence why not.
-fn resolve(spec: &str, cache: &Cache) -> std::result::Result<String, String> {
-    let parsed: KernelSpec = spec.parse().map_err(|e| format!("{e}"))?;
-    kestrel_kernels::resolve(&parsed, cache, Fetch::CacheOnly)
-        .map(|k| k.release)
-        .map_err(|e| format!("{e}"))
-}
-
-fn write_reports(matrix: &Matrix, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (name, text) in [
-        ("matrix.md", matrix.markdown()),
-        ("matrix.json", matrix.json()),
-        ("matrix.html", matrix.html()),
-    ] {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The Markdown report up to its first section after the table.
-fn table_only(markdown: &str) -> &str {
-    markdown.split("\n## ").next().unwrap_or(markdown)
 }
 
 /// Renders `html` to a PNG next to it with headless Chromium.

@@ -109,17 +109,7 @@ pub fn run(args: &TestArgs) -> Result<bool> {
 /// working directory need them so); one sentence for a path that is not a
 /// directory.
 pub fn scenario_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    dirs.iter()
-        .map(|d| {
-            if !d.is_dir() {
-                bail!(
-                    "--scenarios {}: no such directory; name a directory of <name>.toml scenario files",
-                    d.display()
-                );
-            }
-            std::fs::canonicalize(d).with_context(|| format!("cannot resolve {}", d.display()))
-        })
-        .collect()
+    Ok(kestrel_scenarios::scenario::resolve_dirs(dirs)?)
 }
 
 /// The scenarios' backend: `kestrel`, with `--warm` when `warm`.

@@ -1,6 +1,7 @@
 //! The developer commands of the installed `kestrel` beyond `run`:
-//! [`kernel`] (fetch, list, source, build), [`test`] (your own scenario
-//! directories), [`kunit`] and [`kselftest`].
+//! [`kernel`] (fetch, list, source, build), [`test`] and [`matrix`] (your
+//! own scenario directories, on one kernel or side by side on several),
+//! [`kunit`] and [`kselftest`].
 //!
 //! They boot through [`boot`]: this same binary started again as
 //! `kestrel run …`, so every guest run has the VMM's own process, exit
@@ -13,6 +14,7 @@
 pub mod kernel;
 pub mod kselftest;
 pub mod kunit;
+pub mod matrix;
 pub mod test;
 
 use std::path::{Path, PathBuf};

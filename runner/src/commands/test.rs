@@ -47,20 +47,14 @@ pub struct TestArgs {
     pub warm: bool,
 }
 
+/// `--scenarios` directories, checked and made absolute.
+pub fn scenario_dirs(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(kestrel_scenarios::scenario::resolve_dirs(given)?)
+}
+
 /// `kestrel test`.
 pub fn run(args: TestArgs) -> Result<u8> {
-    let mut dirs = Vec::new();
-    for d in &args.scenarios {
-        if !d.is_dir() {
-            bail!(
-                "--scenarios {}: no such directory; name a directory of <name>.toml scenario files",
-                d.display()
-            );
-        }
-        dirs.push(
-            std::fs::canonicalize(d).with_context(|| format!("cannot resolve {}", d.display()))?,
-        );
-    }
+    let dirs = scenario_dirs(&args.scenarios)?;
     if args.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
