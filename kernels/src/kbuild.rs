@@ -24,7 +24,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
@@ -541,7 +541,7 @@ pub fn build(plan: &Plan) -> Result<Built, BuildError> {
         base: plan.configs.base.target().to_owned(),
         fragments: plan.configs.labels(),
         build_seconds: seconds,
-        built_at: rfc3339(SystemTime::now()),
+        built_at: crate::rfc3339_utc(SystemTime::now()),
         bzimage: BZIMAGE.to_owned(),
         vmlinux: "vmlinux".to_owned(),
         modules: config.has_modules(),
@@ -654,30 +654,6 @@ fn verify_config(
         if unmet.len() == 1 { "" } else { "s" },
         reasons.join("; ")
     )))
-}
-
-/// `2026-11-22T01:30:00Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -813,7 +789,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         assert!(write_if_changed(&p, b"a").unwrap());

@@ -15,6 +15,7 @@
 //! into names and file:line (fault reports, kernel-log traces).
 
 mod apt;
+pub use apt::{civil_from_days, rfc3339_utc};
 pub mod build;
 pub mod cache;
 #[cfg(feature = "cli")]

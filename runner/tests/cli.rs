@@ -151,26 +151,18 @@ fn software_kvm_is_named_before_a_boot_that_could_only_time_out() {
     let kernel = fake_bzimage(&dir);
     // The init built into kestrel (unpacked into this cache).
     let env = [("KESTREL_CACHE_DIR", dir.as_path())];
+    let args = [
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--no-host-root",
+    ];
     one_clear_line_with(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--no-host-root",
-        ],
+        &args,
         &env,
         "cannot boot on it: run kestrel inside the nested rig",
     );
     // Remembered for this host boot: asked again, the same answer.
     assert_eq!(std::fs::read_dir(dir.join("doctor")).unwrap().count(), 1);
-    one_clear_line_with(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--no-host-root",
-        ],
-        &env,
-        "nested rig",
-    );
+    one_clear_line_with(&args, &env, "nested rig");
 }

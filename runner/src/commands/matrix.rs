@@ -15,14 +15,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use kestrel_kernels::{host, Cache};
 use kestrel_scenarios::matrix::{run_matrix, table_only, MatrixRun};
-use kestrel_scenarios::{KestrelBinary, SuiteOptions};
+
+use super::test::SuiteArgs;
 
 /// `kestrel matrix` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MatrixArgs {
-    /// A directory of scenario files (repeatable).
-    #[arg(long = "scenarios", value_name = "DIR", required = true)]
-    pub scenarios: Vec<PathBuf>,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
     /// Kernels, one column each (comma-separated specs).
     #[arg(
         long,
@@ -30,22 +30,6 @@ pub struct MatrixArgs {
         default_value = "debian:5.10,debian:6.1,debian:6.12,debian:7.2"
     )]
     pub kernels: Vec<String>,
-    /// Run only cases whose `scenario@kernel` name contains this (or matches this glob).
-    #[arg(long)]
-    pub filter: Vec<String>,
-    /// Cases run at once (default: one per core).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    /// Accept the outputs: differences are recorded per kernel series.
-    #[arg(long)]
-    pub update: bool,
-    /// Run a case again (up to N times) when its guest hung, panicked or
-    /// did not boot.
-    #[arg(long, default_value_t = 0)]
-    pub retries: u32,
-    /// Start each cell from a VM snapshot (`kestrel run --warm`).
-    #[arg(long)]
-    pub warm: bool,
     /// Where the reports go (default: the kernel cache's matrix/).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -53,38 +37,18 @@ pub struct MatrixArgs {
 
 /// `kestrel matrix`.
 pub fn run(args: MatrixArgs) -> Result<u8> {
-    let dirs = super::test::scenario_dirs(&args.scenarios)?;
-    if args.jobs == Some(0) {
-        bail!("--jobs must be at least 1");
-    }
     if args.kernels.is_empty() {
         bail!("--kernels needs at least one kernel spec");
     }
-    crate::doctor::require_hardware_speed().map_err(anyhow::Error::msg)?;
+    let (options, backend) = args.suite.prepare()?;
     for spec in &args.kernels {
         if let Err(e) = super::ensure_kernel(spec) {
             host::step(format!("matrix: {spec}: {e:#}"));
         }
     }
-    let cache = Cache::from_env()?;
-    let mut options = SuiteOptions::new(cache.root());
-    options.scenario_dirs = dirs;
-    options.artifacts_root = cache.root().join("runs");
-    options.filters = args.filter.clone();
-    if let Some(jobs) = args.jobs {
-        options.jobs = jobs;
-    }
-    options.update = args.update;
-    options.retries = args.retries;
-    let mut backend = KestrelBinary::new(
-        std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find kestrel itself: {e}"))?,
-    );
-    if args.warm {
-        backend.extra_args.push("--warm".into());
-    }
     let report_dir = match &args.out {
         Some(o) => super::absolute(o)?,
-        None => cache.root().join("matrix"),
+        None => Cache::from_env()?.root().join("matrix"),
     };
     let matrix = run_matrix(MatrixRun {
         options,

@@ -16,28 +16,24 @@ use anyhow::{bail, Context, Result};
 use kestrel_kernels::Cache;
 use kestrel_scenarios::{run_suite, KestrelBinary, SuiteOptions};
 
-/// `kestrel test` arguments.
+/// What `kestrel test` and `kestrel matrix` share: which scenarios, how
+/// many at once, whether to accept their output, warm or cold.
 #[derive(Debug, Clone, clap::Args)]
-pub struct TestArgs {
+pub struct SuiteArgs {
     /// A directory of scenario files (repeatable): snapshots in
     /// DIR/snapshots, probes in DIR/probes, commands run in DIR.
     #[arg(long = "scenarios", value_name = "DIR", required = true)]
     pub scenarios: Vec<PathBuf>,
-    /// Kernels to run the scenarios on (comma-separated specs).
-    #[arg(long, value_delimiter = ',', default_value = "debian:6.1")]
-    pub kernel: Vec<String>,
     /// Run only cases whose `scenario@kernel` name contains this (or matches this glob).
     #[arg(long)]
     pub filter: Vec<String>,
     /// Cases run at once (default: one per core).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Accept the output as the new snapshots.
+    /// Accept the output as the new snapshots (the matrix: differences
+    /// recorded per kernel series).
     #[arg(long)]
     pub update: bool,
-    /// Also write JUnit XML to this path.
-    #[arg(long)]
-    pub junit: Option<PathBuf>,
     /// Run a case again (up to N times) when its guest hung, panicked or
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
@@ -47,38 +43,56 @@ pub struct TestArgs {
     pub warm: bool,
 }
 
-/// `--scenarios` directories, checked and made absolute.
-pub fn scenario_dirs(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    Ok(kestrel_scenarios::scenario::resolve_dirs(given)?)
+impl SuiteArgs {
+    /// Checks the arguments and that KVM boots kernels here, then the
+    /// suite options (artifacts in the cache's `runs/`) and this binary
+    /// as the backend.
+    pub fn prepare(&self) -> Result<(SuiteOptions, KestrelBinary)> {
+        let dirs = kestrel_scenarios::scenario::resolve_dirs(&self.scenarios)?;
+        if self.jobs == Some(0) {
+            bail!("--jobs must be at least 1");
+        }
+        crate::doctor::require_hardware_speed().map_err(anyhow::Error::msg)?;
+        let cache = Cache::from_env()?;
+        let mut options = SuiteOptions::new(cache.root());
+        options.scenario_dirs = dirs;
+        options.artifacts_root = cache.root().join("runs");
+        options.filters = self.filter.clone();
+        if let Some(jobs) = self.jobs {
+            options.jobs = jobs;
+        }
+        options.update = self.update;
+        options.retries = self.retries;
+        let exe = std::env::current_exe().context("cannot find the kestrel binary itself")?;
+        let mut backend = KestrelBinary::new(exe);
+        if self.warm {
+            backend.extra_args.push("--warm".into());
+        }
+        Ok((options, backend))
+    }
+}
+
+/// `kestrel test` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    /// Kernels to run the scenarios on (comma-separated specs).
+    #[arg(long, value_delimiter = ',', default_value = "debian:6.1")]
+    pub kernel: Vec<String>,
+    /// Also write JUnit XML to this path.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 /// `kestrel test`.
 pub fn run(args: TestArgs) -> Result<u8> {
-    let dirs = scenario_dirs(&args.scenarios)?;
-    if args.jobs == Some(0) {
-        bail!("--jobs must be at least 1");
-    }
-    crate::doctor::require_hardware_speed().map_err(anyhow::Error::msg)?;
-    let cache = Cache::from_env()?;
+    let (mut options, backend) = args.suite.prepare()?;
     for spec in &args.kernel {
         super::ensure_kernel(spec)?;
     }
-    let exe = std::env::current_exe().context("cannot find the kestrel binary itself")?;
-    let mut options = SuiteOptions::new(cache.root());
-    options.scenario_dirs = dirs;
-    options.artifacts_root = cache.root().join("runs");
     options.kernels = args.kernel.clone();
-    options.filters = args.filter.clone();
-    if let Some(jobs) = args.jobs {
-        options.jobs = jobs;
-    }
-    options.update = args.update;
-    options.retries = args.retries;
     options.junit = args.junit.clone();
-    let mut backend = KestrelBinary::new(exe);
-    if args.warm {
-        backend.extra_args.push("--warm".into());
-    }
     let summary = run_suite(&options, &backend)?;
     eprint!("{}", summary.table);
     let passed = summary
