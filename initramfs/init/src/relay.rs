@@ -11,8 +11,9 @@
 //!
 //! Invariant: everything the command wrote before it exited reaches the
 //! port: [`Relays::finish`] is called after the command is reaped and
-//! each relay then reads its pipe until it is empty (not until EOF: a
-//! background process may still hold the pipe). A port that fails to
+//! each relay then reads what its pipe holds at that moment (not until
+//! EOF, and not what comes later: a background process may still hold
+//! the pipe, or keep writing). A port that fails to
 //! take a write makes the relay drop data, never stop reading, so the
 //! command never blocks on a full pipe.
 
@@ -107,14 +108,25 @@ fn relay(pipe: &OwnedFd, dest: &File, stop: &OwnedFd) {
             }
         }
     }
-    // Told to stop: what is in the pipe now, without waiting for more.
+    // Told to stop: what is in the pipe now, and no more — a background
+    // process still writing (`yes &`) must not keep the relay going.
+    let mut left: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer.
+    if unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut left) } != 0 {
+        return;
+    }
     // SAFETY: F_SETFL on a descriptor this thread owns.
     unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    while let Some(n) = read(pipe.as_raw_fd(), &mut buf) {
-        if n == 0 {
-            return;
+    let mut left = usize::try_from(left).unwrap_or(0);
+    while left > 0 {
+        let want = left.min(buf.len());
+        match read(pipe.as_raw_fd(), &mut buf[..want]) {
+            Some(0) | None => return,
+            Some(n) => {
+                copy(&buf[..n]);
+                left -= n.min(left);
+            }
         }
-        copy(&buf[..n]);
     }
 }
 
@@ -156,6 +168,31 @@ mod tests {
         assert_eq!(got.len(), 6 + big.len() + 5);
         assert!(got.starts_with(b"first\n") && got.ends_with(b"last\n"));
         drop(writer);
+    }
+
+    #[test]
+    fn a_writer_that_never_stops_does_not_keep_the_relay_going() {
+        let dir = crate::testdir::TestDir::new("relay-endless");
+        let out = dir.path().join("port");
+        let (rd, wr) = sys::pipe_cloexec().unwrap();
+        let relays = Relays::start(vec![(rd, File::create(&out).unwrap())]).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let mut w = File::from(wr);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if w.write_all(&[b'y'; 4096]).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        relays.finish(); // returns although the writer goes on
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The writer may be blocked on a full pipe nobody reads any more:
+        // the pipe's read end went with the relay, so it gets EPIPE.
+        writer.join().unwrap();
     }
 
     #[test]
