@@ -5,6 +5,9 @@
 //! holds the lock on the usual one), for x86_64-unknown-linux-gnu with a
 //! static C runtime, exactly as xtask builds it.
 //!
+//! Its SHA-256 is computed here too (`KESTREL_EMBEDDED_INIT_SHA256`), so
+//! the binary names the unpacked copy without hashing it at every start.
+//!
 //! `KESTREL_EMBED_INIT=0` skips it (the binary then needs `--init`,
 //! `$KESTREL_INIT` or xtask's build, as before); so does a source tree
 //! without `initramfs/init` (a packaged crate).
@@ -22,6 +25,7 @@ fn main() {
     let skip = std::env::var_os("KESTREL_EMBED_INIT").is_some_and(|v| v == "0");
     if skip || !init_dir.join("Cargo.toml").is_file() {
         std::fs::write(&dest, b"").expect("write an empty init");
+        emit_hash(b"");
         return;
     }
     for p in [
@@ -77,5 +81,16 @@ fn main() {
         "building the guest init (kestrel-init) failed; set KESTREL_EMBED_INIT=0 to build kestrel without it"
     );
     let built = nested.join("x86_64-unknown-linux-gnu/release/kestrel-init");
-    std::fs::copy(&built, &dest).expect("copy the built init");
+    let bytes = std::fs::read(&built).expect("read the built init");
+    std::fs::write(&dest, &bytes).expect("copy the built init");
+    emit_hash(&bytes);
+}
+
+/// `KESTREL_EMBEDDED_INIT_SHA256` for the binary: the init's content key,
+/// computed here so no `kestrel run` hashes 1.5 MB at start-up.
+fn emit_hash(bytes: &[u8]) {
+    println!(
+        "cargo:rustc-env=KESTREL_EMBEDDED_INIT_SHA256={}",
+        kestrel_kernels::build::sha256_hex(bytes)
+    );
 }

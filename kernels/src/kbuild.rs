@@ -293,7 +293,7 @@ fn make(plan: &Plan, obj: &Path, args: &[&str]) -> Command {
 
 /// Runs a configuration step, its output into `log`; a failure names the
 /// step and quotes the log's last lines.
-fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<()> {
+pub fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<()> {
     let file = File::options()
         .create(true)
         .append(true)
@@ -338,7 +338,7 @@ pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
 
 /// Writes `bytes` to `path` unless it already holds exactly them; returns
 /// whether it wrote.
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(false);
     }
@@ -372,6 +372,24 @@ pub fn git_status(src: &Path) -> Option<String> {
         return None;
     }
     git_output(src, &["status", "--porcelain", "--untracked-files=all"]).ok()
+}
+
+/// `src`'s git status is still `before` (taken with [`git_status`]; `None`:
+/// not a git tree, nothing to compare), else one sentence saying `what`
+/// changed the tree.
+pub fn ensure_tree_unchanged(src: &Path, before: Option<&str>, what: &str) -> Result<()> {
+    let Some(before) = before else {
+        return Ok(());
+    };
+    let after = git_status(src).unwrap_or_default();
+    if after != before {
+        bail!(
+            "{what} changed the source tree {} (git status differs: {}); report this",
+            src.display(),
+            after.lines().take(3).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Runs git in `dir`; stdout on success, the first stderr line as the error.
@@ -506,16 +524,8 @@ pub fn build(plan: &Plan) -> Result<Built, BuildError> {
         .output()
         .context("could not run make kernelrelease")?;
     let release = String::from_utf8_lossy(&release.stdout).trim().to_owned();
-    if let Some(before) = &status_before {
-        let after = git_status(&plan.src).unwrap_or_default();
-        if &after != before {
-            return Err(BuildError::Setup(anyhow::anyhow!(
-                "the build changed the source tree {} (git status differs: {}); report this",
-                plan.src.display(),
-                after.lines().take(3).collect::<Vec<_>>().join(", ")
-            )));
-        }
-    }
+    ensure_tree_unchanged(&plan.src, status_before.as_deref(), "the build")
+        .map_err(BuildError::Setup)?;
     let git_revision = status_before.as_ref().and_then(|status| {
         let head = git_output(&plan.src, &["rev-parse", "HEAD"]).ok()?;
         let dirty = if status.trim().is_empty() {

@@ -286,12 +286,13 @@ pub fn has_virtiofs(modules_dir: Option<&Path>, config: Option<&Path>) -> bool {
 /// The static init built into this binary (`build.rs`); empty when it was
 /// built with `KESTREL_EMBED_INIT=0`.
 pub static EMBEDDED_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kestrel-init"));
+/// [`EMBEDDED_INIT`]'s SHA-256 (hex), computed by `build.rs`.
+const EMBEDDED_INIT_SHA256: &str = env!("KESTREL_EMBEDDED_INIT_SHA256");
 
 /// Writes [`EMBEDDED_INIT`] once into `<dir>/<hash of it>/kestrel-init`
 /// (the packer reads the init from a file) and returns that path.
 fn embedded_init_in(dir: &Path) -> Result<PathBuf, InitrdError> {
-    let hash = kestrel_kernels::build::sha256_hex(EMBEDDED_INIT);
-    let path = dir.join(&hash[..16]).join("kestrel-init");
+    let path = dir.join(&EMBEDDED_INIT_SHA256[..16]).join("kestrel-init");
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == EMBEDDED_INIT.len() as u64) {
         return Ok(path);
     }
@@ -606,6 +607,10 @@ mod tests {
             return; // built with KESTREL_EMBED_INIT=0
         }
         assert_eq!(&EMBEDDED_INIT[..4], b"\x7fELF");
+        assert_eq!(
+            EMBEDDED_INIT_SHA256,
+            kestrel_kernels::build::sha256_hex(EMBEDDED_INIT)
+        );
         let dir = tempfile::tempdir().unwrap();
         let a = embedded_init_in(dir.path()).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), EMBEDDED_INIT);

@@ -600,6 +600,18 @@ impl Summary {
     pub fn passed(&self) -> bool {
         self.results.iter().all(|r| r.verdict.passed())
     }
+
+    /// `scenarios: P passed, F failed (W s; artifacts in DIR)`: the last
+    /// line `cargo xtask test` and `kestrel test` print.
+    pub fn totals_line(&self) -> String {
+        let passed = self.results.iter().filter(|r| r.verdict.passed()).count();
+        format!(
+            "scenarios: {passed} passed, {} failed ({:.1} s; artifacts in {})",
+            self.results.len() - passed,
+            self.wall.as_secs_f64(),
+            self.run_dir.display()
+        )
+    }
 }
 
 /// Loads the scenarios, runs every selected case on `backend` with

@@ -87,21 +87,7 @@ pub fn run(args: &TestArgs) -> Result<bool> {
     options.junit = args.junit.clone();
     let summary = run_suite(&options, &backend(kestrel, args.warm))?;
     eprint!("{}", summary.table);
-    eprintln!(
-        "scenarios: {} passed, {} failed ({:.1} s; artifacts in {})",
-        summary
-            .results
-            .iter()
-            .filter(|r| r.verdict.passed())
-            .count(),
-        summary
-            .results
-            .iter()
-            .filter(|r| !r.verdict.passed())
-            .count(),
-        summary.wall.as_secs_f64(),
-        summary.run_dir.display()
-    );
+    eprintln!("{}", summary.totals_line());
     Ok(summary.passed())
 }
 

@@ -28,6 +28,7 @@ use anyhow::{bail, Context, Result};
 use kestrel_kernels::host;
 use kestrel_kernels::kbuild::{self, Base, ConfigSet};
 use kestrel_scenarios::ktap::{self, Outcome, Report, TestNode};
+use kestrel_scenarios::snapshot;
 
 use super::Boot;
 
@@ -269,27 +270,11 @@ fn built_kernel(src: &Path) -> Result<Option<String>> {
         .then(|| format!("build:{}", out.display())))
 }
 
-/// Runs one make step with its output in `log`; a failure quotes the log.
+/// `make ARGS`, its output into `log` (a failure quotes the log).
 fn make(args: &[String], log: &Path, what: &str) -> Result<()> {
-    let file = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot write {}", log.display()))?;
-    let err = file.try_clone().context("cannot duplicate a file handle")?;
     let mut cmd = Command::new("make");
-    cmd.args(args).stdin(Stdio::null()).stdout(file).stderr(err);
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {}", host::describe(&cmd)))?;
-    if !status.success() {
-        bail!(
-            "{what} failed ({status}): {} (full log: {})",
-            kbuild::log_tail(log, 6).join(" / "),
-            log.display()
-        );
-    }
-    Ok(())
+    cmd.args(args).stdin(Stdio::null());
+    kbuild::run_logged(cmd, log, what)
 }
 
 /// `collection:test` lines of the install's list.
@@ -360,16 +345,7 @@ fn build(
     }
     sargs.push("install".into());
     make(&sargs, &log, "building the selftests")?;
-    if let Some(before) = &status_before {
-        let after = kbuild::git_status(src).unwrap_or_default();
-        if &after != before {
-            bail!(
-                "building the selftests changed the source tree {} (git status differs: {}); report this",
-                src.display(),
-                after.lines().take(3).collect::<Vec<_>>().join(", ")
-            );
-        }
-    }
+    kbuild::ensure_tree_unchanged(src, status_before.as_deref(), "building the selftests")?;
     let tests = listed_tests(install)?;
     if tests.is_empty() {
         bail!(
@@ -532,9 +508,7 @@ pub fn run(args: KselftestArgs) -> Result<u8> {
                     "kselftest: the result tree differs from {} (run with --update to accept):",
                     snap.display()
                 );
-                for d in diff_lines(&stored, &tree) {
-                    eprintln!("{d}");
-                }
+                eprint!("{}", snapshot::diff(&stored, &tree).text);
                 good = false;
             } else {
                 eprintln!("kselftest: the result tree matches {}", snap.display());
@@ -542,23 +516,6 @@ pub fn run(args: KselftestArgs) -> Result<u8> {
         }
     }
     Ok(u8::from(!good))
-}
-
-/// `-old` / `+new` lines, in order, for lines present on one side only.
-fn diff_lines(old: &str, new: &str) -> Vec<String> {
-    let old: Vec<&str> = old.lines().collect();
-    let new: Vec<&str> = new.lines().collect();
-    let mut out: Vec<String> = old
-        .iter()
-        .filter(|l| !new.contains(l))
-        .map(|l| format!("-{l}"))
-        .collect();
-    out.extend(
-        new.iter()
-            .filter(|l| !old.contains(l))
-            .map(|l| format!("+{l}")),
-    );
-    out
 }
 
 #[cfg(test)]
@@ -645,6 +602,7 @@ not ok 3 selftests: timers: nanosleep # TIMEOUT 45 seconds
         assert!(passed(&r));
         let tree = r.render_outcomes();
         assert!(tree.starts_with("skip  selftests: x: y # SKIP\n"), "{tree}");
-        assert_eq!(diff_lines("a\nb\n", "a\nc\n"), ["-b", "+c"]);
+        let d = snapshot::diff("a\nb\n", "a\nc\n").text;
+        assert!(d.contains("-    2 │ b") && d.contains("+    2 │ c"), "{d}");
     }
 }

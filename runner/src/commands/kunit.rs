@@ -89,12 +89,7 @@ CONFIG_RUNTIME_TESTING_MENU=y
 fn kunit_base(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("kunit-base.config");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(KUNIT_BASE) {
-        let tmp = dir.join(format!("kunit-base.config.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, KUNIT_BASE)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    kbuild::write_if_changed(&path, KUNIT_BASE.as_bytes())?;
     Ok(path)
 }
 

@@ -53,8 +53,6 @@ pub struct Booted {
     pub code: i32,
     /// The `kestrel: verdict=…` line, when it printed one.
     pub verdict_line: Option<String>,
-    /// Everything else it said on stderr (errors, console tail).
-    pub messages: Vec<String>,
 }
 
 impl Boot {
@@ -92,7 +90,8 @@ impl Boot {
     }
 
     /// Starts this binary as `kestrel run` and waits for it; its stderr is
-    /// passed through line by line (progress stays visible) and kept.
+    /// passed through line by line (progress stays visible), the verdict
+    /// line kept.
     pub fn run(&self) -> Result<Booted> {
         let exe = std::env::current_exe().context("cannot find the kestrel binary itself")?;
         let stdout = match &self.stdout {
@@ -110,7 +109,6 @@ impl Boot {
             .spawn()
             .with_context(|| format!("could not start {}", exe.display()))?;
         let mut verdict_line = None;
-        let mut messages = Vec::new();
         if let Some(err) = child.stderr.take() {
             use std::io::BufRead;
             for line in std::io::BufReader::new(err).lines() {
@@ -118,8 +116,6 @@ impl Boot {
                 eprintln!("{line}");
                 if line.starts_with("kestrel: verdict=") {
                     verdict_line = Some(line);
-                } else {
-                    messages.push(line);
                 }
             }
         }
@@ -127,7 +123,6 @@ impl Boot {
         Ok(Booted {
             code: status.code().unwrap_or(125),
             verdict_line,
-            messages,
         })
     }
 }

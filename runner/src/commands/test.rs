@@ -95,16 +95,6 @@ pub fn run(args: TestArgs) -> Result<u8> {
     options.junit = args.junit.clone();
     let summary = run_suite(&options, &backend)?;
     eprint!("{}", summary.table);
-    let passed = summary
-        .results
-        .iter()
-        .filter(|r| r.verdict.passed())
-        .count();
-    eprintln!(
-        "scenarios: {passed} passed, {} failed ({:.1} s; artifacts in {})",
-        summary.results.len() - passed,
-        summary.wall.as_secs_f64(),
-        summary.run_dir.display()
-    );
+    eprintln!("{}", summary.totals_line());
     Ok(u8::from(!summary.passed()))
 }
