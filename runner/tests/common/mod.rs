@@ -92,6 +92,9 @@ pub fn prerequisites(series: &str) -> Option<Kernel> {
     require(cached(series))
 }
 
+/// What kestrel's verdict says of a guest that triple-faulted.
+pub const TRIPLE_FAULT: &str = "the guest triple-faulted";
+
 /// What one `kestrel` process did.
 #[derive(Debug)]
 pub struct Run {
@@ -104,8 +107,25 @@ pub struct Run {
 }
 
 impl Run {
-    /// Runs `cmd` to its end, timing it.
+    /// Runs `cmd` to its end, timing it. A guest that triple-faulted is
+    /// run once more, with the first try printed: these tests check what a
+    /// booted guest does, and the nested rig loses about 1 in 100 two-vCPU
+    /// boots under kestrel and QEMU-KVM alike (RELIABILITY.md, "Boots that
+    /// fail in the rig"). That rate is measured by `cargo xtask stress`,
+    /// not hidden here: a second triple fault fails the test.
     pub fn of(cmd: &mut Command) -> Run {
+        let first = Run::once(cmd);
+        if !first.stderr.contains(TRIPLE_FAULT) {
+            return first;
+        }
+        eprintln!(
+            "[rig] the guest triple-faulted; running {cmd:?} once more. First try:\n{}",
+            first.stderr
+        );
+        Run::once(cmd)
+    }
+
+    fn once(cmd: &mut Command) -> Run {
         let started = std::time::Instant::now();
         let out = cmd.output().expect("kestrel runs");
         Run {
