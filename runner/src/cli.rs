@@ -48,6 +48,11 @@ pub enum Command {
     Kunit(crate::commands::kunit::KunitArgs),
     /// Build a tree's kselftests, run them in the guest, report per test.
     Kselftest(crate::commands::kselftest::KselftestArgs),
+    /// Find the commit (or kernel) where a scenario started to fail.
+    Bisect(kestrel_scenarios::bisect::BisectArgs),
+    /// One `git bisect run` step: build HEAD, boot, exit 0/1/125 (internal).
+    #[command(hide = true)]
+    BisectStep(kestrel_scenarios::bisect::StepArgs),
 }
 
 /// `kestrel run` arguments.
@@ -139,6 +144,11 @@ pub struct RunArgs {
     /// phases (ms since the process started, guest uptime beside them).
     #[arg(long)]
     pub timings: bool,
+    /// Also write the verdict as a JSON record to FILE when the run ends
+    /// (`verdict`, `boot_ms`, `total_ms`, `reason`), for programs that
+    /// drive kestrel.
+    #[arg(long, value_name = "FILE")]
+    pub verdict_file: Option<PathBuf>,
     /// Serve the gdb remote protocol on 127.0.0.1:PORT (`gdb vmlinux -ex
     /// 'target remote :PORT'`); the guest waits for gdb before its first
     /// instruction, and time stopped in gdb does not count against

@@ -12,7 +12,7 @@ use kestrel::cli::{clap_error_line, Cli, Command, RunArgs};
 use kestrel::event::Ending;
 use kestrel::gdb::Listener;
 use kestrel::timings::Timings;
-use kestrel::verdict::{verdict_line, EXIT_VMM_ERROR};
+use kestrel::verdict::{verdict_line, verdict_record, EXIT_VMM_ERROR};
 use kestrel::vm::{Config, Vm};
 use kestrel::{doctor, log, verdict::Verdict};
 
@@ -43,6 +43,8 @@ fn main() -> ExitCode {
         Command::Matrix(args) => report(kestrel::commands::matrix::run(args)),
         Command::Kunit(args) => report(kestrel::commands::kunit::run(args)),
         Command::Kselftest(args) => report(kestrel::commands::kselftest::run(args)),
+        Command::Bisect(args) => report(kestrel::commands::bisect::run(args)),
+        Command::BisectStep(args) => ExitCode::from(kestrel::commands::bisect::run_step(args)),
         Command::Doctor => {
             let report = doctor::run();
             println!("kestrel doctor\n{}", report.text);
@@ -66,6 +68,7 @@ fn report(result: anyhow::Result<u8>) -> ExitCode {
 fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
     let mut timings = Timings::new(process_start);
     let show_timings = args.timings;
+    let verdict_file = args.verdict_file.clone();
     // Before any virtio-fs table is sized from it: one handle per inode
     // the guest holds spares re-opens from the parent chain.
     let nofile = virtiofs_lite::raise_nofile_limit();
@@ -122,6 +125,20 @@ fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
         eprintln!("kestrel: last console lines:");
         for line in &outcome.console_tail {
             eprintln!("  | {line}");
+        }
+    }
+    if let Some(path) = verdict_file {
+        let record = verdict_record(
+            &outcome.verdict,
+            outcome.panic_line.as_deref(),
+            outcome.boot,
+            outcome.total,
+        );
+        if let Err(e) = record.write(&path) {
+            eprintln!(
+                "kestrel: cannot write the verdict to {}: {e}",
+                path.display()
+            );
         }
     }
     eprintln!(

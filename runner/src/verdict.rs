@@ -1,4 +1,5 @@
-//! The one verdict of a run, its exit code and its final stderr line.
+//! The one verdict of a run, its exit code, its final stderr line and
+//! its typed record (`--verdict-file`).
 //!
 //! Invariant: the exit code is a function of the verdict alone —
 //! pass → 0, fail(N) → N (a signal n is N = 128 + n), timeout → 124,
@@ -9,6 +10,8 @@ use std::fmt;
 use std::time::Duration;
 
 use kestrel_initramfs::job::Status;
+use kestrel_scenarios::backend::VerdictRecord;
+use kestrel_scenarios::RunnerVerdict;
 
 use crate::event::Ending;
 
@@ -113,6 +116,38 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// The typed record `--verdict-file` gets: the verdict line's facts and
+/// the reason, in the scenarios crate's terms (an interrupted run, which
+/// only a terminal can end, is a VMM error there).
+pub fn verdict_record(
+    verdict: &Verdict,
+    panic_line: Option<&str>,
+    boot: Option<Duration>,
+    total: Duration,
+) -> VerdictRecord {
+    let (verdict, reason) = match verdict {
+        Verdict::Pass => (RunnerVerdict::Pass, None),
+        Verdict::Fail(n) => (RunnerVerdict::Fail(i32::from(*n)), None),
+        Verdict::Timeout => (RunnerVerdict::Timeout, None),
+        Verdict::Panic => (
+            RunnerVerdict::Panic,
+            panic_line.map(|l| l.trim().to_owned()),
+        ),
+        Verdict::BootFailure(why) => (RunnerVerdict::BootFailure, Some(why.clone())),
+        Verdict::VmmError(why) => (RunnerVerdict::VmmError, Some(why.clone())),
+        Verdict::Interrupted => (
+            RunnerVerdict::VmmError,
+            Some("interrupted from the terminal (Ctrl-A x)".to_owned()),
+        ),
+    };
+    VerdictRecord {
+        verdict,
+        boot_ms: boot.map(|b| b.as_millis() as u64),
+        total_ms: total.as_millis() as u64,
+        reason,
+    }
+}
+
 /// `kestrel: verdict=<v> boot=<ms> total=<ms>`; `boot=-` when the guest
 /// never reached the status channel.
 pub fn verdict_line(verdict: &Verdict, boot: Option<Duration>, total: Duration) -> String {
@@ -126,6 +161,29 @@ pub fn verdict_line(verdict: &Verdict, boot: Option<Duration>, total: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_carry_the_verdict_and_its_reason() {
+        let ms = Duration::from_millis;
+        let r = verdict_record(&Verdict::Fail(3), None, Some(ms(5)), ms(9));
+        assert_eq!(
+            (r.verdict, r.boot_ms, r.total_ms, r.reason),
+            (RunnerVerdict::Fail(3), Some(5), 9, None)
+        );
+        let r = verdict_record(
+            &Verdict::BootFailure("the guest triple-faulted".into()),
+            None,
+            None,
+            ms(1),
+        );
+        assert_eq!(r.verdict, RunnerVerdict::BootFailure);
+        assert_eq!(r.reason.as_deref(), Some("the guest triple-faulted"));
+        assert_eq!(r.boot_ms, None);
+        let r = verdict_record(&Verdict::Panic, Some(" Kernel panic - x \n"), None, ms(1));
+        assert_eq!(r.reason.as_deref(), Some("Kernel panic - x"));
+        let r = verdict_record(&Verdict::Interrupted, None, None, ms(1));
+        assert_eq!(r.verdict, RunnerVerdict::VmmError);
+    }
 
     #[test]
     fn status_decides_first() {

@@ -135,6 +135,60 @@ fn developer_commands_answer_bad_input_in_one_sentence() {
             "--scenarios /no/such/dir: no such directory",
         );
     }
+    one_clear_line(
+        &[
+            "bisect",
+            "--scenario",
+            "mine",
+            "--kernels",
+            "debian:6.1,debian:6.12",
+        ],
+        "name the directory of scenario `mine` with --scenarios DIR",
+    );
+    std::fs::write(dir.join("mine.toml"), "script = \"uname -r\"\n").unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    one_clear_line(
+        &[
+            "bisect",
+            "--scenarios",
+            dir_arg,
+            "--scenario",
+            "theirs",
+            "--kernels",
+            "a,b",
+        ],
+        "no scenario `theirs`",
+    );
+    one_clear_line(
+        &[
+            "bisect",
+            "--scenarios",
+            dir_arg,
+            "--scenario",
+            "mine",
+            "--kernels",
+            "debian:6.1",
+        ],
+        "--kernels needs at least two kernels",
+    );
+    one_clear_line(
+        &["bisect", "--scenarios", dir_arg, "--scenario", "mine"],
+        "bisect needs --src DIR --good REV --bad REV, or --kernels",
+    );
+    one_clear_line(
+        &[
+            "bisect",
+            "--scenarios",
+            dir_arg,
+            "--scenario",
+            "mine",
+            "--kernels",
+            "a,b",
+            "--on-timeout",
+            "maybe",
+        ],
+        "`maybe` is neither `bad` nor `skip`",
+    );
 }
 
 #[test]

@@ -7,9 +7,12 @@
 //! ```
 //!
 //! The guest's stdout/stderr arrive on kestrel's; the kernel log goes to
-//! FILE; kestrel's last stderr line is
-//! `kestrel: verdict=<v> boot=<ms|-> total=<ms>`; its exit code is the
-//! command's status, 124 timeout, 125 VMM error, 255 panic/no status.
+//! FILE; kestrel writes its verdict as a typed record ([`VerdictRecord`],
+//! JSON) to the `--verdict-file` given (`kestrel-verdict.json` beside the console
+//! log), and its last stderr line is
+//! `kestrel: verdict=<v> boot=<ms|-> total=<ms>` for people (read only when
+//! the record is missing); its exit code is the command's status, 124
+//! timeout, 125 VMM error, 255 panic/no status.
 //!
 //! Invariant: [`KestrelBinary::run`] returns only after the child exited (or
 //! was killed by the host-side watchdog) and never blocks on pipes held open
@@ -17,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,6 +150,8 @@ impl KestrelBinary {
             r.timeout.as_secs().max(1).to_string(),
             "--console".to_owned(),
             r.console_path.display().to_string(),
+            "--verdict-file".to_owned(),
+            verdict_file(&r.console_path).display().to_string(),
         ]);
         if let Some(a) = &r.append {
             args.push("--append".to_owned());
@@ -202,6 +207,40 @@ fn join_within(handle: std::thread::JoinHandle<()>, limit: Duration) {
     if handle.is_finished() {
         let _ = handle.join();
     }
+}
+
+/// How a `kestrel run` ended, as `--verdict-file FILE` records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerdictRecord {
+    pub verdict: RunnerVerdict,
+    /// From the vCPUs' release to the guest init's first mark, in ms
+    /// (`None`: the guest never reached it).
+    pub boot_ms: Option<u64>,
+    pub total_ms: u64,
+    /// Why the run did not pass, when kestrel knows (a boot failure's or
+    /// VMM error's cause, the panic line).
+    pub reason: Option<String>,
+}
+
+impl VerdictRecord {
+    /// Writes the record as JSON, atomically (a temporary renamed into
+    /// place), so a reader never sees half of it.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The record at `path`; `None` when missing or not a record.
+    pub fn read(path: &Path) -> Option<VerdictRecord> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// Where [`KestrelBinary`] has kestrel write the run's [`VerdictRecord`].
+pub fn verdict_file(console_path: &Path) -> PathBuf {
+    console_path.with_file_name("kestrel-verdict.json")
 }
 
 /// The parsed `kestrel: verdict=… boot=… total=…` line.
@@ -271,17 +310,21 @@ pub fn split_stderr(stderr: &str) -> (String, Vec<String>, Option<VerdictLine>) 
     (guest, own, verdict)
 }
 
-/// Turns what kestrel left behind into a [`RunOutput`].
+/// Turns what kestrel left behind into a [`RunOutput`]: its verdict
+/// record when it wrote one, else its verdict line.
 pub fn interpret(
     exit_code: Option<i32>,
+    record: Option<VerdictRecord>,
     stdout: String,
     stderr: &str,
     kernel_log: String,
     elapsed: Duration,
 ) -> RunOutput {
     let (guest_stderr, mut messages, verdict) = split_stderr(stderr);
-    let (verdict_from_runner, boot_ms, total_ms) = match verdict {
-        Some(v) => (v.verdict, v.boot_ms, v.total_ms),
+    let from_record = record.map(|r| (r.verdict, r.boot_ms, r.total_ms));
+    let from_line = verdict.map(|v| (v.verdict, v.boot_ms, v.total_ms));
+    let (verdict_from_runner, boot_ms, total_ms) = match from_record.or(from_line) {
+        Some(v) => v,
         None => {
             messages.push(match exit_code {
                 Some(c) => format!("kestrel exited with status {c} without a verdict line"),
@@ -318,6 +361,8 @@ impl Backend for KestrelBinary {
             std::fs::create_dir_all(dir)
                 .map_err(|e| BackendError(format!("cannot create {}: {e}", dir.display())))?;
         }
+        let record_path = verdict_file(&r.console_path);
+        let _ = std::fs::remove_file(&record_path);
         let start = Instant::now();
         let mut child = Command::new(&self.bin)
             .args(self.args(r))
@@ -363,7 +408,18 @@ impl Backend for KestrelBinary {
             .unwrap_or_default();
         let stdout = take(&out_buf);
         let stderr = take(&err_buf);
-        let mut output = interpret(status.and_then(|s| s.code()), stdout, &stderr, log, elapsed);
+        let record = watchdog
+            .is_none()
+            .then(|| VerdictRecord::read(&record_path))
+            .flatten();
+        let mut output = interpret(
+            status.and_then(|s| s.code()),
+            record,
+            stdout,
+            &stderr,
+            log,
+            elapsed,
+        );
         if let Some(w) = watchdog {
             output.verdict_from_runner = RunnerVerdict::VmmError;
             output.exit_status = None;
@@ -424,9 +480,48 @@ mod tests {
     }
 
     #[test]
+    fn the_verdict_record_is_preferred_to_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = verdict_file(&dir.path().join("console.log"));
+        assert_eq!(path, dir.path().join("kestrel-verdict.json"));
+        let rec = VerdictRecord {
+            verdict: RunnerVerdict::Fail(3),
+            boot_ms: Some(7),
+            total_ms: 9,
+            reason: None,
+        };
+        rec.write(&path).unwrap();
+        let read = VerdictRecord::read(&path);
+        assert_eq!(read.as_ref(), Some(&rec));
+        let o = interpret(
+            Some(3),
+            read,
+            String::new(),
+            "kestrel: verdict=pass boot=1 total=2\n",
+            String::new(),
+            Duration::ZERO,
+        );
+        assert_eq!(o.verdict_from_runner, RunnerVerdict::Fail(3));
+        assert_eq!((o.boot_ms, o.total_ms), (Some(7), 9));
+        // Only the record is left in the directory (no temporary).
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        std::fs::write(&path, "{\"verdict\":").unwrap();
+        assert_eq!(VerdictRecord::read(&path), None);
+        let boot_failure = VerdictRecord {
+            verdict: RunnerVerdict::BootFailure,
+            boot_ms: None,
+            total_ms: 1,
+            reason: Some("the guest triple-faulted".into()),
+        };
+        boot_failure.write(&path).unwrap();
+        assert_eq!(VerdictRecord::read(&path), Some(boot_failure));
+    }
+
+    #[test]
     fn no_verdict_line_is_a_vmm_error() {
         let o = interpret(
             Some(1),
+            None,
             String::new(),
             "boom\n",
             String::new(),
@@ -468,7 +563,7 @@ mod tests {
         assert_eq!(
             k.args(&r).join(" "),
             "run --quiet --initrd /i --kernel /cache/vmlinuz-6.1 --cpus 2 --memory 256 --timeout 30 --console /t/console.log \
-             --append loglevel=7 quiet --share /t/probes:/t/probes -- /bin/sh -c echo -n hi"
+             --verdict-file /t/kestrel-verdict.json --append loglevel=7 quiet --share /t/probes:/t/probes -- /bin/sh -c echo -n hi"
         );
     }
 }

@@ -20,8 +20,9 @@ use crate::scenario::{ExpectedFailure, Scenario, Stream};
 use crate::snapshot::{self, Metadata, Policy, SnapshotTarget};
 use crate::trace;
 
-/// The runner's own verdict, from `kestrel: verdict=…`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The runner's own verdict, from `kestrel run --verdict-file` (or its
+/// `kestrel: verdict=…` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunnerVerdict {
     /// The command exited 0.

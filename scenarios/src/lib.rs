@@ -20,6 +20,7 @@
 //! - [`matrix`]: scenario × kernel verdicts, differences, the ABI reports.
 
 pub mod backend;
+pub mod bisect;
 pub mod error;
 pub mod evaluate;
 pub mod kernel;

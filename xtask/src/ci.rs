@@ -20,7 +20,8 @@
 //!    Meanwhile `kestrel kselftest` and `kestrel kunit` build two selftest
 //!    targets and a KUnit kernel from Debian's 6.1 source on the host
 //!    (`--build-only`, one make job, on the core the rig leaves idle);
-//!    their rig test then runs them with `--no-build` in an L1 of its own.
+//!    their rig test then runs them with `--no-build` in an L1 of its own,
+//!    with `kestrel bisect` over four Debian kernels (list mode).
 //! 6. the bisect fixture: a git tree made from Debian's 6.1 source (kept
 //!    with its build directory between runs: ~3 min then, ~20 min the first
 //!    time), built here; `cargo xtask bisect` must name its regressing
@@ -202,9 +203,9 @@ pub fn run() -> Result<()> {
         })?;
     }
 
-    let dev_tools = test_bin("dev_tools")?;
+    let dev_tools = format!("{}{}", test_bin("dev_tools")?, test_bin("bisect")?);
     timed(
-        "rig: kestrel kselftest and kestrel kunit (built on the host meanwhile)",
+        "rig: kestrel kselftest, kestrel kunit (built on the host meanwhile), kestrel bisect",
         &mut || {
             let took = builds
                 .take()
@@ -305,6 +306,7 @@ const RIG_TESTS: &[(&str, &str)] = &[
     ("kestrel", "faults"),
     ("kestrel", "own_scenarios"),
     ("kestrel", "dev_tools"),
+    ("kestrel", "bisect"),
     ("kestrel", "terminal"),
     ("kestrel", "gdb"),
     ("kestrel-scenarios", "splat_trace"),

@@ -10,7 +10,6 @@ mod bisect;
 mod ci;
 mod fuzz;
 mod guest;
-mod kbuild;
 mod kernel;
 mod matrix;
 mod paths;
@@ -55,7 +54,7 @@ enum Cmd {
     /// Many boots under kestrel and QEMU-KVM, alternating: failure rates with 95% intervals.
     Stress(stress::StressArgs),
     /// Find the commit (or kernel) where a scenario starts failing.
-    Bisect(bisect::BisectArgs),
+    Bisect(kestrel_scenarios::bisect::BisectArgs),
     /// The bisect acceptance test on a git fixture made from Debian's 6.1 source.
     BisectFixture {
         /// Only make (or check) the fixture repository.
@@ -64,10 +63,14 @@ enum Cmd {
     },
     /// One `git bisect run` step: build HEAD, boot, exit 0/1/125 (internal).
     #[command(hide = true)]
-    BisectStep(bisect::StepArgs),
+    BisectStep(kestrel_scenarios::bisect::StepArgs),
     /// One scenario boot for a bisection, where KVM boots kernels (internal).
     #[command(hide = true)]
-    BisectBoot(bisect::BootArgs),
+    BisectBoot {
+        /// The boot's request (JSON, in the bisection's state directory).
+        #[arg(long)]
+        request: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,7 +88,7 @@ fn main() -> ExitCode {
         Cmd::Bisect(args) => bisect::run(&args).map(|_| 0),
         Cmd::BisectFixture { prepare } => bisect::fixture::run(prepare).map(|()| 0),
         Cmd::BisectStep(args) => Ok(bisect::run_step(&args)),
-        Cmd::BisectBoot(args) => bisect::run_boot(&args).map(|()| 0),
+        Cmd::BisectBoot { request } => bisect::run_boot(&request).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

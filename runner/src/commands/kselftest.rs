@@ -468,10 +468,7 @@ pub fn run(args: KselftestArgs) -> Result<u8> {
     if !report.found {
         bail!(
             "the selftests printed no TAP ({}; output {}, kernel log {})",
-            booted
-                .verdict_line
-                .as_deref()
-                .unwrap_or("kestrel printed no verdict"),
+            booted.describe(),
             tap.display(),
             console.display()
         );

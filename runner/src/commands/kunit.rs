@@ -286,10 +286,7 @@ pub fn run(args: KunitArgs) -> Result<u8> {
     if !report.found {
         bail!(
             "the kernel printed no KTAP ({}; log {}): check that the kunitconfig's tests are built in and the filter matches a suite",
-            booted
-                .verdict_line
-                .as_deref()
-                .unwrap_or("kestrel printed no verdict"),
+            booted.describe(),
             log.display()
         );
     }

@@ -1,7 +1,7 @@
 //! The developer commands of the installed `kestrel` beyond `run`:
 //! [`kernel`] (fetch, list, source, build), [`test`] and [`matrix`] (your
 //! own scenario directories, on one kernel or side by side on several),
-//! [`kunit`] and [`kselftest`].
+//! [`kunit`] and [`kselftest`], [`bisect`].
 //!
 //! They boot through [`boot`]: this same binary started again as
 //! `kestrel run …`, so every guest run has the VMM's own process, exit
@@ -11,6 +11,7 @@
 //! written into the user's source tree (builds go to an output directory
 //! in the kernel cache, or `--out`).
 
+pub mod bisect;
 pub mod kernel;
 pub mod kselftest;
 pub mod kunit;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
+use kestrel_scenarios::backend::VerdictRecord;
 
 /// One `kestrel run` to start.
 #[derive(Debug, Clone, Default)]
@@ -46,16 +48,35 @@ pub struct Boot {
     pub command: Vec<String>,
 }
 
-/// How a `kestrel run` ended: its exit code and its verdict line.
+/// How a `kestrel run` ended: its exit code and its verdict record.
 #[derive(Debug, Clone)]
 pub struct Booted {
     /// kestrel's exit code (the guest command's status, 124 timeout, …).
     pub code: i32,
-    /// The `kestrel: verdict=…` line, when it printed one.
-    pub verdict_line: Option<String>,
+    /// What `--verdict-file` recorded (`None`: the child wrote none).
+    pub record: Option<VerdictRecord>,
+}
+
+impl Booted {
+    /// The verdict in a few words: `verdict boot-failure: why`.
+    pub fn describe(&self) -> String {
+        match &self.record {
+            Some(r) => match &r.reason {
+                Some(why) => format!("verdict {}: {why}", r.verdict),
+                None => format!("verdict {}", r.verdict),
+            },
+            None => format!("kestrel exited {} without a verdict", self.code),
+        }
+    }
 }
 
 impl Boot {
+    /// Where the run's verdict record goes: beside the kernel log
+    /// (`kunit.log` → `kunit.verdict.json`).
+    pub fn verdict_file(&self) -> PathBuf {
+        self.console.with_extension("verdict.json")
+    }
+
     /// The `kestrel run` arguments.
     pub fn args(&self) -> Vec<String> {
         let mut a = vec![
@@ -65,6 +86,8 @@ impl Boot {
             "--no-tty".into(),
             "--console".into(),
             self.console.display().to_string(),
+            "--verdict-file".into(),
+            self.verdict_file().display().to_string(),
             "--timeout".into(),
             self.timeout_secs.to_string(),
             "--cpus".into(),
@@ -89,9 +112,9 @@ impl Boot {
         a
     }
 
-    /// Starts this binary as `kestrel run` and waits for it; its stderr is
-    /// passed through line by line (progress stays visible), the verdict
-    /// line kept.
+    /// Starts this binary as `kestrel run` and waits for it (its stderr
+    /// passed through, so progress stays visible); reads its verdict
+    /// record.
     pub fn run(&self) -> Result<Booted> {
         let exe = std::env::current_exe().context("cannot find the kestrel binary itself")?;
         let stdout = match &self.stdout {
@@ -101,28 +124,17 @@ impl Boot {
             ),
             None => Stdio::null(),
         };
-        let mut child = Command::new(&exe)
+        let record_path = self.verdict_file();
+        let _ = std::fs::remove_file(&record_path);
+        let status = Command::new(&exe)
             .args(self.args())
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("could not start {}", exe.display()))?;
-        let mut verdict_line = None;
-        if let Some(err) = child.stderr.take() {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("{line}");
-                if line.starts_with("kestrel: verdict=") {
-                    verdict_line = Some(line);
-                }
-            }
-        }
-        let status = child.wait().context("could not wait for kestrel run")?;
+            .status()
+            .with_context(|| format!("could not run {}", exe.display()))?;
         Ok(Booted {
             code: status.code().unwrap_or(125),
-            verdict_line,
+            record: VerdictRecord::read(&record_path),
         })
     }
 }
@@ -165,7 +177,7 @@ mod tests {
         };
         assert_eq!(
             b.args().join(" "),
-            "run --kernel build:/o --no-tty --console /o/kunit.log --timeout 60 --cpus 1 \
+            "run --kernel build:/o --no-tty --console /o/kunit.log --verdict-file /o/kunit.verdict.json --timeout 60 --cpus 1 \
              --memory 512 --append=loglevel=7 kunit.filter_glob=list* --no-host-root"
         );
         let b = Boot {
