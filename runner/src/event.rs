@@ -36,6 +36,9 @@ pub enum VcpuEnd {
     GuestReset,
     /// The guest reported a crash through KVM.
     GuestCrash,
+    /// KVM gave up on the vCPU (`KVM_EXIT_INTERNAL_ERROR`): what it said,
+    /// and the vCPU's registers and last exits.
+    InternalError(Box<(String, FaultReport)>),
     /// KVM or the VMM failed; the text says how.
     Failed(String),
 }

@@ -10,8 +10,11 @@ use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_guest_debug_arch, kvm_irqchip,
     kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs,
     kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave, CpuId,
-    Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    Msrs, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_INTERNAL_ERROR_SIMUL_EX,
+    KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm as KvmSys, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -385,8 +388,77 @@ pub enum Exit<'a> {
     /// A guest-debug event (`KVM_EXIT_DEBUG`: breakpoint, single step),
     /// only while a debugger set [`VcpuHandle::set_guest_debug`].
     Debug(DebugExit),
+    /// `KVM_EXIT_INTERNAL_ERROR`: KVM could not go on (an instruction its
+    /// emulator does not handle, an event it could not deliver);
+    /// [`VcpuHandle::internal_error`] says what it reported.
+    InternalError,
     /// Anything else: the vCPU cannot continue.
     Failed(String),
+}
+
+/// What KVM reported with `KVM_EXIT_INTERNAL_ERROR`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InternalError {
+    /// `KVM_INTERNAL_ERROR_*`.
+    pub suberror: u32,
+    /// The instruction KVM failed to emulate, when it sent its bytes.
+    pub insn: Vec<u8>,
+    /// The other data words (for an emulation failure on x86: the exit
+    /// reason, its two info words, interrupt info and error code, then
+    /// vendor data such as the faulting guest-physical address).
+    pub data: Vec<u64>,
+}
+
+impl InternalError {
+    /// Reads it from the `internal` / `emulation_failure` members of
+    /// `kvm_run` (`ndata` bounded by the array, so a bad count cannot read
+    /// past it).
+    fn from_run(suberror: u32, ndata: u32, data: &[u64; 16]) -> InternalError {
+        let n = (ndata as usize).min(data.len());
+        let words = &data[..n];
+        let has_insn = suberror == KVM_INTERNAL_ERROR_EMULATION
+            && n >= 3
+            && words[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+        if !has_insn {
+            return InternalError {
+                suberror,
+                insn: Vec::new(),
+                data: words.to_vec(),
+            };
+        }
+        // data[1..3] hold insn_size (one byte) and 15 instruction bytes.
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&words[1].to_le_bytes());
+        bytes[8..].copy_from_slice(&words[2].to_le_bytes());
+        let size = usize::from(bytes[0]).min(15);
+        InternalError {
+            suberror,
+            insn: bytes[1..=size].to_vec(),
+            data: words[3..].to_vec(),
+        }
+    }
+}
+
+impl std::fmt::Display for InternalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.suberror {
+            KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+            KVM_INTERNAL_ERROR_SIMUL_EX => "an exception while delivering an exception",
+            KVM_INTERNAL_ERROR_DELIVERY_EV => "an event it could not deliver",
+            KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "an unexpected exit reason",
+            _ => "an unknown suberror",
+        };
+        write!(f, "KVM internal error {} ({what})", self.suberror)?;
+        if !self.insn.is_empty() {
+            let hex: Vec<String> = self.insn.iter().map(|b| format!("{b:02x}")).collect();
+            write!(f, ", instruction bytes {}", hex.join(" "))?;
+        }
+        if !self.data.is_empty() {
+            let hex: Vec<String> = self.data.iter().map(|w| format!("{w:#x}")).collect();
+            write!(f, ", data {}", hex.join(" "))?;
+        }
+        Ok(())
+    }
 }
 
 /// What `KVM_EXIT_DEBUG` reports.
@@ -599,6 +671,16 @@ impl VcpuHandle {
         self.fd.get_tsc_khz().ok()
     }
 
+    /// What KVM reported with the last `KVM_EXIT_INTERNAL_ERROR`.
+    pub fn internal_error(&mut self) -> InternalError {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel has written the
+        // `internal` member of the exit union; it is plain integers (every
+        // bit pattern valid), read by value from the live kvm_run mapping.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        InternalError::from_run(internal.suberror, internal.ndata, &internal.data)
+    }
+
     pub fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
     }
@@ -627,12 +709,45 @@ impl VcpuHandle {
             Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Failed(format!(
                 "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
             )),
-            Ok(VcpuExit::InternalError) => {
-                Exit::Failed("KVM internal error (emulation failure)".to_string())
-            }
+            Ok(VcpuExit::InternalError) => Exit::InternalError,
             Ok(other) => Exit::Failed(format!("unhandled exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => Exit::Failed(format!("KVM_RUN failed: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_name_the_instruction_and_bound_the_count() {
+        let mut data = [0u64; 16];
+        data[0] = 1; // the instruction-bytes flag
+        data[1] = u64::from_le_bytes([3, 0x0f, 0x01, 0xd9, 0, 0, 0, 0]);
+        data[3] = 0x400; // SVM_EXIT_NPF
+        data[4] = 0x6;
+        data[5] = 0xfee0_0000;
+        let e = InternalError::from_run(KVM_INTERNAL_ERROR_EMULATION, 6, &data);
+        assert_eq!(e.insn, [0x0f, 0x01, 0xd9]);
+        assert_eq!(e.data, [0x400, 0x6, 0xfee0_0000]);
+        assert_eq!(
+            e.to_string(),
+            "KVM internal error 1 (emulation failure), instruction bytes 0f 01 d9, data 0x400 0x6 0xfee00000"
+        );
+        // A count past the array reads only the array; a size byte past 15
+        // reads only the 15 bytes there are.
+        data[1] = u64::from_le_bytes([200, 1, 2, 3, 4, 5, 6, 7]);
+        let e = InternalError::from_run(KVM_INTERNAL_ERROR_EMULATION, 1000, &data);
+        assert_eq!(e.insn.len(), 15);
+        assert_eq!(e.data.len(), 13);
+        // No instruction bytes: every word is data.
+        let e = InternalError::from_run(KVM_INTERNAL_ERROR_DELIVERY_EV, 2, &[7; 16]);
+        assert!(e.insn.is_empty());
+        assert_eq!(
+            e.to_string(),
+            "KVM internal error 3 (an event it could not deliver), data 0x7 0x7"
+        );
     }
 }

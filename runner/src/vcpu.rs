@@ -714,6 +714,11 @@ fn run_thread(
                 Some(Fault) => {
                     return VcpuEnd::TripleFault(Box::new(fault_report(&vcpu, id, &exits)))
                 }
+                Some(StepEnd::Internal) => {
+                    let error = vcpu.internal_error().to_string();
+                    let report = fault_report(&vcpu, id, &exits);
+                    return VcpuEnd::InternalError(Box::new((error, report)));
+                }
                 Some(Ended(end)) => return end,
             },
             State::Exited => return VcpuEnd::Stopped,
@@ -807,6 +812,9 @@ enum StepEnd {
     Ended(VcpuEnd),
     /// A guest-debug exit: stop for the debugger.
     Debug(DebugExit),
+    /// KVM gave up on the vCPU (`KVM_EXIT_INTERNAL_ERROR`): report it with
+    /// the registers.
+    Internal,
 }
 use StepEnd::{Ended, Fault};
 
@@ -861,6 +869,7 @@ fn step(vcpu: &mut VcpuHandle, buses: &Buses, exits: &mut ExitRing) -> Option<St
         Exit::Shutdown => Some(Fault),
         Exit::Reset | Exit::PowerOff => Some(Ended(VcpuEnd::GuestReset)),
         Exit::Crash => Some(Ended(VcpuEnd::GuestCrash)),
+        Exit::InternalError => Some(StepEnd::Internal),
         Exit::Failed(why) => {
             log::debug(format_args!("vCPU failed: {why}"));
             Some(Ended(VcpuEnd::Failed(why)))

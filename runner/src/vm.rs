@@ -974,6 +974,14 @@ impl Vm {
                             .and_then(|map| symbols::symbolize(map, report.rip));
                         return Ending::TripleFault(report);
                     }
+                    VcpuEnd::InternalError(failed) => {
+                        let (what, mut report) = *failed;
+                        report.symbol = self
+                            .system_map
+                            .as_deref()
+                            .and_then(|map| symbols::symbolize(map, report.rip));
+                        return Ending::VmmFailure(format!("{what}; {report}"));
+                    }
                     VcpuEnd::GuestReset => return Ending::Reset,
                     VcpuEnd::GuestCrash => return Ending::Crash,
                     VcpuEnd::Failed(why) => return Ending::VmmFailure(format!("vCPU {id}: {why}")),

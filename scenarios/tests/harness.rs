@@ -7,7 +7,8 @@
 //! `cases/NAME/exit`; it records its argv in `cases/NAME/argv`; with
 //! `cases/NAME/sleep` it hangs that many seconds instead; with
 //! `cases/NAME/first` (a verdict line) it prints that and exits 124 once,
-//! removing the file (a guest that hung on the first try). What is
+//! removing the file (a guest that hung on the first try); with
+//! `cases/NAME/record` it copies that to `--verdict-file FILE`. What is
 //! tested is the harness: argument passing, output parsing, evaluation,
 //! snapshots (`.snap.new`, `--update`), artifacts, JUnit, the summary.
 
@@ -22,9 +23,11 @@ const FAKE_KESTREL: &str = r#"#!/bin/sh
 here=$(cd "$(dirname "$0")" && pwd)
 all="$*"
 console=""
+record=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --console) console="$2"; shift 2 ;;
+    --verdict-file) record="$2"; shift 2 ;;
     --) shift; break ;;
     *) shift ;;
   esac
@@ -38,6 +41,7 @@ echo run >> "$case_dir/runs"
 [ -f "$case_dir/stderr" ] && cat "$case_dir/stderr" >&2
 [ -f "$case_dir/sleep" ] && exec sleep "$(cat "$case_dir/sleep")"
 if [ -f "$case_dir/first" ]; then cat "$case_dir/first" >&2; rm "$case_dir/first"; exit 124; fi
+[ -f "$case_dir/record" ] && cat "$case_dir/record" > "$record"
 [ -f "$case_dir/verdict" ] && cat "$case_dir/verdict" >&2
 exit "$(cat "$case_dir/exit" 2>/dev/null || echo 0)"
 "#;
@@ -222,6 +226,34 @@ fn harness_warning_in_kernel_log_fails_even_when_the_snapshot_matches() {
 }
 
 #[test]
+fn harness_reads_the_typed_verdict_record_before_the_line() {
+    let mut f = Fixture::new("record");
+    f.scenario("recorded", "script = \"recorded\"\n");
+    // The line says pass; the record (what kestrel decided) says the
+    // kernel did not boot: the record is what counts.
+    f.case(
+        "recorded",
+        "",
+        "",
+        "kestrel: verdict=pass boot=5 total=6",
+        255,
+    );
+    std::fs::write(
+        f.root.join("cases/recorded/record"),
+        r#"{"verdict":"boot-failure","boot_ms":null,"total_ms":77,"reason":"the guest triple-faulted"}"#,
+    )
+    .unwrap();
+    let s = f.run(false);
+    let r = &s.results[0];
+    assert!(
+        matches!(r.verdict, Verdict::BootFailure(_)),
+        "{:?}",
+        r.verdict
+    );
+    assert_eq!((r.boot_ms, r.total_ms), (None, 77));
+}
+
+#[test]
 fn harness_runner_contract_arguments_and_artifacts() {
     let mut f = Fixture::new("contract");
     f.options.kernels = vec!["debian:6.12".into()];
@@ -249,8 +281,9 @@ fn harness_runner_contract_arguments_and_artifacts() {
     assert_eq!(
         argv.trim_end(),
         format!(
-            "run --kernel debian:6.12 --cpus 2 --memory 256 --timeout 7 --console {} --append loglevel=5 loglevel=7 foo=bar -- /bin/sh -c scripted",
-            console.display()
+            "run --kernel debian:6.12 --cpus 2 --memory 256 --timeout 7 --console {} --verdict-file {} --append loglevel=5 loglevel=7 foo=bar -- /bin/sh -c scripted",
+            console.display(),
+            r.artifacts.join("kestrel-verdict.json").display()
         )
     );
     // Artifacts: the runner's lines are not guest stderr.
