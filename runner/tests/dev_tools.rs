@@ -1,7 +1,8 @@
 //! `kestrel kselftest` and `kestrel kunit` end to end (issue 14 items 3
 //! and 4), on Debian's 6.1 source: two selftest targets (size, membarrier)
-//! run in a Debian 6.1 guest, and a small KUnit suite (example, list,
-//! bitfield) built into a kernel and booted.
+//! run in a Debian 6.1 guest, the timers target under a 3 s per-test
+//! limit (timeouts), and a small KUnit suite (example, list, bitfield)
+//! built into a kernel and booted.
 //!
 //! The builds happen on the host before the rig starts (`cargo xtask ci`
 //! runs `kestrel kselftest … --build-only` and `kestrel kunit …
@@ -87,6 +88,55 @@ fn kselftest_targets_run_in_the_guest_with_per_test_results() {
         "{xml}"
     );
     assert!(!xml.contains("<failure"), "{xml}");
+}
+
+/// The selftest target whose tests outlive a short per-test limit.
+pub const SLOW_SELFTEST_TARGET: &str = "timers";
+
+#[test]
+fn a_selftest_over_its_time_limit_is_a_timeout() {
+    let Some(_) = common::prerequisites("6.1") else {
+        return;
+    };
+    let Some(src) = source_61() else { return };
+    // timers' `settings` say `timeout=0` (none); 3 s overrides it. nanosleep
+    // sleeps on every clock for up to a second each and raw_skew measures
+    // drift for minutes, so both outlive it on any machine.
+    let run = common::Run::of(
+        Command::new(common::KESTREL)
+            .args(["kselftest", "--no-build", "--kernel", "debian:6.1"])
+            .arg("--src")
+            .arg(&src)
+            .args(["--targets", SLOW_SELFTEST_TARGET, "--per-test-timeout", "3"]),
+    );
+    run.expect(1, "kestrel kselftest timers --per-test-timeout 3");
+    for line in ["[TIMEOUT] timers: nanosleep", "[TIMEOUT] timers: raw_skew"] {
+        assert!(
+            run.stdout.lines().any(|l| l == line),
+            "no `{line}` in:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("# TIMEOUT 3 seconds")),
+        "the limit given is not the one applied:\n{}",
+        run.stdout
+    );
+    let totals = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("kselftest: 9 tests: "))
+        .unwrap_or_else(|| panic!("no totals for 9 tests:\n{}", run.stdout));
+    let timed_out: usize = totals
+        .rsplit(", ")
+        .next()
+        .and_then(|t| t.strip_suffix(" timed out"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no timed-out count in `{totals}`"));
+    assert!(timed_out >= 2, "{totals}");
 }
 
 #[test]

@@ -242,8 +242,9 @@ pub fn run() -> Result<()> {
 }
 
 /// What runner/tests/dev_tools.rs boots, built with the same commands a
-/// developer runs (`--build-only`, one make job): two selftest targets and
-/// the small KUnit configuration from Debian's 6.1 source `src`; their
+/// developer runs (`--build-only`, one make job): two selftest targets,
+/// the timers target, and the small KUnit configuration from Debian's 6.1
+/// source `src`; their
 /// output goes to `log`.
 fn dev_tool_builds(
     kestrel: &std::path::Path,
@@ -265,13 +266,25 @@ fn dev_tool_builds(
             "--src",
         ])
         .arg(src);
+    let mut timers = Command::new(kestrel);
+    timers
+        .args([
+            "kselftest",
+            "--build-only",
+            "--jobs",
+            "1",
+            "--targets",
+            "timers",
+            "--src",
+        ])
+        .arg(src);
     let mut kunit = Command::new(kestrel);
     kunit
         .args(["kunit", "--build-only", "--jobs", "1", "--src"])
         .arg(src)
         .arg("--kunitconfig")
         .arg(kunitconfig);
-    for mut cmd in [kselftest, kunit] {
+    for mut cmd in [kselftest, timers, kunit] {
         let status = cmd
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
