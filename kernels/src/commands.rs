@@ -93,6 +93,14 @@ pub struct BuildArgs {
     /// The kernel source tree (never written to).
     #[arg(long)]
     pub src: PathBuf,
+    #[command(flatten)]
+    pub build: BuildOptions,
+}
+
+/// How a kernel is built: `kernel build`'s options, which a bisection's
+/// steps share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildOptions {
     /// `kestrel` (Kestrel's fragment over tinyconfig, the default),
     /// `defconfig` (the same fragment over defconfig) or a fragment file
     /// merged after it; repeat for several.
@@ -111,12 +119,12 @@ pub struct BuildArgs {
 /// `kernel build`: prints the bzImage path.
 fn run_build(args: &BuildArgs, kbuild_base: &Path) -> Result<()> {
     let src = check_source_tree(&args.src)?;
-    let configs = ConfigSet::parse(&args.config)?;
-    let out = match &args.out {
+    let configs = ConfigSet::parse(&args.build.config)?;
+    let out = match &args.build.out {
         Some(o) => std::path::absolute(o).context("cannot resolve --out")?,
         None => default_out(kbuild_base, &src, &configs),
     };
-    let jobs = jobs(args.jobs)?;
+    let jobs = jobs(args.build.jobs)?;
     let plan = Plan {
         src,
         out,

@@ -147,46 +147,25 @@ fn developer_commands_answer_bad_input_in_one_sentence() {
     );
     std::fs::write(dir.join("mine.toml"), "script = \"uname -r\"\n").unwrap();
     let dir_arg = dir.to_str().unwrap();
-    one_clear_line(
-        &[
-            "bisect",
-            "--scenarios",
-            dir_arg,
-            "--scenario",
-            "theirs",
-            "--kernels",
-            "a,b",
-        ],
-        "no scenario `theirs`",
-    );
-    one_clear_line(
-        &[
-            "bisect",
-            "--scenarios",
-            dir_arg,
-            "--scenario",
-            "mine",
-            "--kernels",
-            "debian:6.1",
-        ],
+    let bisect = |scenario: &str, rest: &[&str], needle: &str| {
+        let mut args = vec!["bisect", "--scenarios", dir_arg, "--scenario", scenario];
+        args.extend_from_slice(rest);
+        one_clear_line(&args, needle);
+    };
+    bisect("theirs", &["--kernels", "a,b"], "no scenario `theirs`");
+    bisect(
+        "mine",
+        &["--kernels", "debian:6.1"],
         "--kernels needs at least two kernels",
     );
-    one_clear_line(
-        &["bisect", "--scenarios", dir_arg, "--scenario", "mine"],
+    bisect(
+        "mine",
+        &[],
         "bisect needs --src DIR --good REV --bad REV, or --kernels",
     );
-    one_clear_line(
-        &[
-            "bisect",
-            "--scenarios",
-            dir_arg,
-            "--scenario",
-            "mine",
-            "--kernels",
-            "a,b",
-            "--on-timeout",
-            "maybe",
-        ],
+    bisect(
+        "mine",
+        &["--kernels", "a,b", "--on-timeout", "maybe"],
         "`maybe` is neither `bad` nor `skip`",
     );
 }

@@ -1172,15 +1172,9 @@ pub struct BisectArgs {
     /// Directories to look the scenario name up in (repeatable).
     #[arg(long = "scenarios", value_name = "DIR")]
     pub scenarios: Vec<PathBuf>,
-    /// As for `kernel build`: kestrel, defconfig or a fragment file.
-    #[arg(long = "config")]
-    pub config: Vec<String>,
-    /// Build directory reused by every step (default: the one `kernel build` uses).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Parallel make jobs.
-    #[arg(long)]
-    pub jobs: Option<usize>,
+    /// As for `kernel build` (the build directory is reused by every step).
+    #[command(flatten)]
+    pub build: kestrel_kernels::commands::BuildOptions,
     /// What a guest timeout counts as: bad or skip.
     #[arg(long, default_value = "bad")]
     pub on_timeout: Policy,
@@ -1222,9 +1216,9 @@ impl BisectArgs {
         Ok(Request {
             scenario: scenario.path.clone(),
             target,
-            config: self.config.clone(),
-            out: self.out.clone(),
-            jobs: self.jobs,
+            config: self.build.config.clone(),
+            out: self.build.out.clone(),
+            jobs: self.build.jobs,
             on_timeout: self.on_timeout,
             on_boot_failure: self.on_boot_failure,
             pack: self.pack.clone(),

@@ -254,37 +254,21 @@ fn dev_tool_builds(
     let out =
         std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
     let kunitconfig = paths::workspace().join("runner/tests/data/small.kunitconfig");
-    let mut kselftest = Command::new(kestrel);
-    kselftest
-        .args([
-            "kselftest",
-            "--build-only",
-            "--jobs",
-            "1",
-            "--targets",
-            "size,membarrier",
-            "--src",
-        ])
-        .arg(src);
-    let mut timers = Command::new(kestrel);
-    timers
-        .args([
-            "kselftest",
-            "--build-only",
-            "--jobs",
-            "1",
-            "--targets",
-            "timers",
-            "--src",
-        ])
-        .arg(src);
+    let selftests = |targets: &str| {
+        let mut cmd = Command::new(kestrel);
+        cmd.args(["kselftest", "--build-only", "--jobs", "1", "--targets"])
+            .arg(targets)
+            .arg("--src")
+            .arg(src);
+        cmd
+    };
     let mut kunit = Command::new(kestrel);
     kunit
         .args(["kunit", "--build-only", "--jobs", "1", "--src"])
         .arg(src)
         .arg("--kunitconfig")
         .arg(kunitconfig);
-    for mut cmd in [kselftest, timers, kunit] {
+    for mut cmd in [selftests("size,membarrier"), selftests("timers"), kunit] {
         let status = cmd
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
