@@ -267,9 +267,13 @@ fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }
-    // Write then rename, so a parallel reader never sees half a file.
+    // Write then rename, so a parallel reader never sees half a file. The
+    // temporary is this writer's own: two cases of one run (one scenario
+    // on two kernels under `--update`) may write the same snapshot at once.
+    static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
+    tmp.push(format!(".tmp{}-{writer}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
@@ -354,6 +358,27 @@ pub fn diff(old: &str, new: &str) -> Diff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writers_of_one_snapshot_at_once_each_land_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshots/same.snap");
+        let texts: Vec<String> = (0..8).map(|n| format!("text {n}\n").repeat(1000)).collect();
+        std::thread::scope(|s| {
+            for t in &texts {
+                let path = &path;
+                s.spawn(move || write(path, t).unwrap());
+            }
+        });
+        let landed = std::fs::read_to_string(&path).unwrap();
+        assert!(texts.contains(&landed));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("snapshots"))
+                .unwrap()
+                .count(),
+            1
+        );
+    }
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kestrel-snap-{tag}-{}", std::process::id()));

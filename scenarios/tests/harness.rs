@@ -496,7 +496,8 @@ fn harness_per_kernel_snapshot_is_preferred() {
     f.options.kernels = vec!["debian:6.1".into(), "debian:6.12".into()];
     f.scenario("abi", "run = [\"p\", \"abi\"]\n");
     f.case("abi", "landlock abi 2\n", "", PASS, 0);
-    assert!(f.run(true).passed());
+    let first = f.run(true);
+    assert!(first.passed(), "{}", first.table);
     let generic = std::fs::read_to_string(f.snap("abi.snap")).unwrap();
     std::fs::write(f.snap("abi@6.12.snap"), generic.replace("abi 2", "abi 6")).unwrap();
     let s = f.run(false);
