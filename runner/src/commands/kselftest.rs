@@ -43,6 +43,10 @@ pub struct KselftestArgs {
     /// takes long).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub targets: Vec<String>,
+    /// Run only this test of the built targets, as COLLECTION:TEST (e.g.
+    /// `timers:nanosleep`; repeatable; run_kselftest.sh's `-t`).
+    #[arg(long = "test", value_name = "COLLECTION:TEST")]
+    pub tests: Vec<String>,
     /// The kernel to boot (default: the one `kestrel kernel build --src
     /// TREE` built from this tree).
     #[arg(long, value_name = "SPEC")]
@@ -290,6 +294,56 @@ fn listed_tests(install: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The tests to run: every listed one, or those `wanted` names
+/// (`COLLECTION:TEST`), each of which must be listed.
+fn selected_tests(listed: Vec<String>, wanted: &[String]) -> Result<Vec<String>> {
+    if wanted.is_empty() {
+        return Ok(listed);
+    }
+    for w in wanted {
+        if !listed.contains(w) {
+            bail!(
+                "--test {w}: no such test in this build; built: {}",
+                listed.join(", ")
+            );
+        }
+    }
+    Ok(wanted.to_vec())
+}
+
+/// Gives a collection's tests `timeout` seconds each (`settings`'
+/// `timeout=`), or puts back the collection's own settings when `None`.
+/// The installed original is kept once as `settings.kestrel-orig` (until
+/// the next build installs fresh ones), so an override never outlives
+/// its run.
+fn set_timeout(collection: &Path, timeout: Option<u64>) -> Result<()> {
+    let settings = collection.join("settings");
+    let orig = collection.join("settings.kestrel-orig");
+    let write = |path: &Path, text: &[u8]| {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    match timeout {
+        Some(t) => {
+            if !orig.exists() {
+                // An empty original stands for "none was installed".
+                write(&orig, &std::fs::read(&settings).unwrap_or_default())?;
+            }
+            write(&settings, format!("timeout={t}\n").as_bytes())
+        }
+        None => {
+            let Ok(text) = std::fs::read(&orig) else {
+                return Ok(());
+            };
+            if text.is_empty() {
+                let _ = std::fs::remove_file(&settings);
+            } else {
+                write(&settings, &text)?;
+            }
+            std::fs::remove_file(&orig).with_context(|| format!("cannot remove {}", orig.display()))
+        }
+    }
+}
+
 /// `make headers`, then the selftests built and installed into `install`.
 fn build(
     src: &Path,
@@ -347,6 +401,11 @@ fn build(
     make(&sargs, &log, "building the selftests")?;
     kbuild::ensure_tree_unchanged(src, status_before.as_deref(), "building the selftests")?;
     let tests = listed_tests(install)?;
+    // The install's `settings` are fresh from the tree: an original kept
+    // by an earlier `--per-test-timeout` run is stale now.
+    for collection in tests.iter().filter_map(|t| t.split(':').next()) {
+        let _ = std::fs::remove_file(install.join(collection).join("settings.kestrel-orig"));
+    }
     if tests.is_empty() {
         bail!(
             "the targets built no test to run (empty {}/kselftest-list.txt); see {}",
@@ -416,19 +475,17 @@ pub fn run(args: KselftestArgs) -> Result<u8> {
         })?,
     };
     super::ensure_kernel(&kernel)?;
-    let tests = listed_tests(&install)?;
+    let tests = selected_tests(listed_tests(&install)?, &args.tests)?;
+    if args.per_test_timeout == Some(0) {
+        bail!("--per-test-timeout must be at least 1 second");
+    }
+    let mut collections: Vec<&str> = tests.iter().filter_map(|l| l.split(':').next()).collect();
+    collections.dedup();
+    for c in collections {
+        set_timeout(&install.join(c), args.per_test_timeout)?;
+    }
     let mut longest = 45;
     if let Some(t) = args.per_test_timeout {
-        if t == 0 {
-            bail!("--per-test-timeout must be at least 1 second");
-        }
-        let mut collections: Vec<&str> = tests.iter().filter_map(|l| l.split(':').next()).collect();
-        collections.dedup();
-        for c in collections {
-            let settings = install.join(c).join("settings");
-            std::fs::write(&settings, format!("timeout={t}\n"))
-                .with_context(|| format!("cannot write {}", settings.display()))?;
-        }
         longest = t;
     } else {
         for l in &tests {
@@ -459,7 +516,9 @@ pub fn run(args: KselftestArgs) -> Result<u8> {
         rw: vec![install.clone()],
         // runner.sh appends to /dev/stdout: the init's relay pipes make
         // that open work (initramfs/init/src/relay.rs).
-        command: vec![install.join("run_kselftest.sh").display().to_string()],
+        command: std::iter::once(install.join("run_kselftest.sh").display().to_string())
+            .chain(args.tests.iter().flat_map(|t| ["-t".to_owned(), t.clone()]))
+            .collect(),
     }
     .run()?;
     let text =
@@ -518,6 +577,44 @@ pub fn run(args: KselftestArgs) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_override_never_outlives_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path();
+        std::fs::write(c.join("settings"), "timeout=0\n").unwrap();
+        set_timeout(c, Some(3)).unwrap();
+        set_timeout(c, Some(5)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(c.join("settings")).unwrap(),
+            "timeout=5\n"
+        );
+        set_timeout(c, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(c.join("settings")).unwrap(),
+            "timeout=0\n"
+        );
+        assert!(!c.join("settings.kestrel-orig").exists());
+        // A collection that installed no settings gets none back.
+        std::fs::remove_file(c.join("settings")).unwrap();
+        set_timeout(c, Some(2)).unwrap();
+        set_timeout(c, None).unwrap();
+        assert!(!c.join("settings").exists());
+        set_timeout(c, None).unwrap();
+    }
+
+    #[test]
+    fn tests_are_chosen_from_the_built_list() {
+        let listed = vec!["timers:nanosleep".to_owned(), "timers:raw_skew".to_owned()];
+        assert_eq!(selected_tests(listed.clone(), &[]).unwrap(), listed);
+        let one = ["timers:raw_skew".to_owned()];
+        assert_eq!(selected_tests(listed.clone(), &one).unwrap(), one);
+        let err = selected_tests(listed, &["timers:nope".to_owned()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--test timers:nope: no such test in this build; built: timers:nanosleep, timers:raw_skew"
+        );
+    }
 
     /// run_kselftest.sh's output shape (6.1): each test's own TAP behind
     /// `# `, then its result line; a timeout from runner.sh.
