@@ -175,10 +175,7 @@ pub fn require_hardware_speed() -> Result<(), String> {
                 if let Some(dir) = p.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
-                let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
-                if std::fs::write(&tmp, class.name()).is_ok() {
-                    let _ = std::fs::rename(&tmp, p);
-                }
+                let _ = kestrel_kernels::kbuild::write_if_changed(p, class.name().as_bytes());
             }
             class
         }

@@ -136,7 +136,7 @@ fn run(args: RunArgs, process_start: Instant) -> anyhow::Result<u8> {
         );
         if let Err(e) = record.write(&path) {
             eprintln!(
-                "kestrel: cannot write the verdict to {}: {e}",
+                "kestrel: cannot write the verdict to {}: {e:#}",
                 path.display()
             );
         }

@@ -63,20 +63,13 @@ fn kselftest_targets_run_in_the_guest_with_per_test_results() {
             .arg("--snapshot")
             .arg(data("kselftest-6.1.snap")),
     );
-    run.expect(0, "kestrel kselftest size,membarrier on Debian 6.1");
-    for line in [
-        "[PASS] size: get_size",
-        "[PASS] membarrier: membarrier_test_single_thread",
-        "[PASS] membarrier: membarrier_test_multi_thread",
-        "kselftest: 3 tests: 3 passed, 0 skipped, 0 failed, 0 timed out",
-    ] {
-        assert!(
-            run.stdout.lines().any(|l| l == line),
-            "no `{line}` in:\n{}\n{}",
-            run.stdout,
-            run.stderr
-        );
-    }
+    run.expect(0, "kestrel kselftest size,membarrier on Debian 6.1")
+        .expect_lines(&[
+            "[PASS] size: get_size",
+            "[PASS] membarrier: membarrier_test_single_thread",
+            "[PASS] membarrier: membarrier_test_multi_thread",
+            "kselftest: 3 tests: 3 passed, 0 skipped, 0 failed, 0 timed out",
+        ]);
     assert!(
         run.stderr.contains("the result tree matches"),
         "{}",
@@ -110,19 +103,12 @@ fn a_selftest_over_its_time_limit_is_a_timeout() {
             .args(["--targets", SLOW_SELFTEST_TARGET, "--per-test-timeout", "3"])
             .args(["--test", "timers:nanosleep", "--test", "timers:raw_skew"]),
     );
-    run.expect(1, "kestrel kselftest timers --per-test-timeout 3");
-    for line in [
-        "[TIMEOUT] timers: nanosleep",
-        "[TIMEOUT] timers: raw_skew",
-        "kselftest: 2 tests: 0 passed, 0 skipped, 0 failed, 2 timed out",
-    ] {
-        assert!(
-            run.stdout.lines().any(|l| l == line),
-            "no `{line}` in:\n{}\n{}",
-            run.stdout,
-            run.stderr
-        );
-    }
+    run.expect(1, "kestrel kselftest timers --per-test-timeout 3")
+        .expect_lines(&[
+            "[TIMEOUT] timers: nanosleep",
+            "[TIMEOUT] timers: raw_skew",
+            "kselftest: 2 tests: 0 passed, 0 skipped, 0 failed, 2 timed out",
+        ]);
     assert!(
         run.stdout
             .lines()
@@ -160,18 +146,12 @@ fn kunit_suites_run_at_boot_and_count_as_kunit_py_does() {
     // tools/testing/kunit/kunit.py run --kunitconfig small.kunitconfig on
     // the same tree (UML) reports the same counts (runner/NOTES.md).
     assert_eq!(totals, KUNIT_PY_TOTALS, "{}", all.stdout);
-    for line in [
+    all.expect_lines(&[
         "[PASSED] example.example_simple_test",
         "[SKIPPED] example.example_skip_test",
         "[PASSED] list-kunit-test.list_test_list_init",
         "[SKIPPED] example.example_mark_skipped_test",
-    ] {
-        assert!(
-            all.stdout.lines().any(|l| l == line),
-            "no `{line}` in:\n{}",
-            all.stdout
-        );
-    }
+    ]);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<testsuite name=\"example\""), "{xml}");
 

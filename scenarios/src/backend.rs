@@ -225,11 +225,9 @@ pub struct VerdictRecord {
 impl VerdictRecord {
     /// Writes the record as JSON, atomically (a temporary renamed into
     /// place), so a reader never sees half of it.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string(self)?;
+        kestrel_kernels::kbuild::write_if_changed(path, text.as_bytes()).map(|_| ())
     }
 
     /// The record at `path`; `None` when missing or not a record.

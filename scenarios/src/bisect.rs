@@ -157,6 +157,15 @@ pub struct BootRecord {
 }
 
 impl BootRecord {
+    /// `: <first line of the reason>`, or nothing for a pass.
+    fn why(&self) -> String {
+        if self.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", first_line(&self.reason))
+        }
+    }
+
     /// The exit code for `git bisect run`.
     pub fn code(&self, on_timeout: Policy, on_boot_failure: Policy) -> u8 {
         let policy = |p| if p == Policy::Bad { BAD } else { SKIP };
@@ -418,13 +427,14 @@ impl State {
     }
 }
 
-/// Writes `value` as JSON to `path` (its directory created).
+/// Writes `value` as JSON to `path` (its directory created; a temporary
+/// renamed into place, so a reader in another process never sees half).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    kbuild::write_if_changed(path, text.as_bytes()).map(|_| ())
 }
 
 /// Reads JSON written by [`write_json`].
@@ -649,14 +659,21 @@ fn run_grouped(mut cmd: Command, what: &str) -> Result<i32> {
 }
 
 /// `bisect-step --state DIR --kind K`: build HEAD of the plan's tree,
-/// boot, return git's code. Never an `Err`: a broken harness is the abort
-/// code, with the reason on stderr.
-pub fn run_step(state: &Path, kind: StepKind, booter: &dyn Booter) -> u8 {
+/// boot through the booter `booter_for` picks for the plan (xtask: the rig
+/// when `plan.rig`), return git's code. Never an `Err`: a broken harness
+/// is the abort code, with the reason on stderr.
+pub fn run_step(
+    state: &Path,
+    kind: StepKind,
+    booter_for: &dyn Fn(&StepPlan) -> Result<Box<dyn Booter>>,
+) -> u8 {
     let state = State {
         dir: state.to_path_buf(),
     };
-    let step =
-        read_json::<StepPlan>(&state.plan()).and_then(|plan| step(&plan, &state, kind, booter));
+    let step = read_json::<StepPlan>(&state.plan()).and_then(|plan| {
+        let booter = booter_for(&plan)?;
+        step(&plan, &state, kind, booter.as_ref())
+    });
     match step {
         Ok(code) => code,
         Err(e) => {
@@ -664,16 +681,6 @@ pub fn run_step(state: &Path, kind: StepKind, booter: &dyn Booter) -> u8 {
             ABORT
         }
     }
-}
-
-/// Reads a step's plan (which booter a binary should pass to [`run_step`]).
-pub fn read_plan(state: &Path) -> Result<StepPlan> {
-    read_json(
-        &State {
-            dir: state.to_path_buf(),
-        }
-        .plan(),
-    )
 }
 
 /// Builds and boots HEAD of `plan.src`; logs and records one step.
@@ -740,14 +747,10 @@ fn step(plan: &StepPlan, state: &State, kind: StepKind, booter: &dyn Booter) -> 
     let guest_boot = result
         .boot_ms
         .map_or(String::new(), |b| format!(" (guest {b} ms)"));
-    let why = if result.reason.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", first_line(&result.reason))
-    };
     eprintln!(
-        "bisect: {kind} {short} \"{subject}\": build {build_secs:.1} s, boot {boot_secs:.1} s{guest_boot}, {}{why} → {}",
+        "bisect: {kind} {short} \"{subject}\": build {build_secs:.1} s, boot {boot_secs:.1} s{guest_boot}, {}{} → {}",
         result.verdict.as_str(),
+        result.why(),
         record.outcome.as_str()
     );
     Ok(code)
@@ -1100,15 +1103,11 @@ fn run_list(
             verdict: r.verdict,
             artifacts: Some(r.artifacts.clone()),
         })?;
-        let why = if r.reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", first_line(&r.reason))
-        };
         eprintln!(
-            "bisect: {spec}: boot {:.1} s, {}{why} → {}",
+            "bisect: {spec}: boot {:.1} s, {}{} → {}",
             t.elapsed().as_secs_f64(),
             r.verdict.as_str(),
+            r.why(),
             outcome.as_str()
         );
         Ok(code)
@@ -1330,9 +1329,9 @@ git bisect skip 11aa22bb
             rig: true,
         };
         write_json(&state.plan(), &plan).unwrap();
-        assert_eq!(read_plan(&state.dir).unwrap(), plan);
+        assert_eq!(read_json::<StepPlan>(&state.plan()).unwrap(), plan);
         std::fs::write(state.plan(), "{\"src\": 3}").unwrap();
-        let err = read_plan(&state.dir).unwrap_err();
+        let err = read_json::<StepPlan>(&state.plan()).unwrap_err();
         assert!(
             format!("{err:#}").contains("is not a valid record"),
             "{err:#}"
@@ -1342,10 +1341,12 @@ git bisect skip 11aa22bb
     #[test]
     fn a_step_without_a_plan_aborts_the_bisection() {
         let dir = tempfile::tempdir().unwrap();
-        let booter = Here {
-            kestrel: "/nonexistent".into(),
+        let booter_for = |_: &StepPlan| -> Result<Box<dyn Booter>> {
+            Ok(Box::new(Here {
+                kestrel: "/nonexistent".into(),
+            }))
         };
-        assert_eq!(run_step(dir.path(), StepKind::Step, &booter), ABORT);
+        assert_eq!(run_step(dir.path(), StepKind::Step, &booter_for), ABORT);
     }
 
     #[test]

@@ -80,17 +80,9 @@ fn booter(xtask: PathBuf, in_rig: bool) -> Result<Box<dyn Booter>> {
 
 /// `xtask bisect-step` (hidden; what `git bisect run` calls).
 pub fn run_step(args: &StepArgs) -> u8 {
-    let booter = engine::read_plan(&args.state).and_then(|plan| {
-        let me = std::env::current_exe()?;
-        booter(me, plan.rig)
-    });
-    match booter {
-        Ok(b) => engine::run_step(&args.state, args.kind, b.as_ref()),
-        Err(e) => {
-            eprintln!("bisect: step failed, aborting the bisection: {e:#}");
-            engine::ABORT
-        }
-    }
+    engine::run_step(&args.state, args.kind, &|plan| {
+        booter(std::env::current_exe()?, plan.rig)
+    })
 }
 
 /// `cargo xtask bisect`: prints the report, returns the conclusion.

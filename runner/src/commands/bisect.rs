@@ -15,7 +15,7 @@
 //! Exit status: 0 a first bad commit named, 1 only skipped commits left
 //! (the candidates are listed), 125 an error (one sentence).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kestrel_scenarios::bisect::{
     self as engine, BisectArgs, Conclusion, Engine, Here, State, StepArgs,
 };
@@ -61,13 +61,8 @@ pub fn run(args: BisectArgs) -> Result<u8> {
 /// `kestrel bisect-step` (hidden; what `git bisect run` calls): boots with
 /// this binary, which is the bisection's own copy.
 pub fn run_step(args: StepArgs) -> u8 {
-    match std::env::current_exe() {
-        Ok(me) => engine::run_step(&args.state, args.kind, &Here { kestrel: me }),
-        Err(e) => {
-            eprintln!(
-                "bisect: cannot find the kestrel binary itself ({e}); aborting the bisection"
-            );
-            engine::ABORT
-        }
-    }
+    engine::run_step(&args.state, args.kind, &|_| {
+        let kestrel = std::env::current_exe().context("cannot find the kestrel binary itself")?;
+        Ok(Box::new(Here { kestrel }))
+    })
 }

@@ -157,6 +157,20 @@ impl Run {
         (field("boot="), field("total="))
     }
 
+    /// Asserts that each of `lines` is a whole line of stdout, showing
+    /// stdout and stderr otherwise.
+    pub fn expect_lines(&self, lines: &[&str]) -> &Self {
+        for line in lines {
+            assert!(
+                self.stdout.lines().any(|l| l == *line),
+                "no `{line}` in:\n{}\n{}",
+                self.stdout,
+                self.stderr
+            );
+        }
+        self
+    }
+
     /// Asserts the exit code, showing everything kestrel said otherwise.
     pub fn expect(&self, code: i32, what: &str) -> &Self {
         assert_eq!(
