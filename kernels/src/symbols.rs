@@ -217,6 +217,10 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DebugInfo {
     vmlinux: PathBuf,
+    /// The source tree's top directory, with a trailing `/`: stripped from
+    /// the file names addr2line prints (an `O=` build names sources by
+    /// absolute path).
+    tree: Option<String>,
 }
 
 impl DebugInfo {
@@ -225,6 +229,7 @@ impl DebugInfo {
     pub fn open(vmlinux: &Path) -> Option<DebugInfo> {
         has_debug_info(vmlinux).then(|| DebugInfo {
             vmlinux: vmlinux.to_owned(),
+            tree: source_tree(vmlinux),
         })
     }
 
@@ -255,7 +260,16 @@ impl DebugInfo {
         if !output.status.success() {
             return found;
         }
-        let groups = parse_addr2line(&String::from_utf8_lossy(&output.stdout));
+        let mut groups = parse_addr2line(&String::from_utf8_lossy(&output.stdout));
+        if let Some(tree) = &self.tree {
+            for (_, locations) in &mut groups {
+                for l in locations {
+                    if let Some(rel) = l.file_line.strip_prefix(tree.as_str()) {
+                        l.file_line = rel.to_owned();
+                    }
+                }
+            }
+        }
         // One group per address, in order; from the first that does not fit
         // the output is not what we think it is.
         for ((slot, &addr), (at, locations)) in found.iter_mut().zip(addrs).zip(groups) {
@@ -266,6 +280,31 @@ impl DebugInfo {
         }
         found
     }
+}
+
+/// The source tree a vmlinux was built from: an `O=` build directory's
+/// `source` link, else the vmlinux's own directory when it holds a kernel
+/// tree (`Kconfig` and `Makefile`), as `/dir/`.
+fn source_tree(vmlinux: &Path) -> Option<String> {
+    let dir = vmlinux.parent()?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let tree = std::fs::canonicalize(dir.join("source"))
+        .ok()
+        .filter(|t| t.is_dir())
+        .or_else(|| {
+            (dir.join("Kconfig").is_file() && dir.join("Makefile").is_file())
+                .then(|| std::fs::canonicalize(dir).ok())
+                .flatten()
+        })?;
+    let mut tree = tree.to_str()?.to_owned();
+    if !tree.ends_with('/') {
+        tree.push('/');
+    }
+    Some(tree)
 }
 
 /// `addr2line -a -f -i` output: per address a `0x…` line, then pairs of
@@ -517,6 +556,26 @@ mod tests {
         );
         std::fs::write(tree.join("System.map"), b"\xff\xfe garbage").unwrap();
         assert_eq!(sources.load().table, None, "a garbled map is no map");
+    }
+
+    #[test]
+    fn file_names_are_relative_to_the_source_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("linux");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let canon = std::fs::canonicalize(&src).unwrap();
+        let want = Some(format!("{}/", canon.display()));
+        // No tree: a vmlinux elsewhere keeps addr2line's names.
+        assert_eq!(source_tree(&out.join("vmlinux")), None);
+        // In-tree build.
+        std::fs::write(src.join("Kconfig"), b"").unwrap();
+        std::fs::write(src.join("Makefile"), b"").unwrap();
+        assert_eq!(source_tree(&src.join("vmlinux")), want);
+        // O= build: the `source` link.
+        std::os::unix::fs::symlink(&src, out.join("source")).unwrap();
+        assert_eq!(source_tree(&out.join("vmlinux")), want);
     }
 
     #[test]

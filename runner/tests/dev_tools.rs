@@ -9,6 +9,7 @@
 //! --build-only`): compiling inside the rig's emulated L1 would take an
 //! hour. Here each command runs with `--no-build` against those outputs,
 //! so a missing build is a failure under `KESTREL_REAL_KVM_TESTS=1`.
+//! `KESTREL_KUNIT_OUT=DIR` names the KUnit build's `--out` (ci's).
 //!
 //! Needs hardware-speed KVM (the nested rig in CI): see `common`.
 
@@ -33,6 +34,16 @@ fn source_61() -> Option<PathBuf> {
             Err(e) => Err(e.to_string()),
         }
     })())
+}
+
+/// `--out DIR` when `KESTREL_KUNIT_OUT` names the KUnit build (ci builds
+/// it there, so that splat_trace can boot the same kernel as `build:DIR`);
+/// else kestrel's default build directory.
+fn kunit_out() -> Vec<std::ffi::OsString> {
+    match std::env::var_os("KESTREL_KUNIT_OUT") {
+        Some(dir) => vec!["--out".into(), dir],
+        None => Vec::new(),
+    }
 }
 
 fn data(name: &str) -> PathBuf {
@@ -131,6 +142,7 @@ fn kunit_suites_run_at_boot_and_count_as_kunit_py_does() {
                 .arg(&src)
                 .arg("--kunitconfig")
                 .arg(data("small.kunitconfig"))
+                .args(kunit_out())
                 .args(extra),
         )
     };

@@ -6,7 +6,13 @@
 //! summary.txt, has at least three kernel frames and `write_sysrq_trigger+0x…`
 //! among them. When the System.map the backend found has symbols (not
 //! Debian's placeholder), every named frame must resolve in it and every raw
-//! address (a kernel without kallsyms) must carry the name it gives.
+//! address (a kernel without kallsyms) must carry the name it gives. When
+//! the kernel's vmlinux has debug info (a `build:DIR` made with
+//! `CONFIG_DEBUG_INFO_*`, as CI's KUnit kernel from
+//! runner/tests/data/small.kunitconfig), `write_sysrq_trigger`'s frame must
+//! end in `(drivers/tty/sysrq.c:LINE)` (relative to the source tree) and most vmlinux frames must carry a
+//! file:line; `KESTREL_EXPECT_DEBUG_INFO=1` makes a kernel without debug
+//! info a failure instead of a note.
 //!
 //! Needs hardware-speed KVM (the nested rig): with `KESTREL_REAL_KVM_TESTS=1`
 //! and `KESTREL_BIN` set it runs; otherwise the trial is reported as
@@ -141,7 +147,48 @@ fn sysrq_backtrace_is_symbolized(backend: &dyn Backend, kernel: &str) -> Result<
     let sources = backend
         .symbol_sources(kernel)
         .ok_or_else(|| format!("the backend found no image for {kernel}"))?;
-    match sources.load().table {
+    let loaded = sources.load();
+    match &loaded.debug {
+        // With debug info every vmlinux frame carries ` (file:line)`; the
+        // sysrq handler's must name drivers/tty/sysrq.c.
+        Some(_) => {
+            let sysrq = trace
+                .iter()
+                .find(|l| l.contains(" write_sysrq_trigger+0x"))
+                .map_or("", String::as_str);
+            if !file_line_of(sysrq).is_some_and(|place| place.starts_with("drivers/tty/sysrq.c:")) {
+                return Err(format!(
+                    "vmlinux has debug info ({sources:?}) but write_sysrq_trigger's frame \
+                     has no drivers/tty/sysrq.c:LINE: {sysrq:?}"
+                )
+                .into());
+            }
+            let bare: Vec<&String> = frames
+                .iter()
+                .filter(|(line, _)| file_line_of(line).is_none())
+                .map(|(line, _)| *line)
+                .collect();
+            if bare.len() * 2 > frames.len() {
+                return Err(format!("most vmlinux frames have no file:line: {bare:#?}").into());
+            }
+            eprintln!(
+                "{} of {} kernel frames carry file:line; {sysrq}",
+                frames.len() - bare.len(),
+                frames.len()
+            );
+        }
+        // CI boots a kernel built with debug info and says so: file:line
+        // must not go untested there without a failure.
+        None if std::env::var("KESTREL_EXPECT_DEBUG_INFO").as_deref() == Ok("1") => {
+            return Err(format!(
+                "KESTREL_EXPECT_DEBUG_INFO=1 but no vmlinux with debug info was found for \
+                 {kernel} ({sources:?})"
+            )
+            .into());
+        }
+        None => {}
+    }
+    match loaded.table {
         Some(table) => {
             let wrong: Vec<&String> = frames
                 .iter()
@@ -170,4 +217,10 @@ fn sysrq_backtrace_is_symbolized(backend: &dyn Backend, kernel: &str) -> Result<
         return Err("summary.txt does not show the trace".into());
     }
     Ok(())
+}
+
+/// The ` (file:line …)` a symbolized frame ends with.
+fn file_line_of(line: &str) -> Option<&str> {
+    let (_, place) = line.trim_end().strip_suffix(')')?.rsplit_once(" (")?;
+    place.contains(':').then_some(place)
 }

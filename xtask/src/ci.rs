@@ -21,7 +21,9 @@
 //!    targets and a KUnit kernel from Debian's 6.1 source on the host
 //!    (`--build-only`, one make job, on the core the rig leaves idle);
 //!    their rig test then runs them with `--no-build` in an L1 of its own,
-//!    with `kestrel bisect` over four Debian kernels (list mode).
+//!    boots the KUnit kernel (built with debug info) once more for a
+//!    forbidden trace that must carry file:line (splat_trace), and runs
+//!    `kestrel bisect` over four Debian kernels (list mode).
 //! 6. the bisect fixture: a git tree made from Debian's 6.1 source (kept
 //!    with its build directory between runs: ~3 min then, ~20 min the first
 //!    time), built here; `cargo xtask bisect` must name its regressing
@@ -125,18 +127,23 @@ pub fn run() -> Result<()> {
     let xtask = shell_quote(&xtask.to_string_lossy());
     let bins = rig_test_binaries()?;
     let kestrel_bin = guest::build_kestrel()?;
-    let test_bin = |name: &str| -> Result<String> {
+    // The KUnit kernel (built with debug info, small.kunitconfig) also
+    // serves splat_trace's file:line check as `build:DIR`.
+    let kunit_out = paths::kestrel_dir().join("ci-kunit-6.1");
+    let test_bin_env = |name: &str, env: &str| -> Result<String> {
         let bin = bins
             .iter()
             .find(|(t, _)| *t == name)
             .with_context(|| format!("no rig test binary {name}"))?;
         Ok(format!(
-            "echo '==> {name}'; KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {} --test-threads 1 || rc=1\n",
+            "echo '==> {name}{}'; {env}KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {} --test-threads 1 || rc=1\n",
+            if env.is_empty() { String::new() } else { format!(" ({})", env.trim()) },
             shell_quote(&k61.image.to_string_lossy()),
             shell_quote(&kestrel_bin.to_string_lossy()),
             shell_quote(&bin.1.to_string_lossy())
         ))
     };
+    let test_bin = |name: &str| test_bin_env(name, "");
     // `kestrel kselftest` and `kestrel kunit` build on the host (the
     // emulated L1 would take an hour), one make job at a time, while the
     // rig parts below run: an L2 guest keeps about one of L1's two vCPUs
@@ -148,14 +155,19 @@ pub fn run() -> Result<()> {
     };
     let builds_log = paths::kestrel_dir().join("ci-dev-tool-builds.log");
     let mut builds = Some({
-        let (kestrel, src, log) = (kestrel_bin.clone(), source_61.clone(), builds_log.clone());
+        let (kestrel, src, log, out) = (
+            kestrel_bin.clone(),
+            source_61.clone(),
+            builds_log.clone(),
+            kunit_out.clone(),
+        );
         tools::step(format!(
             "ci: kselftest targets and a KUnit kernel build in the background (log: {})",
             log.display()
         ));
         std::thread::spawn(move || {
             let start = Instant::now();
-            dev_tool_builds(&kestrel, &src, &log).map(|()| start.elapsed().as_secs_f64())
+            dev_tool_builds(&kestrel, &src, &out, &log).map(|()| start.elapsed().as_secs_f64())
         })
     });
     let parts = [
@@ -204,9 +216,24 @@ pub fn run() -> Result<()> {
         })?;
     }
 
-    let dev_tools = format!("{}{}", test_bin("dev_tools")?, test_bin("bisect")?);
+    let kunit_env = format!(
+        "KESTREL_KUNIT_OUT={} ",
+        shell_quote(&kunit_out.to_string_lossy())
+    );
+    let dev_tools = format!(
+        "{}{}{}",
+        test_bin_env("dev_tools", &kunit_env)?,
+        test_bin_env(
+            "splat_trace",
+            &format!(
+                "KESTREL_KERNEL=build:{} KESTREL_EXPECT_DEBUG_INFO=1 ",
+                shell_quote(&kunit_out.to_string_lossy())
+            )
+        )?,
+        test_bin("bisect")?
+    );
     timed(
-        "rig: kestrel kselftest, kestrel kunit (built on the host meanwhile), kestrel bisect",
+        "rig: kestrel kselftest, kestrel kunit (built on the host meanwhile), file:line in a trace, kestrel bisect",
         &mut || {
             let took = builds
                 .take()
@@ -245,11 +272,12 @@ pub fn run() -> Result<()> {
 /// What runner/tests/dev_tools.rs boots, built with the same commands a
 /// developer runs (`--build-only`, one make job): two selftest targets,
 /// the timers target, and the small KUnit configuration from Debian's 6.1
-/// source `src`; their
-/// output goes to `log`.
+/// source `src` (into `kunit_out`, with debug info: splat_trace boots it
+/// too); their output goes to `log`.
 fn dev_tool_builds(
     kestrel: &std::path::Path,
     src: &std::path::Path,
+    kunit_out: &std::path::Path,
     log: &std::path::Path,
 ) -> Result<()> {
     let out =
@@ -268,7 +296,9 @@ fn dev_tool_builds(
         .args(["kunit", "--build-only", "--jobs", "1", "--src"])
         .arg(src)
         .arg("--kunitconfig")
-        .arg(kunitconfig);
+        .arg(kunitconfig)
+        .arg("--out")
+        .arg(kunit_out);
     for mut cmd in [selftests("size,membarrier"), selftests("timers"), kunit] {
         let status = cmd
             .stdin(std::process::Stdio::null())
