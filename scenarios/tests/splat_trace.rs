@@ -10,9 +10,9 @@
 //! the kernel's vmlinux has debug info (a `build:DIR` made with
 //! `CONFIG_DEBUG_INFO_*`, as CI's KUnit kernel from
 //! runner/tests/data/small.kunitconfig), `write_sysrq_trigger`'s frame must
-//! end in `(drivers/tty/sysrq.c:LINE)` (relative to the source tree) and most vmlinux frames must carry a
-//! file:line; `KESTREL_EXPECT_DEBUG_INFO=1` makes a kernel without debug
-//! info a failure instead of a note.
+//! end in `(drivers/tty/sysrq.c:LINE)` (relative to the source tree) and
+//! most vmlinux frames must carry a file:line; `KESTREL_EXPECT_DEBUG_INFO=1`
+//! makes a kernel without debug info a failure instead of a note.
 //!
 //! Needs hardware-speed KVM (the nested rig): with `KESTREL_REAL_KVM_TESTS=1`
 //! and `KESTREL_BIN` set it runs; otherwise the trial is reported as

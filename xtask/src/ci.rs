@@ -135,9 +135,14 @@ pub fn run() -> Result<()> {
             .iter()
             .find(|(t, _)| *t == name)
             .with_context(|| format!("no rig test binary {name}"))?;
+        let label = if env.is_empty() {
+            format!("==> {name}")
+        } else {
+            format!("==> {name} ({})", env.trim())
+        };
         Ok(format!(
-            "echo '==> {name}{}'; {env}KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {} --test-threads 1 || rc=1\n",
-            if env.is_empty() { String::new() } else { format!(" ({})", env.trim()) },
+            "echo {}; {env}KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {} --test-threads 1 || rc=1\n",
+            shell_quote(&label),
             shell_quote(&k61.image.to_string_lossy()),
             shell_quote(&kestrel_bin.to_string_lossy()),
             shell_quote(&bin.1.to_string_lossy())
@@ -216,19 +221,13 @@ pub fn run() -> Result<()> {
         })?;
     }
 
-    let kunit_env = format!(
-        "KESTREL_KUNIT_OUT={} ",
-        shell_quote(&kunit_out.to_string_lossy())
-    );
+    let kunit_out_arg = shell_quote(&kunit_out.to_string_lossy());
     let dev_tools = format!(
         "{}{}{}",
-        test_bin_env("dev_tools", &kunit_env)?,
+        test_bin_env("dev_tools", &format!("KESTREL_KUNIT_OUT={kunit_out_arg} "))?,
         test_bin_env(
             "splat_trace",
-            &format!(
-                "KESTREL_KERNEL=build:{} KESTREL_EXPECT_DEBUG_INFO=1 ",
-                shell_quote(&kunit_out.to_string_lossy())
-            )
+            &format!("KESTREL_KERNEL=build:{kunit_out_arg} KESTREL_EXPECT_DEBUG_INFO=1 ")
         )?,
         test_bin("bisect")?
     );
