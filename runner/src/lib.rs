@@ -5,6 +5,7 @@
 //! - [`layout`] — every guest address, port and IRQ.
 //! - [`kvm`] — the only user of kvm-ioctls.
 //! - [`memory`] — guest RAM.
+//! - [`pagewalk`] — the guest's page tables walked on guest RAM (no KVM).
 //! - [`boot`] — bzImage (64-bit boot protocol) and ELF (PVH) loading, e820,
 //!   command line, initrd placement, boot GDT/page tables.
 //! - [`acpi`] — RSDP/XSDT/FADT/MADT/DSDT.
@@ -44,6 +45,7 @@ pub mod kvm;
 pub mod layout;
 pub mod log;
 pub mod memory;
+pub mod pagewalk;
 pub mod snapshot;
 pub mod terminal;
 pub mod timings;

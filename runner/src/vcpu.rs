@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, KVM_GUESTDBG_BLOCKIRQ,
+    KVM_INTERNAL_ERROR_EMULATION,
 };
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -37,13 +38,16 @@ use crate::layout;
 use crate::log;
 use crate::xsave;
 
-/// The port and memory buses every vCPU dispatches to.
+/// The port and memory buses every vCPU dispatches to, and guest RAM (read
+/// by a vCPU thread to report what it holds at `rip` when KVM gives up).
 #[derive(Debug)]
 pub struct Buses {
     /// Port I/O.
     pub pio: Bus,
     /// MMIO.
     pub mmio: Bus,
+    /// Guest RAM.
+    pub memory: crate::memory::GuestMemory,
 }
 
 /// Commands to a vCPU thread.
@@ -715,14 +719,78 @@ fn run_thread(
                     return VcpuEnd::TripleFault(Box::new(fault_report(&vcpu, id, &exits)))
                 }
                 Some(StepEnd::Internal) => {
-                    let error = vcpu.internal_error().to_string();
+                    let error = vcpu.internal_error();
+                    let mut text = error.to_string();
+                    if error.suberror == KVM_INTERNAL_ERROR_EMULATION && error.insn.is_empty() {
+                        // KVM could not even fetch the instruction: say
+                        // what the guest's own page tables and RAM hold.
+                        text = format!("{text}; {}", rip_in_guest_ram(&vcpu, &buses.memory));
+                    }
                     let report = fault_report(&vcpu, id, &exits);
-                    return VcpuEnd::InternalError(Box::new((error, report)));
+                    return VcpuEnd::InternalError(Box::new((text, report)));
                 }
                 Some(Ended(end)) => return end,
             },
             State::Exited => return VcpuEnd::Stopped,
         };
+    }
+}
+
+/// How an internal-error verdict begins to say that the guest's page
+/// tables in RAM do not map the code its vCPU was running.
+pub const UNMAPPED_RIP: &str = "the guest's page tables in RAM do not map rip";
+
+/// What the guest's RAM holds at the vCPU's `rip`, by kestrel's own walk
+/// of the guest's page tables (not KVM's): for an emulation failure where
+/// KVM could not fetch the instruction. It tells a KVM that could not read
+/// guest memory (the bytes are there) from guest RAM that does not map
+/// the code the vCPU was running (the rig's failures: runner/NOTES.md),
+/// and for a missing entry, whether its table maps anything else.
+fn rip_in_guest_ram(vcpu: &VcpuHandle, memory: &crate::memory::GuestMemory) -> String {
+    const CR0_PG: u64 = 1 << 31;
+    const SHOWN: usize = 8;
+    let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) else {
+        return "the vCPU's registers cannot be read".into();
+    };
+    let linear = if sregs.cs.l != 0 {
+        regs.rip
+    } else {
+        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+    };
+    let paging = crate::pagewalk::Paging {
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+    };
+    let found = if sregs.cr0 & CR0_PG == 0 {
+        let mut bytes = [0u8; SHOWN];
+        vm_memory::Bytes::read_slice(memory, &mut bytes, vm_memory::GuestAddress(linear))
+            .map(|()| (linear, bytes.to_vec()))
+            .map_err(|_| crate::pagewalk::WalkError::OutsideRam(linear))
+    } else {
+        crate::pagewalk::translate(memory, &paging, linear).and_then(|gpa| {
+            crate::pagewalk::read(memory, &paging, linear, SHOWN).map(|bytes| (gpa, bytes))
+        })
+    };
+    match found {
+        Ok((gpa, bytes)) => {
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "guest RAM at rip {linear:#x} (gpa {gpa:#x}): {}",
+                hex.join(" ")
+            )
+        }
+        Err(e) => {
+            let table = match e {
+                crate::pagewalk::WalkError::NotPresent { table, index, .. } => format!(
+                    " ({})",
+                    crate::pagewalk::table_summary(memory, table, index)
+                ),
+                _ => String::new(),
+            };
+            format!("{UNMAPPED_RIP} {linear:#x}: {e}{table}")
+        }
     }
 }
 

@@ -686,7 +686,11 @@ fn build(
             virtio_transports.push(transport);
         }
     }
-    let buses = Arc::new(Buses { pio, mmio });
+    let buses = Arc::new(Buses {
+        pio,
+        mmio,
+        memory: mem.clone(),
+    });
 
     let entry = match &config.boot {
         // The snapshot's RAM holds the kernel, initrd and ACPI tables.

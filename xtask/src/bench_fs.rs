@@ -51,7 +51,7 @@ pub struct FsArgs {
     pub here: bool,
 }
 
-const TAG: &str = "kestrel-root";
+pub const TAG: &str = "kestrel-root";
 const VMMS: [&str; 3] = ["kestrel", "qemu+virtiofsd", "qemu+virtiofs-lite"];
 const WORKLOADS: [&str; 6] = ["find", "read", "tar", "create", "unlink", "write"];
 /// Index of the sha256 workload (checked against the host, not across VMMs).
@@ -358,7 +358,7 @@ fn run_kestrel(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-enum Server<'a> {
+pub enum Server<'a> {
     Virtiofsd,
     Lite(&'a Path),
 }
@@ -412,8 +412,19 @@ fn run_qemu(
     Ok(String::from_utf8_lossy(&outcome.stdout).into_owned())
 }
 
+/// Starts `virtiofs-lite` (binary `bin`) sharing `/` read-only on
+/// `socket` (stress's `--root host`).
+pub fn start_lite(bin: &Path, socket: &Path) -> Result<Child> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--shared-dir", "/", "--tag", TAG])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    tools::spawn_on_socket(cmd, socket)
+}
+
 /// Starts a vhost-user-fs server sharing `/` on `socket`.
-fn start_server(server: &Server<'_>, socket: &Path) -> Result<Child> {
+pub fn start_server(server: &Server<'_>, socket: &Path) -> Result<Child> {
     let mut cmd = match server {
         Server::Virtiofsd => {
             let mut c = Command::new(tools::VIRTIOFSD);

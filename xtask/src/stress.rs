@@ -4,24 +4,25 @@
 //! on the place it runs (the nested rig) with numbers, not a guess.
 //!
 //! Both VMMs boot the same kernel and initramfs (our init running
-//! `/bin/true`, status on COM2) with the same vCPUs and memory. Each round
+//! `/bin/true`, or with `--execs N` a shell starting `/bin/true` N times,
+//! status on COM2) with the same vCPUs and memory. Each round
 //! starts `--jobs` boots of one VMM at once (two guests side by side is
 //! what `cargo xtask test` does in one L1), then the other VMM's round.
 //! A failed boot's stderr (kestrel: the verdict and, for a triple fault,
 //! the vCPU report) or console tail (QEMU) is kept under
 //! `target/kestrel/stress/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kestrel_initramfs::job::Status;
+use kestrel_initramfs::job::{Dest, Root, Spec, Status};
 
 use crate::guest;
-use crate::qemu::{Accel, Guest, Machine};
+use crate::qemu::{Accel, Guest, Machine, VhostUserFs};
 use crate::tools::{self, Qemu};
-use crate::{bench, paths};
+use crate::{bench, bench_fs, paths};
 
 /// `cargo xtask stress` arguments.
 #[derive(Debug, clap::Args)]
@@ -45,6 +46,24 @@ pub struct StressArgs {
     /// as `pci=off`, which QEMU pc's DSDT cannot boot with).
     #[arg(long, default_value = "")]
     pub kestrel_append: String,
+    /// The guest's job starts `/bin/true` this many times from a shell
+    /// (each start runs the dynamic loader's CPUIDs in user mode) instead
+    /// of once as the init's job.
+    #[arg(long, default_value_t = 0)]
+    pub execs: u32,
+    /// The guest's root: `initramfs` (the programs packed in it) or `host`
+    /// (this host's `/` over virtio-fs: kestrel's in-process device, and
+    /// QEMU-KVM with shared memory and our `virtiofs-lite` as its
+    /// vhost-user backend), so programs and their libraries are read
+    /// through virtio-fs.
+    #[arg(long, default_value = "initramfs")]
+    pub root: String,
+    /// With `--root host`, QEMU's vhost-user-fs server: `virtiofs-lite`
+    /// (ours, with QEMU ≥ 10 as everywhere in the rig) or `virtiofsd`
+    /// (Debian's, none of our code; it runs only with the system's QEMU
+    /// 7.2, so that QEMU is used).
+    #[arg(long, default_value = "virtiofs-lite")]
+    pub fs_server: String,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -63,9 +82,13 @@ pub fn run(args: &StressArgs) -> Result<()> {
         "microvm" => Machine::Microvm,
         other => bail!("--qemu-machine {other}: use pc or microvm"),
     };
+    let host_root = match args.root.as_str() {
+        "initramfs" => false,
+        "host" => true,
+        other => bail!("--root {other}: use initramfs or host"),
+    };
     let kestrel = guest::build_kestrel()?;
     let kernel = guest::kernel(&args.kernel)?;
-    let base = bench::true_base(&kernel)?;
     if !args.here && !guest::hardware_kvm(&kestrel) {
         return bench::in_rig(vec![
             "stress".into(),
@@ -81,15 +104,55 @@ pub fn run(args: &StressArgs) -> Result<()> {
             "--qemu-machine".into(),
             args.qemu_machine.clone(),
             format!("--kestrel-append={}", args.kestrel_append),
+            "--execs".into(),
+            args.execs.to_string(),
+            "--root".into(),
+            args.root.clone(),
+            "--fs-server".into(),
+            args.fs_server.clone(),
         ]);
     }
-    let qemu = tools::ensure_qemu()?;
+    let virtiofsd = match args.fs_server.as_str() {
+        "virtiofs-lite" => false,
+        "virtiofsd" => true,
+        other => bail!("--fs-server {other}: use virtiofs-lite or virtiofsd"),
+    };
+    let qemu = if host_root && virtiofsd {
+        tools::system_qemu()?
+    } else {
+        tools::ensure_qemu()?
+    };
     let dir = paths::kestrel_dir().join("stress");
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
-    bench::write_true_initrd(&base, &initrd)?;
+    let lite = if host_root {
+        let base = guest::base_initramfs(&guest::BaseSpec {
+            name: "stress-host-root",
+            kernel: &kernel,
+            modules: &["virtio_pci", "virtiofs"],
+            executables: &[],
+        })?;
+        let mut job = execs_job(args.execs.max(1));
+        job.root = Root::VirtioFs(bench_fs::TAG.into());
+        job.env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];
+        job.tmpfs = vec!["/tmp".into(), "/run".into(), "/var/tmp".into()];
+        guest::initrd_with_job(&base, &job, &initrd)?;
+        Some(guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?)
+    } else if args.execs == 0 {
+        bench::write_true_initrd(&bench::true_base(&kernel)?, &initrd)?;
+        None
+    } else {
+        let base = guest::base_initramfs(&guest::BaseSpec {
+            name: "stress-execs",
+            kernel: &kernel,
+            modules: &[],
+            executables: &[PathBuf::from("/bin/true"), PathBuf::from("/bin/sh")],
+        })?;
+        guest::initrd_with_job(&base, &execs_job(args.execs), &initrd)?;
+        None
+    };
     tools::step(format!(
-        "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}{}",
+        "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}{}{}{}",
         args.boots,
         args.qemu_machine,
         qemu.version,
@@ -103,8 +166,24 @@ pub fn run(args: &StressArgs) -> Result<()> {
                 ", kestrel's kernel arguments + `{}`",
                 args.kestrel_append.trim()
             )
+        },
+        if args.execs == 0 {
+            String::new()
+        } else {
+            format!(", {} starts of /bin/true per boot", args.execs)
+        },
+        match (host_root, virtiofsd) {
+            (false, _) => "",
+            (true, false) => ", the host's / over virtio-fs (QEMU: virtiofs-lite)",
+            (true, true) => ", the host's / over virtio-fs (QEMU: Debian's virtiofsd)",
         }
     ));
+    // vhost-user sockets: not on the rig's virtio-fs mounts, where
+    // binding a socket fails.
+    let sockets = tempfile::Builder::new()
+        .prefix("kestrel-stress-")
+        .tempdir()
+        .context("could not create a temporary directory")?;
     let setup = Setup {
         kestrel: &kestrel,
         qemu: &qemu,
@@ -113,6 +192,11 @@ pub fn run(args: &StressArgs) -> Result<()> {
         cpus: args.cpus,
         append: args.kestrel_append.trim(),
         dir: &dir,
+        lite: lite.as_deref(),
+        virtiofsd,
+        execs: args.execs.max(1),
+        kernel_spec: &args.kernel,
+        sockets: sockets.path(),
     };
     let vmms = [Vmm::Kestrel, Vmm::Qemu(machine)];
     let mut tally = [Tally::default(), Tally::default()];
@@ -173,6 +257,19 @@ struct Tally {
     failures: usize,
 }
 
+/// The `--execs N` job: a shell starting `/bin/true` N times.
+fn execs_job(n: u32) -> Spec {
+    Spec {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("i=0; while [ $i -lt {n} ]; do /bin/true || exit 1; i=$((i+1)); done"),
+        ],
+        status: Some(Dest::Path("/dev/ttyS1".into())),
+        ..Spec::default()
+    }
+}
+
 /// What every boot of a stress run shares.
 #[derive(Clone, Copy)]
 struct Setup<'a> {
@@ -184,6 +281,18 @@ struct Setup<'a> {
     /// Extra kernel arguments for kestrel's guests.
     append: &'a str,
     dir: &'a Path,
+    /// With `--root host`: the virtiofs-lite binary (kestrel's guests use
+    /// the host's root; QEMU's use it unless `virtiofsd`).
+    lite: Option<&'a Path>,
+    /// QEMU's guests use Debian's virtiofsd.
+    virtiofsd: bool,
+    /// `/bin/true` starts per boot with `--root host`.
+    execs: u32,
+    /// `--kernel` as given (kestrel finds its modules, virtio-fs among
+    /// them, from the spec).
+    kernel_spec: &'a str,
+    /// Where QEMU's vhost-user sockets go.
+    sockets: &'a Path,
 }
 
 enum Vmm {
@@ -209,6 +318,11 @@ impl Vmm {
             cpus,
             append: extra_args,
             dir,
+            lite,
+            virtiofsd,
+            execs,
+            kernel_spec,
+            sockets,
         } = *setup;
         let log = dir.join(format!(
             "{}-{}.log",
@@ -219,13 +333,14 @@ impl Vmm {
         ));
         match self {
             Vmm::Kestrel => {
-                let out = Command::new(kestrel)
-                    .arg("run")
-                    .arg("--kernel")
-                    .arg(kernel)
-                    .arg("--initrd")
-                    .arg(initrd)
-                    .arg("--console")
+                let mut cmd = Command::new(kestrel);
+                cmd.arg("run");
+                if lite.is_none() {
+                    cmd.arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
+                } else {
+                    cmd.arg("--kernel").arg(kernel_spec);
+                }
+                cmd.arg("--console")
                     .arg(&log)
                     .arg(format!("--append={extra_args}"))
                     .args([
@@ -235,7 +350,13 @@ impl Vmm {
                         &MEMORY_MIB.to_string(),
                         "--timeout",
                         &BOOT_LIMIT.as_secs().to_string(),
-                    ])
+                    ]);
+                if lite.is_some() {
+                    // kestrel's default root is the host's `/` over
+                    // virtio-fs: the same job as a command.
+                    cmd.arg("--").args(&execs_job(execs).argv);
+                }
+                let out = cmd
                     .stdin(Stdio::null())
                     .output()
                     .map_err(|e| format!("could not start kestrel: {e}"))?;
@@ -253,6 +374,20 @@ impl Vmm {
                 Err(format!("{why} (log: {})", log.display()))
             }
             Vmm::Qemu(machine) => {
+                let socket = sockets.join(format!(
+                    "fs-{}.sock",
+                    log.file_stem().unwrap_or_default().to_string_lossy()
+                ));
+                let mut server = match (lite, virtiofsd) {
+                    (Some(_), true) => Some(
+                        bench_fs::start_server(&bench_fs::Server::Virtiofsd, &socket)
+                            .map_err(|e| format!("{e:#}"))?,
+                    ),
+                    (Some(bin), false) => {
+                        Some(bench_fs::start_lite(bin, &socket).map_err(|e| format!("{e:#}"))?)
+                    }
+                    (None, _) => None,
+                };
                 let guest = Guest {
                     accel: Accel::Kvm,
                     machine: *machine,
@@ -262,15 +397,24 @@ impl Vmm {
                     kernel: kernel.to_path_buf(),
                     initrd: initrd.to_path_buf(),
                     append: bench::QEMU_APPEND.into(),
-                    shared_memory: false,
-                    fs: None,
+                    shared_memory: lite.is_some(),
+                    fs: lite.map(|_| VhostUserFs {
+                        socket: socket.clone(),
+                        tag: bench_fs::TAG.into(),
+                    }),
                     ports: None,
                     echo_console: false,
                     kill_on_lockup: false,
                     timeout: BOOT_LIMIT,
                     silence: Duration::from_secs(60),
                 };
-                let outcome = guest.run(qemu).map_err(|e| format!("{e:#}"))?;
+                let outcome = guest.run(qemu);
+                if let Some(server) = &mut server {
+                    let _ = server.kill();
+                    let _ = server.wait();
+                    let _ = std::fs::remove_file(&socket);
+                }
+                let outcome = outcome.map_err(|e| format!("{e:#}"))?;
                 if outcome.status == Some(Status::Exit(0)) {
                     return Ok(());
                 }
@@ -278,7 +422,17 @@ impl Vmm {
                     &log,
                     [outcome.console.as_slice(), outcome.qemu_log.as_bytes()].concat(),
                 );
-                Err(format!("{} (log: {})", outcome.describe(), log.display()))
+                // QEMU stops a vCPU on KVM's emulation failure and waits.
+                let internal = if outcome.qemu_log.contains("emulation failure") {
+                    " after a KVM emulation failure"
+                } else {
+                    ""
+                };
+                Err(format!(
+                    "{}{internal} (log: {})",
+                    outcome.describe(),
+                    log.display()
+                ))
             }
         }
     }
@@ -312,6 +466,30 @@ pub fn wilson(failures: usize, n: usize) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_execs_job_starts_true_n_times_and_fails_if_one_fails() {
+        let job = execs_job(3);
+        assert_eq!(job.argv[..2], ["/bin/sh", "-c"]);
+        let script = &job.argv[2];
+        // Run the same script on the host, with `true` swapped for a
+        // counter, then for a program that fails.
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let counting = script.replace("/bin/true", &format!("echo x >> {}", count.display()));
+        let ok = Command::new("/bin/sh")
+            .args(["-c", &counting])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 3);
+        let failing = script.replace("/bin/true", "/bin/false");
+        let bad = Command::new("/bin/sh")
+            .args(["-c", &failing])
+            .status()
+            .unwrap();
+        assert_eq!(bad.code(), Some(1));
+    }
 
     #[test]
     fn wilson_intervals_match_known_values() {
