@@ -221,7 +221,11 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
                 ),
                 End::Exited(_) => outcome.describe(),
             };
-            eprintln!("rig failure: {why}; the last lines of L1's kernel log:");
+            let whole = match save_l1_log(&paths::kestrel_dir().join("rig"), &outcome.console) {
+                Ok(path) => format!(" (all of it: {})", path.display()),
+                Err(e) => format!(" (could not keep all of it: {e:#})"),
+            };
+            eprintln!("rig failure: {why}; the last lines of L1's kernel log{whole}:");
             eprintln!("{}", outcome.console_tail(30));
             let qemu_errors: Vec<&str> = outcome
                 .qemu_log
@@ -239,6 +243,44 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         outcome.wall.as_secs_f64()
     ));
     Ok(exit)
+}
+
+/// How many L1 kernel logs of failed rigs are kept.
+const L1_LOGS_KEPT: usize = 20;
+
+/// Keeps L1's whole kernel log of a failed rig in `dir` (the tail printed
+/// on the terminal loses the first fault of a long oops), as
+/// `l1-<unix seconds>-<pid>.log`, and deletes all but the newest
+/// [`L1_LOGS_KEPT`].
+fn save_l1_log(dir: &Path, console: &[u8]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = dir.join(format!("l1-{secs:012}-{}.log", std::process::id()));
+    std::fs::write(&path, console).with_context(|| format!("cannot write {}", path.display()))?;
+    keep_newest(dir, L1_LOGS_KEPT);
+    Ok(path)
+}
+
+/// Deletes all but the `n` last (by name) `l1-*.log` files in `dir`.
+fn keep_newest(dir: &Path, n: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("l1-") && n.ends_with(".log"))
+        })
+        .collect();
+    logs.sort();
+    let extra = logs.len().saturating_sub(n);
+    for old in &logs[..extra] {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 /// The host paths CMD may write, created if missing, nested ones dropped.
@@ -300,6 +342,27 @@ fn start_fs_server(server: &Path, socket: &Path, log: &Path) -> Result<Child> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_rigs_keep_l1_logs_and_only_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, "not a log").unwrap();
+        for i in 0..(L1_LOGS_KEPT + 3) {
+            std::fs::write(dir.path().join(format!("l1-{i:012}-1.log")), "old").unwrap();
+        }
+        let path = save_l1_log(dir.path(), b"[ 1.0] first fault\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"[ 1.0] first fault\n");
+        let logs: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("l1-"))
+            .collect();
+        assert_eq!(logs.len(), L1_LOGS_KEPT);
+        // The oldest went, the new one stayed, other files are untouched.
+        assert!(!dir.path().join("l1-000000000000-1.log").exists());
+        assert!(path.exists() && other.exists());
+    }
 
     #[test]
     fn nested_writable_paths_collapse_to_the_outer_one() {
