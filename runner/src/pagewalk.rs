@@ -1,6 +1,6 @@
 //! The guest's own page tables walked on guest memory (x86-64 long mode,
-//! 4- and 5-level paging), independent of KVM's walker: for completing an
-//! instruction KVM failed to skip, and for saying why when it cannot be.
+//! 4- and 5-level paging), independent of KVM's walker: for saying what
+//! guest RAM holds at `rip` when KVM could not fetch an instruction.
 //!
 //! Invariant: every read goes through `GuestMemory` and is bounds-checked
 //! there; a hostile page table (an entry pointing outside RAM, a loop)

@@ -781,16 +781,13 @@ fn rip_in_guest_ram(vcpu: &VcpuHandle, memory: &crate::memory::GuestMemory) -> S
                 hex.join(" ")
             )
         }
-        Err(e) => {
-            let table = match e {
-                crate::pagewalk::WalkError::NotPresent { table, index, .. } => format!(
-                    " ({})",
-                    crate::pagewalk::table_summary(memory, table, index)
-                ),
-                _ => String::new(),
-            };
-            format!("{UNMAPPED_RIP} {linear:#x}: {e}{table}")
-        }
+        Err(e @ crate::pagewalk::WalkError::NotPresent { table, index, .. }) => format!(
+            "{UNMAPPED_RIP} {linear:#x}: {e} ({})",
+            crate::pagewalk::table_summary(memory, table, index)
+        ),
+        // Not the rig's missing entry: a mode or a table this walk cannot
+        // follow, which must not read as one.
+        Err(e) => format!("kestrel cannot walk the guest's page tables to rip {linear:#x}: {e}"),
     }
 }
 

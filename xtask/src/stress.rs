@@ -125,7 +125,8 @@ pub fn run(args: &StressArgs) -> Result<()> {
     let dir = paths::kestrel_dir().join("stress");
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
-    let lite = if host_root {
+    let lite;
+    let host_fs = if host_root {
         let base = guest::base_initramfs(&guest::BaseSpec {
             name: "stress-host-root",
             kernel: &kernel,
@@ -137,7 +138,12 @@ pub fn run(args: &StressArgs) -> Result<()> {
         job.env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];
         job.tmpfs = vec!["/tmp".into(), "/run".into(), "/var/tmp".into()];
         guest::initrd_with_job(&base, &job, &initrd)?;
-        Some(guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?)
+        Some(if virtiofsd {
+            bench_fs::Server::Virtiofsd
+        } else {
+            lite = guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?;
+            bench_fs::Server::Lite(&lite)
+        })
     } else if args.execs == 0 {
         bench::write_true_initrd(&bench::true_base(&kernel)?, &initrd)?;
         None
@@ -172,10 +178,13 @@ pub fn run(args: &StressArgs) -> Result<()> {
         } else {
             format!(", {} starts of /bin/true per boot", args.execs)
         },
-        match (host_root, virtiofsd) {
-            (false, _) => "",
-            (true, false) => ", the host's / over virtio-fs (QEMU: virtiofs-lite)",
-            (true, true) => ", the host's / over virtio-fs (QEMU: Debian's virtiofsd)",
+        match &host_fs {
+            None => "",
+            Some(bench_fs::Server::Lite(_)) =>
+                ", the host's / over virtio-fs (QEMU: virtiofs-lite)",
+            Some(bench_fs::Server::Virtiofsd) => {
+                ", the host's / over virtio-fs (QEMU: Debian's virtiofsd)"
+            }
         }
     ));
     // vhost-user sockets: not on the rig's virtio-fs mounts, where
@@ -192,8 +201,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
         cpus: args.cpus,
         append: args.kestrel_append.trim(),
         dir: &dir,
-        lite: lite.as_deref(),
-        virtiofsd,
+        host_fs: host_fs.as_ref(),
         execs: args.execs.max(1),
         kernel_spec: &args.kernel,
         sockets: sockets.path(),
@@ -281,11 +289,9 @@ struct Setup<'a> {
     /// Extra kernel arguments for kestrel's guests.
     append: &'a str,
     dir: &'a Path,
-    /// With `--root host`: the virtiofs-lite binary (kestrel's guests use
-    /// the host's root; QEMU's use it unless `virtiofsd`).
-    lite: Option<&'a Path>,
-    /// QEMU's guests use Debian's virtiofsd.
-    virtiofsd: bool,
+    /// With `--root host`: the server of QEMU's guests (kestrel's guests
+    /// use the host's root over kestrel's own device).
+    host_fs: Option<&'a bench_fs::Server<'a>>,
     /// `/bin/true` starts per boot with `--root host`.
     execs: u32,
     /// `--kernel` as given (kestrel finds its modules, virtio-fs among
@@ -318,8 +324,7 @@ impl Vmm {
             cpus,
             append: extra_args,
             dir,
-            lite,
-            virtiofsd,
+            host_fs,
             execs,
             kernel_spec,
             sockets,
@@ -334,11 +339,11 @@ impl Vmm {
         match self {
             Vmm::Kestrel => {
                 let mut cmd = Command::new(kestrel);
-                cmd.arg("run");
-                if lite.is_none() {
-                    cmd.arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
+                cmd.arg("run").arg("--kernel");
+                if host_fs.is_none() {
+                    cmd.arg(kernel).arg("--initrd").arg(initrd);
                 } else {
-                    cmd.arg("--kernel").arg(kernel_spec);
+                    cmd.arg(kernel_spec);
                 }
                 cmd.arg("--console")
                     .arg(&log)
@@ -351,7 +356,7 @@ impl Vmm {
                         "--timeout",
                         &BOOT_LIMIT.as_secs().to_string(),
                     ]);
-                if lite.is_some() {
+                if host_fs.is_some() {
                     // kestrel's default root is the host's `/` over
                     // virtio-fs: the same job as a command.
                     cmd.arg("--").args(&execs_job(execs).argv);
@@ -378,15 +383,15 @@ impl Vmm {
                     "fs-{}.sock",
                     log.file_stem().unwrap_or_default().to_string_lossy()
                 ));
-                let mut server = match (lite, virtiofsd) {
-                    (Some(_), true) => Some(
+                let mut server = match host_fs {
+                    Some(bench_fs::Server::Virtiofsd) => Some(
                         bench_fs::start_server(&bench_fs::Server::Virtiofsd, &socket)
                             .map_err(|e| format!("{e:#}"))?,
                     ),
-                    (Some(bin), false) => {
+                    Some(bench_fs::Server::Lite(bin)) => {
                         Some(bench_fs::start_lite(bin, &socket).map_err(|e| format!("{e:#}"))?)
                     }
-                    (None, _) => None,
+                    None => None,
                 };
                 let guest = Guest {
                     accel: Accel::Kvm,
@@ -397,8 +402,8 @@ impl Vmm {
                     kernel: kernel.to_path_buf(),
                     initrd: initrd.to_path_buf(),
                     append: bench::QEMU_APPEND.into(),
-                    shared_memory: lite.is_some(),
-                    fs: lite.map(|_| VhostUserFs {
+                    shared_memory: host_fs.is_some(),
+                    fs: host_fs.map(|_| VhostUserFs {
                         socket: socket.clone(),
                         tag: bench_fs::TAG.into(),
                     }),
