@@ -318,7 +318,8 @@ impl Engine {
     }
 
     /// Every queue the device serves: control first, then each port's
-    /// output, then input waiting for receive buffers.
+    /// output, then input waiting for receive buffers (and each receive
+    /// queue's notification flag set to whether input waits: [`want_buffers`]).
     fn notify_all(&mut self) {
         self.notify(CONTROL_TX);
         self.notify(CONTROL_RX);
@@ -326,9 +327,7 @@ impl Engine {
             self.notify(rx_queue(p) + 1);
         }
         for p in 0..self.ports.len() {
-            if !self.ports[p].input.is_empty() {
-                self.notify(rx_queue(p));
-            }
+            self.notify(rx_queue(p));
         }
     }
 
@@ -387,9 +386,6 @@ impl Engine {
             return Ok(());
         };
         let port = &mut self.ports[p];
-        if port.input.is_empty() {
-            return Ok(());
-        }
         let mem = r.mem.clone();
         let queue = &mut r.queues[q];
         if !queue.ready() {
@@ -397,22 +393,27 @@ impl Engine {
         }
         let mut used = 0;
         let result = (|| -> Result<(), QueueError> {
-            while !port.input.is_empty() {
-                let Some(chain) = queue.iter(&mem)?.next() else {
-                    break;
-                };
-                let bufs = Buffers::of(chain, &mem)?;
-                let written = bufs.write(&mem, port.input.make_contiguous());
-                port.input.drain(..written);
-                queue.add_used(&mem, bufs.head, written as u32)?;
-                used += 1;
-                if written == 0 {
-                    // A chain with no room: the driver's mistake; stop
-                    // rather than spin through its buffers.
-                    break;
+            loop {
+                while !port.input.is_empty() {
+                    let Some(chain) = queue.iter(&mem)?.next() else {
+                        break;
+                    };
+                    let bufs = Buffers::of(chain, &mem)?;
+                    let written = bufs.write(&mem, port.input.make_contiguous());
+                    port.input.drain(..written);
+                    queue.add_used(&mem, bufs.head, written as u32)?;
+                    used += 1;
+                    if written == 0 {
+                        // A chain with no room: the driver's mistake; stop
+                        // rather than spin through its buffers.
+                        queue.enable_notification(&mem)?;
+                        return Ok(());
+                    }
+                }
+                if !want_buffers(queue, &mem, !port.input.is_empty())? {
+                    return Ok(());
                 }
             }
-            Ok(())
         })();
         if used > 0 {
             r.interrupt.signal_used_queue();
@@ -510,28 +511,50 @@ impl Engine {
         let queue = &mut r.queues[CONTROL_RX];
         let mut used = 0;
         let result = (|| -> Result<(), QueueError> {
-            while let Some(message) = r.pending.front() {
-                let Some(chain) = queue.iter(&mem)?.next() else {
-                    break;
-                };
-                let bufs = Buffers::of(chain, &mem)?;
-                let written = bufs.write(&mem, message);
-                if written < message.len() {
-                    log::debug(format_args!(
-                        "virtio-console: control buffer too small ({written} of {} bytes)",
-                        message.len()
-                    ));
+            loop {
+                while let Some(message) = r.pending.front() {
+                    let Some(chain) = queue.iter(&mem)?.next() else {
+                        break;
+                    };
+                    let bufs = Buffers::of(chain, &mem)?;
+                    let written = bufs.write(&mem, message);
+                    if written < message.len() {
+                        log::debug(format_args!(
+                            "virtio-console: control buffer too small ({written} of {} bytes)",
+                            message.len()
+                        ));
+                    }
+                    queue.add_used(&mem, bufs.head, written as u32)?;
+                    r.pending.pop_front();
+                    used += 1;
                 }
-                queue.add_used(&mem, bufs.head, written as u32)?;
-                r.pending.pop_front();
-                used += 1;
+                if !want_buffers(queue, &mem, !r.pending.is_empty())? {
+                    return Ok(());
+                }
             }
-            Ok(())
         })();
         if used > 0 {
             r.interrupt.signal_used_queue();
         }
         result
+    }
+}
+
+/// Sets a receive queue's notification suppression: the driver is asked
+/// to notify only while the device holds data for that queue (`waiting`)
+/// and no buffer to put it in. Otherwise `VRING_USED_F_NO_NOTIFY` stays
+/// set and the device reads the available ring whenever it has something
+/// to deliver. (Linux's `fill_queue` adds receive buffers one at a time
+/// with a notify after each: 128 notifies per queue at probe, each an MMIO
+/// exit, emulated by L1's KVM in a nested guest — 0.6 s of a 3.4 s boot in
+/// the rig.) Returns whether the driver added buffers meanwhile: deliver
+/// again.
+fn want_buffers(queue: &mut Queue, mem: &GuestMemory, waiting: bool) -> Result<bool, QueueError> {
+    if waiting {
+        Ok(queue.enable_notification(mem)?)
+    } else {
+        queue.disable_notification(mem)?;
+        Ok(false)
     }
 }
 
@@ -1002,6 +1025,66 @@ mod tests {
         rig.mem.read_slice(&mut b, GuestAddress(z)).unwrap();
         assert_eq!(&b, b"z");
         assert!(!rig.needs_reset());
+    }
+
+    #[test]
+    fn receive_queues_ask_for_notifies_only_while_input_waits() {
+        const WINSIZE_RX: usize = 4;
+        let console = Console::new(vec![
+            Port::new(STDOUT_PORT, Box::new(Capture::default())),
+            Port::input_only("kestrel.winsize"),
+        ])
+        .unwrap();
+        let winsize = console.input("kestrel.winsize").unwrap();
+        let mut rig = Rig::on(console, None, Capture::default(), Capture::default());
+        // VRING_USED_F_NO_NOTIFY, as the driver reads it before a notify.
+        let no_notify = |rig: &Rig, q: usize| {
+            let flags: u16 = rig
+                .mem
+                .read_obj(GuestAddress(rig.q[q].used_addr()))
+                .unwrap();
+            flags & 1 != 0
+        };
+        // Receive queues (port 0, control, port 1) are quiet from DRIVER_OK;
+        // transmit queues are not.
+        for q in [0, CTRL_RX, WINSIZE_RX] {
+            assert!(no_notify(&rig, q), "receive queue {q}");
+        }
+        for q in [OUT_TX, CTRL_TX, WINSIZE_RX + 1] {
+            assert!(!no_notify(&rig, q), "transmit queue {q}");
+        }
+        // Control buffers offered without a notify still carry the replies.
+        let mut addrs: VecDeque<u64> = (0..4)
+            .map(|_| rig.q[CTRL_RX].add_in(&rig.mem, 64))
+            .collect();
+        rig.send_control(BAD_ID, event::DEVICE_READY, 1);
+        assert_eq!(
+            rig.received(&mut addrs),
+            [
+                control(0, event::DEVICE_ADD, 1),
+                control(1, event::DEVICE_ADD, 1)
+            ]
+        );
+        assert!(no_notify(&rig, CTRL_RX));
+        // Input with no receive buffer asks for a notify…
+        winsize.send(b"40 132\n");
+        assert!(!no_notify(&rig, WINSIZE_RX));
+        let buf = rig.q[WINSIZE_RX].add_in(&rig.mem, 64);
+        rig.q[WINSIZE_RX].kick(&mut rig.t);
+        assert_eq!(rig.q[WINSIZE_RX].used(&rig.mem), vec![(0, 7)]);
+        let mut b = [0u8; 7];
+        rig.mem.read_slice(&mut b, GuestAddress(buf)).unwrap();
+        assert_eq!(&b, b"40 132\n");
+        // …and once it is delivered the queue is quiet again; a buffer
+        // offered without a notify takes the next input.
+        assert!(no_notify(&rig, WINSIZE_RX));
+        let buf = rig.q[WINSIZE_RX].add_in(&rig.mem, 64);
+        winsize.send(b"1 2\n");
+        assert_eq!(rig.q[WINSIZE_RX].used(&rig.mem), vec![(1, 4)]);
+        let mut b = [0u8; 4];
+        rig.mem.read_slice(&mut b, GuestAddress(buf)).unwrap();
+        assert_eq!(&b, b"1 2\n");
+        assert!(no_notify(&rig, WINSIZE_RX) && !rig.needs_reset());
     }
 
     #[test]
