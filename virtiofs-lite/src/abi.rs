@@ -16,6 +16,9 @@ pub const MIN_MINOR: u32 = 31;
 pub const KERNEL_MINOR_VERSION: u32 = 31;
 /// The node id of the file system root.
 pub const ROOT_ID: u64 = 1;
+/// `fuse_open_out.open_flags`: the kernel keeps the file's cached pages at
+/// this open instead of dropping them.
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
 /// Request opcodes (`enum fuse_opcode`).
 #[allow(missing_docs)]

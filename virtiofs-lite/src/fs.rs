@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::abi::ROOT_ID;
 use crate::sys::{self, Errno, SysResult};
@@ -64,6 +65,12 @@ pub struct FsConfig {
     pub max_open_inodes: usize,
     /// Upper bound on open file and directory handles (the guest's opens).
     pub max_handles: usize,
+    /// How long a file must have gone unchanged (its ctime that far in the
+    /// past) before an open may tell the guest to keep the data it cached
+    /// (see [`PassthroughFs::open`]). Longer than the host's timestamp
+    /// granularity, so a change right after a stamp is taken always moves
+    /// the ctime.
+    pub data_cache_after: Duration,
 }
 
 impl Default for FsConfig {
@@ -74,6 +81,7 @@ impl Default for FsConfig {
             owner: None,
             max_open_inodes: (nofile / 4).clamp(16, 16384),
             max_handles: (nofile / 2).clamp(16, 65536),
+            data_cache_after: Duration::from_secs(2),
         }
     }
 }
@@ -153,6 +161,40 @@ struct Inode {
     /// inode's type never changes, so opens need no fstat to check it).
     kind: u32,
     tick: u64,
+    /// What the file looked like at the last open, if it had been stable
+    /// then ([`CacheStamp::of`]): the guest's cached data is from no
+    /// earlier than that open.
+    stamp: Option<CacheStamp>,
+}
+
+/// A regular file's size and change times, which any change of its data
+/// moves (mtime, and ctime, which no caller can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStamp {
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl CacheStamp {
+    /// The stamp of `st`, if its last change is at least `settled` before
+    /// `now`: only then does any later change leave a different stamp
+    /// (timestamps are coarse, so a change in the same tick as the last
+    /// one may leave mtime and ctime as they were).
+    pub fn of(st: &libc::stat64, now: SystemTime, settled: Duration) -> Option<CacheStamp> {
+        let ctime = UNIX_EPOCH.checked_add(Duration::new(
+            u64::try_from(st.st_ctime).ok()?,
+            u32::try_from(st.st_ctime_nsec).ok()?,
+        ))?;
+        if now.duration_since(ctime).ok()? < settled {
+            return None;
+        }
+        Some(CacheStamp {
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })
+    }
 }
 
 /// The longest parent chain we follow when re-opening (guards against a
@@ -194,6 +236,7 @@ impl InodeTable {
                 fd: Some(Arc::new(root_fd)),
                 kind: libc::S_IFDIR,
                 tick: 0,
+                stamp: None,
             },
         );
         t.by_key.insert(root_key, ROOT_ID);
@@ -315,6 +358,7 @@ impl InodeTable {
                 fd: None,
                 kind,
                 tick: 0,
+                stamp: None,
             },
         );
         if let Some(p) = self.nodes.get_mut(&parent) {
@@ -483,6 +527,8 @@ pub struct PassthroughFs {
     owner: Option<(u32, u32)>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HandleTable>,
+    /// [`FsConfig::data_cache_after`].
+    data_cache_after: Duration,
     /// Directories READDIR reaches by node, without a handle: the kernel
     /// skips OPENDIR/RELEASEDIR once the server answers OPENDIR with
     /// ENOSYS (FUSE_NO_OPENDIR_SUPPORT), then sends READDIR with fh 0.
@@ -569,6 +615,7 @@ impl PassthroughFs {
                 next: 1,
                 max: cfg.max_handles,
             }),
+            data_cache_after: cfg.data_cache_after,
             node_dirs: Mutex::new(Vec::new()),
         })
     }
@@ -746,11 +793,35 @@ impl PassthroughFs {
     }
 
     /// OPEN: a handle for reading (and writing, on a writable share).
-    pub fn open(&self, id: u64, flags: u32) -> SysResult<u64> {
+    ///
+    /// Also says whether the guest may keep the data it cached for this
+    /// file (`FOPEN_KEEP_CACHE`): only when the file is exactly as it was
+    /// at the previous open and had been unchanged for
+    /// [`FsConfig::data_cache_after`] then. Otherwise the guest drops its
+    /// cached pages at this open (close-to-open consistency, as
+    /// virtiofsd's `cache=auto`), and a program started again and again
+    /// does not read its binary and libraries anew each time.
+    pub fn open(&self, id: u64, flags: u32) -> SysResult<(u64, bool)> {
         let flags = self.open_flags(flags)?;
         let (fd, kind, _) = self.fd_kind(id)?;
         let file = self.reopen(fd.as_fd(), kind, flags, false)?;
-        self.add_handle(FileHandle::handle(file, false))
+        let keep = kind == libc::S_IFREG && self.keep_cache(id, file.as_fd());
+        Ok((self.add_handle(FileHandle::handle(file, false))?, keep))
+    }
+
+    /// Records the file's stamp at this open; whether it matches the last.
+    fn keep_cache(&self, id: u64, file: BorrowedFd<'_>) -> bool {
+        let Ok(st) = sys::fstat(file) else {
+            return false;
+        };
+        let now = CacheStamp::of(&st, SystemTime::now(), self.data_cache_after);
+        let mut t = lock(&self.inodes);
+        let Some(node) = t.nodes.get_mut(&id) else {
+            return false;
+        };
+        let keep = now.is_some() && node.stamp == now;
+        node.stamp = now;
+        keep
     }
 
     /// READ: up to `size` bytes at `offset`.
@@ -1186,4 +1257,40 @@ fn drop_privilege(fd: BorrowedFd<'_>, path: &CStr) -> SysResult<()> {
         return Ok(());
     }
     sys::chmod_proc(path, st.st_mode & 0o7777 & !strip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(size: i64, mtime: i64, ctime: i64) -> libc::stat64 {
+        // SAFETY: stat64 is plain data; all zeroes is a valid value.
+        let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+        (st.st_size, st.st_mtime, st.st_ctime) = (size, mtime, ctime);
+        st
+    }
+
+    #[test]
+    fn a_stamp_is_taken_only_once_the_file_has_settled() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let settled = Duration::from_secs(2);
+        assert!(CacheStamp::of(&stat(5, 990, 990), now, settled).is_some());
+        assert!(CacheStamp::of(&stat(5, 990, 998), now, settled).is_some());
+        assert!(
+            CacheStamp::of(&stat(5, 990, 999), now, settled).is_none(),
+            "changed 1 s ago"
+        );
+        assert!(
+            CacheStamp::of(&stat(5, 990, 1_500), now, settled).is_none(),
+            "in the future"
+        );
+        assert!(
+            CacheStamp::of(&stat(5, 990, -1), now, settled).is_none(),
+            "before 1970"
+        );
+        let a = CacheStamp::of(&stat(5, 990, 990), now, settled);
+        assert_ne!(a, CacheStamp::of(&stat(6, 990, 990), now, settled), "size");
+        assert_ne!(a, CacheStamp::of(&stat(5, 991, 990), now, settled), "mtime");
+        assert_ne!(a, CacheStamp::of(&stat(5, 990, 991), now, settled), "ctime");
+    }
 }

@@ -385,9 +385,10 @@ impl Server {
             }
             op::OPEN => {
                 let a: abi::OpenIn = arg(d)?;
-                let fh = fs.open(node, a.flags)?;
+                let (fh, keep_cache) = fs.open(node, a.flags)?;
                 Ok(encoded(&abi::OpenOut {
                     fh,
+                    open_flags: if keep_cache { abi::FOPEN_KEEP_CACHE } else { 0 },
                     ..Default::default()
                 }))
             }

@@ -344,6 +344,7 @@ fn nofile_child(mode: &str) {
             owner: None,
             max_open_inodes: if bounded { 16 } else { 1 << 20 },
             max_handles: 16,
+            ..FsConfig::default()
         },
         ..ServerConfig::default()
     };
@@ -1253,4 +1254,63 @@ fn a_full_host_file_system_is_enospc_and_counted() {
     assert_eq!(c.server.no_space_replies(), errors.len() as u64);
     c.release(entry.nodeid, fh, false);
     assert_eq!(std::fs::metadata(share.join("big")).unwrap().len(), written);
+}
+
+/// Whether OPEN of `node` tells the kernel to keep its cached pages.
+fn keeps_cache(c: &mut Client, node: u64) -> bool {
+    let out = c.open_out(node, libc::O_RDONLY).expect("open");
+    let mut release = Vec::new();
+    abi::ReleaseIn {
+        fh: out.fh,
+        ..Default::default()
+    }
+    .encode(&mut release);
+    assert_eq!(c.call(op::RELEASE, node, &release).0, 0);
+    out.open_flags & abi::FOPEN_KEEP_CACHE != 0
+}
+
+#[test]
+fn the_guests_page_cache_is_kept_only_for_a_file_unchanged_since_its_last_open() {
+    let share = tempfile::tempdir().unwrap();
+    let lib = share.path().join("libc.so.6");
+    std::fs::write(&lib, b"version 1").unwrap();
+    let settled = |after: std::time::Duration| ServerConfig {
+        fs: FsConfig {
+            data_cache_after: after,
+            ..FsConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut c = Client::with_config(share.path(), settled(std::time::Duration::ZERO));
+    let node = c.lookup(abi::ROOT_ID, "libc.so.6").unwrap().nodeid;
+    assert!(
+        !keeps_cache(&mut c, node),
+        "first open: nothing cached to keep"
+    );
+    assert!(keeps_cache(&mut c, node), "unchanged since the last open");
+    assert!(keeps_cache(&mut c, node));
+    // New data of another size: dropped, then kept again.
+    std::fs::write(&lib, b"version 2, longer").unwrap();
+    assert!(!keeps_cache(&mut c, node), "size changed");
+    assert!(keeps_cache(&mut c, node));
+    // Same size, another mtime (timestamps are coarse: set it outright).
+    std::fs::write(&lib, b"version 3, longer").unwrap();
+    let old = std::fs::FileTimes::new().set_modified(std::time::UNIX_EPOCH);
+    std::fs::File::options()
+        .write(true)
+        .open(&lib)
+        .unwrap()
+        .set_times(old)
+        .unwrap();
+    assert!(!keeps_cache(&mut c, node), "mtime changed");
+    assert!(keeps_cache(&mut c, node));
+    // A file changed within the settling time is never kept: a change in
+    // the same timestamp tick could leave its stamp as it was.
+    let mut c = Client::with_config(share.path(), settled(std::time::Duration::from_secs(3600)));
+    let node = c.lookup(abi::ROOT_ID, "libc.so.6").unwrap().nodeid;
+    assert!(!keeps_cache(&mut c, node));
+    assert!(
+        !keeps_cache(&mut c, node),
+        "changed less than the settling time ago"
+    );
 }

@@ -150,12 +150,17 @@ impl Client {
     }
 
     pub fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
+        self.open_out(node, flags).map(|o| o.fh)
+    }
+
+    /// OPEN's whole reply (handle and open flags).
+    pub fn open_out(&mut self, node: u64, flags: i32) -> Result<abi::OpenOut, i32> {
         let body = enc(&abi::OpenIn {
             flags: flags as u32,
             open_flags: 0,
         });
         match self.call(op::OPEN, node, &body) {
-            (0, p) => Ok(abi::OpenOut::from_bytes(&p).expect("open").fh),
+            (0, p) => Ok(abi::OpenOut::from_bytes(&p).expect("open")),
             (e, _) => Err(e),
         }
     }
