@@ -170,7 +170,7 @@ struct Inode {
 /// A regular file's size and change times, which any change of its data
 /// moves (mtime, and ctime, which no caller can set back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheStamp {
+struct CacheStamp {
     size: i64,
     mtime: (i64, i64),
     ctime: (i64, i64),
@@ -181,7 +181,7 @@ impl CacheStamp {
     /// `now`: only then does any later change leave a different stamp
     /// (timestamps are coarse, so a change in the same tick as the last
     /// one may leave mtime and ctime as they were).
-    pub fn of(st: &libc::stat64, now: SystemTime, settled: Duration) -> Option<CacheStamp> {
+    fn of(st: &libc::stat64, now: SystemTime, settled: Duration) -> Option<CacheStamp> {
         let ctime = UNIX_EPOCH.checked_add(Duration::new(
             u64::try_from(st.st_ctime).ok()?,
             u32::try_from(st.st_ctime_nsec).ok()?,

@@ -1259,13 +1259,7 @@ fn a_full_host_file_system_is_enospc_and_counted() {
 /// Whether OPEN of `node` tells the kernel to keep its cached pages.
 fn keeps_cache(c: &mut Client, node: u64) -> bool {
     let out = c.open_out(node, libc::O_RDONLY).expect("open");
-    let mut release = Vec::new();
-    abi::ReleaseIn {
-        fh: out.fh,
-        ..Default::default()
-    }
-    .encode(&mut release);
-    assert_eq!(c.call(op::RELEASE, node, &release).0, 0);
+    c.release(node, out.fh, false);
     out.open_flags & abi::FOPEN_KEEP_CACHE != 0
 }
 

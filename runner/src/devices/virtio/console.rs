@@ -318,8 +318,7 @@ impl Engine {
     }
 
     /// Every queue the device serves: control first, then each port's
-    /// output, then input waiting for receive buffers (and each receive
-    /// queue's notification flag set to whether input waits: [`want_buffers`]).
+    /// output, then input waiting for receive buffers.
     fn notify_all(&mut self) {
         self.notify(CONTROL_TX);
         self.notify(CONTROL_RX);
@@ -327,7 +326,9 @@ impl Engine {
             self.notify(rx_queue(p) + 1);
         }
         for p in 0..self.ports.len() {
-            self.notify(rx_queue(p));
+            if !self.ports[p].input.is_empty() {
+                self.notify(rx_queue(p));
+            }
         }
     }
 
@@ -718,8 +719,13 @@ impl VirtioDevice for Console {
                 interrupt: activation.interrupt,
                 pending: VecDeque::new(),
             });
-            // Whatever the driver queued before DRIVER_OK.
+            // Whatever the driver queued before DRIVER_OK; then every
+            // receive queue's notification flag set to whether input
+            // waits for it ([`want_buffers`]): delivery keeps it so after.
             engine.notify_all();
+            for p in 0..engine.ports.len() {
+                engine.notify(rx_queue(p));
+            }
         }
         if let Some(events) = activation.queue_events {
             if let Err(e) = self.spawn_worker(events, interrupt) {
