@@ -399,6 +399,11 @@ impl Stanza {
         })
     }
 
+    /// `Depends`/`Pre-Depends` as groups of alternatives, names only.
+    pub(crate) fn dependency_groups(&self) -> &[Vec<String>] {
+        &self.depends
+    }
+
     /// Every package named in `Depends`/`Pre-Depends`, alternatives included.
     pub(crate) fn dependency_names(&self) -> impl Iterator<Item = &str> {
         self.depends.iter().flatten().map(String::as_str)

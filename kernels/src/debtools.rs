@@ -12,6 +12,11 @@
 //! Invariants: an entry is complete once its `manifest` exists (written
 //! last, after one rename of the staging directory); all packages of one
 //! entry have the same version, so a partial upgrade can never mix them.
+//! The entry's `depends` file (inside the renamed directory, so never
+//! half-written in a complete entry) lists what the packages need from the
+//! host: their `Depends` outside the set, one group of alternatives per
+//! line, for the caller to install from the host's own suite — never the
+//! set's own packages, so nothing the user has is replaced.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,18 +41,25 @@ pub struct UnpackedTools {
     pub root: PathBuf,
     /// The version of the packages.
     pub version: String,
+    /// What the packages need from the host (`Depends` outside the set):
+    /// groups of alternatives, names only.
+    pub host_depends: Vec<Vec<String>>,
 }
 
 const MANIFEST: &str = "manifest";
+const DEPENDS: &str = "depends";
 
 /// The cache entry of `set` from `suite`, if complete.
 pub fn lookup(cache: &Cache, suite: &str, set: ToolSet) -> Option<UnpackedTools> {
     let dir = entry_dir(cache, suite, set);
     let text = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
     let version = parse_manifest(&text, set)?;
+    // An entry cached before `depends` was recorded is fetched again.
+    let host_depends = parse_depends_file(&std::fs::read_to_string(dir.join(DEPENDS)).ok()?);
     Some(UnpackedTools {
         root: dir.join("root"),
         version,
+        host_depends,
     })
 }
 
@@ -79,8 +91,15 @@ pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Unpacke
     // All at the first package's version: `apt-get download name=version`
     // then fails rather than mix versions.
     let mut refs: Vec<PackageRef> = Vec::new();
+    let mut host_depends: Vec<Vec<String>> = Vec::new();
     for name in set.packages {
         let stanza = apt.show(name)?.ok_or_else(|| missing(name))?;
+        for group in stanza.dependency_groups() {
+            let outside = !group.iter().any(|n| set.packages.contains(&n.as_str()));
+            if outside && !host_depends.contains(group) {
+                host_depends.push(group.clone());
+            }
+        }
         let version = refs.first().map_or(stanza.version, |p| p.version.clone());
         refs.push(PackageRef {
             name: (*name).to_owned(),
@@ -99,6 +118,9 @@ pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Unpacke
     ));
     let staging = parent.join(format!(".staging-{}-{}", set.name, std::process::id()));
     let result = fill(&apt, &staging, &refs).and_then(|()| {
+        let depends = staging.join(DEPENDS);
+        std::fs::write(&depends, render_depends_file(&host_depends))
+            .map_err(|e| Error::io("write", &depends, e))?;
         if dir.exists() {
             remove_dir_all(&dir)?;
         }
@@ -121,7 +143,29 @@ pub fn fetch(cache: &Cache, suite: &'static str, set: ToolSet) -> Result<Unpacke
     Ok(UnpackedTools {
         root: dir.join("root"),
         version,
+        host_depends,
     })
+}
+
+/// One group per line, alternatives joined by ` | `.
+fn render_depends_file(groups: &[Vec<String>]) -> String {
+    groups
+        .iter()
+        .map(|g| format!("{}\n", g.join(" | ")))
+        .collect()
+}
+
+fn parse_depends_file(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
 }
 
 fn entry_dir(cache: &Cache, suite: &str, set: ToolSet) -> PathBuf {
@@ -230,8 +274,40 @@ mod tests {
             "qemu-system-x86=2\nqemu-system-data=2\n",
         )
         .unwrap();
+        assert_eq!(lookup(&cache, "bookworm-backports", SET), None);
+        std::fs::write(entry.join(DEPENDS), "").unwrap();
         let found = lookup(&cache, "bookworm-backports", SET).unwrap();
         assert_eq!(found.version, "2");
         assert_eq!(found.root, entry.join("root"));
+    }
+
+    #[test]
+    fn host_depends_round_trip_through_the_entry() {
+        let groups = vec![
+            vec!["libslirp0".to_owned()],
+            vec!["seabios".to_owned()],
+            vec!["libfoo".to_owned(), "libbar".to_owned()],
+        ];
+        assert_eq!(parse_depends_file(&render_depends_file(&groups)), groups);
+        assert!(parse_depends_file("\n \n").is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let entry = entry_dir(&cache, "bookworm-backports", SET);
+        std::fs::create_dir_all(entry.join("root")).unwrap();
+        std::fs::write(
+            entry.join(MANIFEST),
+            "qemu-system-x86=2\nqemu-system-data=2\n",
+        )
+        .unwrap();
+        // An entry cached before `depends` was recorded is not complete.
+        assert_eq!(lookup(&cache, "bookworm-backports", SET), None);
+        std::fs::write(entry.join(DEPENDS), render_depends_file(&groups)).unwrap();
+        assert_eq!(
+            lookup(&cache, "bookworm-backports", SET)
+                .unwrap()
+                .host_depends,
+            groups
+        );
     }
 }

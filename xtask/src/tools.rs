@@ -53,11 +53,16 @@ const QEMU_TOOLSET: kestrel_kernels::debtools::ToolSet = kestrel_kernels::debtoo
 };
 
 /// The QEMU for the rig and the benches: `$KESTREL_QEMU` when set; else
-/// the system's (installed with apt when missing and we are root) when it
-/// is at least [`NESTED_QEMU_MAJOR`]; else, on Debian, the suite's
-/// backports QEMU unpacked into the kernel cache (fetched once, never
-/// installed). When that is impossible the system's QEMU is used, with one
-/// warning line.
+/// the system's when it is at least [`NESTED_QEMU_MAJOR`]; else, on
+/// Debian, the suite's backports QEMU unpacked into the kernel cache
+/// (fetched once, never installed; the libraries and firmware it needs are
+/// installed from the host's own suite, which never replaces a package the
+/// user has); else the system's QEMU, installed with apt when missing, with
+/// one warning line.
+///
+/// The system's QEMU is not installed on the way to the backports one:
+/// Debian 12's QEMU 7.2 cannot be installed beside a backports
+/// `qemu-utils` without removing it.
 pub fn ensure_qemu() -> Result<Qemu> {
     if let Some(bin) = std::env::var_os("KESTREL_QEMU").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -69,14 +74,33 @@ pub fn ensure_qemu() -> Result<Qemu> {
             version,
         });
     }
-    let system = system_qemu()?;
-    if qemu_major(&system.version).is_some_and(|m| m >= NESTED_QEMU_MAJOR) {
-        return Ok(system);
+    let on_path = match which(QEMU) {
+        Some(bin) => Some(Qemu {
+            version: qemu_version(&bin)?,
+            bin,
+            data_dir: None,
+        }),
+        None => None,
+    };
+    if let Some(system) = &on_path {
+        if qemu_major(&system.version).is_some_and(|m| m >= NESTED_QEMU_MAJOR) {
+            return Ok(system.clone());
+        }
     }
     let why = match backports_qemu() {
         Ok(Some(qemu)) => return Ok(qemu),
         Ok(None) => String::new(),
-        Err(e) => format!(": a newer one could not be fetched: {e:#}"),
+        Err(e) => format!(": a newer one could not be set up: {e:#}"),
+    };
+    let system = match on_path {
+        Some(system) => system,
+        None => system_qemu().map_err(|e| {
+            if why.is_empty() {
+                e
+            } else {
+                e.context(format!("no QEMU {NESTED_QEMU_MAJOR} either{why}"))
+            }
+        })?,
     };
     step(format!(
         "using the system's {} (older than {NESTED_QEMU_MAJOR}.0: nested guests with 2 vCPUs are unreliable){why}",
@@ -132,6 +156,16 @@ fn backports_qemu() -> Result<Option<Qemu>> {
             debtools::fetch(&cache, suite, QEMU_TOOLSET)?
         }
     };
+    let needed = kestrel_kernels::host::unsatisfied_packages(&unpacked.host_depends);
+    if !needed.is_empty() {
+        let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
+        step(format!(
+            "QEMU {} from {suite} uses these packages of the system's suite: {}",
+            unpacked.version,
+            needed.join(" ")
+        ));
+        apt_install(&needed)?;
+    }
     let bin = unpacked.root.join("usr/bin").join(QEMU);
     let version = qemu_version(&bin).with_context(|| {
         format!(
