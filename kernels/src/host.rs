@@ -39,7 +39,8 @@ pub fn is_root() -> bool {
 }
 
 /// Installs Debian packages, refreshing the apt index first when a package
-/// is unknown to it. Not root: one sentence naming the packages.
+/// is unknown to it or apt cannot plan the install with the index it has.
+/// Not root: one sentence naming the packages.
 ///
 /// Nothing the user has is removed: apt's plan is read first (`-s`), and
 /// a plan that removes any installed package is refused with a sentence
@@ -60,16 +61,28 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !known {
+    let update = || {
         step("refreshing the apt index (apt-get update)");
-        run(Command::new("apt-get").args(["update"]))?;
+        run(Command::new("apt-get").args(["update"]))
+    };
+    if !known {
+        update()?;
     }
-    let plan = Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-s", "--no-install-recommends"])
-        .args(packages)
-        .output()
-        .context("could not run apt-get")?;
+    let simulate = || {
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-s", "--no-install-recommends"])
+            .args(packages)
+            .output()
+            .context("could not run apt-get")
+    };
+    let mut plan = simulate()?;
+    if !plan.status.success() && known {
+        // An index older than the installed packages cannot plan
+        // ("held broken packages"); a fresh one usually can.
+        update()?;
+        plan = simulate()?;
+    }
     if !plan.status.success() {
         let stderr = String::from_utf8_lossy(&plan.stderr);
         let why = stderr
