@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::apt::{self, progress, PrivateApt};
+use crate::apt::{self, PrivateApt};
 use crate::cache::{lock_in, remove_dir_all, Cache, PackageRef};
 use crate::error::{Error, Result};
 
@@ -47,6 +47,11 @@ pub struct UnpackedTools {
 }
 
 const MANIFEST: &str = "manifest";
+
+/// One progress line on stderr (the kernel cache's lines say `kernel:`).
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("tools: {msg}");
+}
 const DEPENDS: &str = "depends";
 
 /// The cache entry of `set` from `suite`, if complete.

@@ -19,6 +19,9 @@ pub const ROOT_ID: u64 = 1;
 /// `fuse_open_out.open_flags`: the kernel keeps the file's cached pages at
 /// this open instead of dropping them.
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// `fuse_open_out.open_flags`: the kernel sends no FLUSH at this file's
+/// `close()` (Linux 5.16 on; older kernels ignore the bit).
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 
 /// Request opcodes (`enum fuse_opcode`).
 #[allow(missing_docs)]

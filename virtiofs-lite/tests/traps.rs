@@ -1308,3 +1308,37 @@ fn the_guests_page_cache_is_kept_only_for_a_file_unchanged_since_its_last_open()
         "changed less than the settling time ago"
     );
 }
+
+#[test]
+fn no_open_file_asks_for_a_flush_at_close() {
+    // FLUSH would only answer 0 here (no write-back cache, no POSIX locks
+    // kept by the server), so every OPEN and CREATE reply says FOPEN_NOFLUSH,
+    // the page-cache bit beside it unchanged.
+    let (_tmp, share) = fixture();
+    let mut c = Client::new(&share, true);
+    let mut b = enc(&abi::CreateIn {
+        flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+        mode: 0o644,
+        ..Default::default()
+    });
+    b.extend(cstr("made.txt"));
+    let (e, p) = c.call(op::CREATE, ROOT, &b);
+    assert_eq!(e, 0);
+    let entry = abi::EntryOut::from_bytes(&p).unwrap();
+    let created = abi::OpenOut::from_bytes(&p[abi::EntryOut::SIZE..]).unwrap();
+    assert_eq!(created.open_flags, abi::FOPEN_NOFLUSH);
+    c.release(entry.nodeid, created.fh, false);
+    for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR] {
+        let out = c.open_out(entry.nodeid, flags).expect("open");
+        assert_eq!(
+            out.open_flags & abi::FOPEN_NOFLUSH,
+            abi::FOPEN_NOFLUSH,
+            "flags {flags:#o}"
+        );
+        assert_eq!(
+            out.open_flags & !(abi::FOPEN_NOFLUSH | abi::FOPEN_KEEP_CACHE),
+            0
+        );
+        c.release(entry.nodeid, out.fh, false);
+    }
+}
