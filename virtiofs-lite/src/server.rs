@@ -363,10 +363,24 @@ impl Server {
                 self.initialized.store(false, Ordering::Release);
                 Ok(Vec::new())
             }
-            op::LOOKUP => {
-                let e = fs.lookup(node, name(d)?)?;
-                Ok(encoded(&self.entry_out(&e)))
-            }
+            op::LOOKUP => match fs.lookup(node, name(d)?) {
+                Ok(e) => Ok(encoded(&self.entry_out(&e))),
+                // A name that is not there: node id 0 with the entry
+                // timeout, which the kernel keeps as a negative dentry for
+                // that long (as virtiofsd's cache=auto), instead of asking
+                // again at every exec's `/etc/ld.so.preload` probe. A name
+                // the host creates is seen after at most the same timeout
+                // as a name it deletes.
+                Err(Errno(libc::ENOENT)) if !self.cfg.entry_timeout.is_zero() => {
+                    Ok(encoded(&abi::EntryOut {
+                        nodeid: 0,
+                        entry_valid: self.cfg.entry_timeout.as_secs(),
+                        entry_valid_nsec: self.cfg.entry_timeout.subsec_nanos(),
+                        ..Default::default()
+                    }))
+                }
+                Err(e) => Err(e),
+            },
             op::GETATTR => Ok(self.attr_out(&fs.getattr(node)?)),
             op::READLINK => {
                 let target = fs.readlink(node)?;

@@ -1342,3 +1342,38 @@ fn no_open_file_asks_for_a_flush_at_close() {
         c.release(entry.nodeid, out.fh, false);
     }
 }
+
+#[test]
+fn a_missing_name_is_answered_as_a_negative_entry_for_the_entry_timeout() {
+    let (_tmp, share) = fixture();
+    let mut c = Client::new(&share, false);
+    let body = cstr("not-yet");
+    let (e, p) = c.call(op::LOOKUP, ROOT, &body);
+    assert_eq!(e, 0, "a negative entry is a successful reply");
+    let neg = abi::EntryOut::from_bytes(&p).unwrap();
+    assert_eq!(neg.nodeid, 0);
+    assert_eq!(
+        (neg.entry_valid, neg.entry_valid_nsec),
+        (1, 0),
+        "kept as long as a positive entry"
+    );
+    // The server itself keeps nothing: a name the host creates is found at
+    // the kernel's next LOOKUP.
+    std::fs::write(share.join("not-yet"), "now\n").unwrap();
+    assert_ne!(c.lookup(ROOT, "not-yet").unwrap().nodeid, 0);
+    // Other errors stay errors: a name that would leave the share is
+    // refused, not cached as absent.
+    assert_eq!(
+        c.call(op::LOOKUP, ROOT, &cstr("../escaped")).0,
+        libc::EINVAL
+    );
+    // With no entry caching at all, a missing name is ENOENT.
+    let mut c = Client::with_config(
+        &share,
+        ServerConfig {
+            entry_timeout: std::time::Duration::ZERO,
+            ..ServerConfig::default()
+        },
+    );
+    assert_eq!(c.call(op::LOOKUP, ROOT, &cstr("missing")).0, libc::ENOENT);
+}
