@@ -329,12 +329,17 @@ impl Vmm {
             kernel_spec,
             sockets,
         } = *setup;
+        // Unique per boot: two jobs start in the same clock tick (L1's clock
+        // under TCG is coarse: two QEMU-KVM boots once shared one name, so
+        // one's vhost-user socket was "already in use"), hence the count.
+        static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let log = dir.join(format!(
-            "{}-{}.log",
+            "{}-{}-{}.log",
             self.name(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
+                .map_or(0, |d| d.as_nanos()),
+            BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         match self {
             Vmm::Kestrel => {
