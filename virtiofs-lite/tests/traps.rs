@@ -559,18 +559,10 @@ fn writable_share_writes_land_on_the_host() {
     let (_tmp, share) = fixture();
     let mut c = Client::new(&share, true);
     // CREATE + WRITE + RELEASE.
-    let mut b = enc(&abi::CreateIn {
-        flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
-        mode: 0o640,
-        ..Default::default()
-    });
-    b.extend(cstr("new.txt"));
-    let (e, p) = c.call(op::CREATE, ROOT, &b);
-    assert_eq!(e, 0);
-    let entry = abi::EntryOut::from_bytes(&p).unwrap();
-    let fh = abi::OpenOut::from_bytes(&p[abi::EntryOut::SIZE..])
-        .unwrap()
-        .fh;
+    let (entry, opened) = c
+        .create(ROOT, "new.txt", libc::O_WRONLY | libc::O_CREAT, 0o640)
+        .expect("create");
+    let fh = opened.fh;
     let mut w = enc(&abi::WriteIn {
         fh,
         offset: 0,
@@ -1316,16 +1308,9 @@ fn no_open_file_asks_for_a_flush_at_close() {
     // the page-cache bit beside it unchanged.
     let (_tmp, share) = fixture();
     let mut c = Client::new(&share, true);
-    let mut b = enc(&abi::CreateIn {
-        flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
-        mode: 0o644,
-        ..Default::default()
-    });
-    b.extend(cstr("made.txt"));
-    let (e, p) = c.call(op::CREATE, ROOT, &b);
-    assert_eq!(e, 0);
-    let entry = abi::EntryOut::from_bytes(&p).unwrap();
-    let created = abi::OpenOut::from_bytes(&p[abi::EntryOut::SIZE..]).unwrap();
+    let (entry, created) = c
+        .create(ROOT, "made.txt", libc::O_WRONLY | libc::O_CREAT, 0o644)
+        .expect("create");
     assert_eq!(created.open_flags, abi::FOPEN_NOFLUSH);
     c.release(entry.nodeid, created.fh, false);
     for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR] {

@@ -165,6 +165,30 @@ impl Client {
         }
     }
 
+    /// CREATE of `name` in `parent`: the new entry and OPEN's part of the
+    /// reply.
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &str,
+        flags: i32,
+        mode: u32,
+    ) -> Result<(abi::EntryOut, abi::OpenOut), i32> {
+        let mut body = enc(&abi::CreateIn {
+            flags: flags as u32,
+            mode,
+            ..Default::default()
+        });
+        body.extend(cstr(name));
+        match self.call(op::CREATE, parent, &body) {
+            (0, p) => Ok((
+                abi::EntryOut::from_bytes(&p).expect("entry"),
+                abi::OpenOut::from_bytes(&p[abi::EntryOut::SIZE..]).expect("open"),
+            )),
+            (e, _) => Err(e),
+        }
+    }
+
     /// OPENDIR as the kernel does it: ENOSYS (the server takes up the
     /// kernel's FUSE_NO_OPENDIR_SUPPORT) means success with handle 0, and
     /// READDIRs then name the directory by node alone.
