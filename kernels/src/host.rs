@@ -100,7 +100,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !removed.is_empty() {
         bail!(
             "installing {} with apt would remove {} (installed here), and Kestrel removes nothing you have: \
-             install {} yourself (or point KESTREL_QEMU at a QEMU, when it is QEMU) and run this again",
+             install {} yourself and run this again",
             packages.join(" "),
             removed.join(", "),
             if packages.len() == 1 { "it" } else { "them" }
