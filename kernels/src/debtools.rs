@@ -47,12 +47,12 @@ pub struct UnpackedTools {
 }
 
 const MANIFEST: &str = "manifest";
+const DEPENDS: &str = "depends";
 
 /// One progress line on stderr (the kernel cache's lines say `kernel:`).
 fn progress(msg: impl std::fmt::Display) {
     eprintln!("tools: {msg}");
 }
-const DEPENDS: &str = "depends";
 
 /// The cache entry of `set` from `suite`, if complete.
 pub fn lookup(cache: &Cache, suite: &str, set: ToolSet) -> Option<UnpackedTools> {

@@ -506,9 +506,6 @@ fn warm_key(config: &Config, cpuid: &CpuId) -> snapshot::Key {
     k
 }
 
-/// Builds the VM in the module's order; restoring skips loading the
-/// kernel and ACPI tables (they are in the snapshot's RAM) and sets the
-/// saved state instead of the boot state.
 /// Named steps of a VM build with their durations, for one debug line.
 struct BuildSteps {
     last: Instant,
@@ -540,6 +537,9 @@ impl BuildSteps {
     }
 }
 
+/// Builds the VM in the module's order; restoring skips loading the
+/// kernel and ACPI tables (they are in the snapshot's RAM) and sets the
+/// saved state instead of the boot state.
 fn build(
     created: Instant,
     config: &Config,

@@ -74,14 +74,7 @@ pub fn ensure_qemu() -> Result<Qemu> {
             version,
         });
     }
-    let on_path = match which(QEMU) {
-        Some(bin) => Some(Qemu {
-            version: qemu_version(&bin)?,
-            bin,
-            data_dir: None,
-        }),
-        None => None,
-    };
+    let on_path = path_qemu()?;
     if let Some(system) = &on_path {
         if qemu_major(&system.version).is_some_and(|m| m >= NESTED_QEMU_MAJOR) {
             return Ok(system.clone());
@@ -109,32 +102,35 @@ pub fn ensure_qemu() -> Result<Qemu> {
     Ok(system)
 }
 
-/// The QEMU on `PATH`, installed with apt first when missing and we are root.
-pub fn system_qemu() -> Result<Qemu> {
-    let bin = match which(QEMU) {
-        Some(bin) => bin,
-        None => {
-            if !is_root() {
-                bail!(
-                    "{QEMU} is missing: install Debian's `{QEMU_PACKAGE}` package \
-                     (sudo apt-get install {QEMU_PACKAGE}) and run this again"
-                );
-            }
-            if which("apt-get").is_none() {
-                bail!("{QEMU} is missing and there is no apt-get here: install QEMU for x86-64 by hand");
-            }
-            apt_install(&[QEMU_PACKAGE])?;
-            which(QEMU).with_context(|| {
-                format!("{QEMU} is still missing after installing {QEMU_PACKAGE}")
-            })?
-        }
+/// The QEMU on `PATH`, if there is one (never installed here).
+fn path_qemu() -> Result<Option<Qemu>> {
+    let Some(bin) = which(QEMU) else {
+        return Ok(None);
     };
     let version = qemu_version(&bin)?;
-    Ok(Qemu {
+    Ok(Some(Qemu {
         bin,
         data_dir: None,
         version,
-    })
+    }))
+}
+
+/// The QEMU on `PATH`, installed with apt first when missing and we are root.
+pub fn system_qemu() -> Result<Qemu> {
+    if let Some(qemu) = path_qemu()? {
+        return Ok(qemu);
+    }
+    if !is_root() {
+        bail!(
+            "{QEMU} is missing: install Debian's `{QEMU_PACKAGE}` package \
+             (sudo apt-get install {QEMU_PACKAGE}) and run this again"
+        );
+    }
+    if which("apt-get").is_none() {
+        bail!("{QEMU} is missing and there is no apt-get here: install QEMU for x86-64 by hand");
+    }
+    apt_install(&[QEMU_PACKAGE])?;
+    path_qemu()?.with_context(|| format!("{QEMU} is still missing after installing {QEMU_PACKAGE}"))
 }
 
 /// The backports QEMU of the host's Debian suite from the cache, fetched
