@@ -178,10 +178,7 @@ pub fn prepare(req: &Request) -> Result<Prepared, InitrdError> {
         .join(format!("base-{}-{key:016x}.cpio", file_safe(&req.release)));
     let (base_bytes, cache) = match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() && meta.len() > 0 => {
-            // Marks it as used for pruning; a read-only cache is fine.
-            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
-                let _ = f.set_modified(SystemTime::now());
-            }
+            mark_used(&path);
             (meta.len(), CacheUse::Reused)
         }
         _ => {
@@ -538,6 +535,30 @@ pub(crate) fn prune_cache(
     }
 }
 
+/// A cache entry's mtime is moved to now at a use only when it is older
+/// than this: pruning needs "used lately", not the last second.
+const MARK_USED_EVERY: Duration = Duration::from_secs(3600);
+
+/// Marks the cache entry `path` as used, for [`prune_cache`]: its mtime
+/// set to now, but only if it is older than [`MARK_USED_EVERY`]. Touching
+/// it at every use changed the file's stamp at every run, and a cache on a
+/// FUSE or network filesystem (the rig's L1 reads the host's cache over
+/// virtio-fs; NFS homes) then drops the file's cached pages at the next
+/// open: each boot read the 50 MB unpacked kernel anew (runner/NOTES.md,
+/// "Boot speed", session 16). A read-only cache is fine (nothing marked).
+pub(crate) fn mark_used(path: &Path) {
+    let old = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age > MARK_USED_EVERY);
+    if old {
+        if let Ok(f) = std::fs::File::options().append(true).open(path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+}
+
 /// `release` with anything but `[A-Za-z0-9.+_-]` replaced, for a file name.
 fn file_safe(release: &str) -> String {
     release
@@ -696,6 +717,32 @@ mod tests {
             .collect();
         want.sort();
         assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_use_moves_the_mtime_only_of_an_entry_not_marked_lately() {
+        let dir = scratch("mark");
+        let now = SystemTime::now();
+        let set = |name: &str, age: Duration| {
+            let p = dir.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().append(true).open(&p).unwrap();
+            f.set_modified(now - age).unwrap();
+            p
+        };
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let recent = set("recent", Duration::from_secs(60));
+        let stale = set("stale", MARK_USED_EVERY + Duration::from_secs(60));
+        let before = mtime(&recent);
+        mark_used(&recent);
+        mark_used(&stale);
+        // The recent one keeps its stamp (a FUSE client keeps its pages);
+        // the stale one is marked now, for pruning.
+        assert_eq!(mtime(&recent), before);
+        assert!(mtime(&stale) >= now);
+        mark_used(&dir.join("missing"));
+        assert!(!dir.join("missing").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -586,10 +586,7 @@ pub fn open(path: &Path, key: u64, memory_bytes: u64) -> Result<Option<Loaded>, 
     if state.memory_bytes != memory_bytes {
         return Err(fail(path, "it was made for another --memory"));
     }
-    // Marks it as used for pruning.
-    if let Ok(f) = File::options().append(true).open(path) {
-        let _ = f.set_modified(SystemTime::now());
-    }
+    crate::initrd::mark_used(path);
     Ok(Some(Loaded {
         state,
         file,

@@ -10,7 +10,7 @@
 //!
 //! Cache: `<cache>/vmlinux-<key>-<size>.elf`, key = hash of the bzImage's
 //! path, device, inode, size and mtime (as the initramfs cache keys its
-//! inputs); a use touches the entry, and a write keeps only the
+//! inputs); a use marks the entry (at most hourly), and a write keeps only the
 //! [`CACHE_MAX`] most recently used. Invariants: an entry appears complete
 //! or not at all (written to a temporary name, then renamed); an entry whose
 //! size differs from its name is ignored and rewritten; any failure here
@@ -22,7 +22,6 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// Oldest boot protocol with `payload_offset`/`payload_length`.
 const PROTOCOL_PAYLOAD: u16 = 0x0208;
@@ -253,10 +252,7 @@ fn lookup(dir: &Path, prefix: &str) -> Option<PathBuf> {
         };
         let path = entry.path();
         if entry.metadata().is_ok_and(|m| m.len() == size) {
-            // Mark it used for the pruning below; a read-only cache is fine.
-            if let Ok(f) = File::options().append(true).open(&path) {
-                let _ = f.set_modified(SystemTime::now());
-            }
+            crate::initrd::mark_used(&path);
             return Some(path);
         }
         // Truncated or overwritten: drop it, a fresh one is written below.
@@ -493,8 +489,8 @@ mod tests {
             std::fs::write(&bzimage, fake_bzimage(&zstd(&elf))).unwrap();
             let path = pvh_vmlinux(&bzimage, &cache).unwrap();
             // Distinct, ordered use times without waiting for the clock.
-            let when =
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
+            let when = std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(1_000_000 + i as u64);
             File::options()
                 .append(true)
                 .open(&path)
