@@ -2,9 +2,11 @@
 # Builds QEMU 10.0.2 (the rig's version) with runner/tools/qemu-svm-experiment.patch:
 # a switch for the stale VMRUN interrupt injection (QEMU_STALE_INJ_FIX=1
 # clears exception_index after helper_vmrun delivers an injected interrupt)
-# and two log lines on stderr: an injected vector delivered again, and any
+# and three log lines on stderr: an injected vector delivered again, any
 # vector >= 32 delivered to the host as an exception while GIF=0 (the
-# signature of session 15's L1 panic). A measurement tool, not run by CI.
+# signature of session 15's L1 panic), and (session 16) any vector >= 32
+# but a software INT reaching the host with GIF=0 or IF=0 by whatever path
+# (do_interrupt_all). A measurement tool, not run by CI.
 #
 #   sh runner/tools/build-qemu-experiment.sh DIR      (about 12 min on 2 cores)
 #   QEMU_STALE_INJ_FIX=0 KESTREL_QEMU=DIR/qemu-wrap.sh cargo xtask stress ...
