@@ -740,7 +740,8 @@ mod tests {
         // The recent one keeps its stamp (a FUSE client keeps its pages);
         // the stale one is marked now, for pruning.
         assert_eq!(mtime(&recent), before);
-        assert!(mtime(&stale) >= now);
+        // (Seconds of slack for a filesystem that stores coarse times.)
+        assert!(mtime(&stale) + Duration::from_secs(5) >= now);
         mark_used(&dir.join("missing"));
         assert!(!dir.join("missing").exists());
         let _ = std::fs::remove_dir_all(&dir);
