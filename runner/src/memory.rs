@@ -70,19 +70,51 @@ pub fn create(memory_bytes: u64) -> Result<GuestMemory, MemoryError> {
     Ok(memory)
 }
 
-/// Guest RAM of `memory_bytes` with a snapshot's contents: the file's RAM
-/// mapped private (copy-on-write), so the guest's writes stay in this
-/// process and pages it never touches cost nothing. `KESTREL_RESTORE=copy`
-/// copies the non-zero extents into fresh RAM as [`create`] makes it
-/// instead (measured slower in the rig: see `runner/NOTES.md`).
+/// How a restore fills guest RAM from a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreRam {
+    /// The non-zero extents copied into fresh RAM as [`create`] makes it
+    /// (anonymous, huge pages where the kernel gives them): the default.
+    Copy,
+    /// The file's RAM mapped private (copy-on-write; 4 KiB pages, the
+    /// guest's writes stay in this process): `KESTREL_RESTORE=map`.
+    Map,
+}
+
+impl RestoreRam {
+    /// `KESTREL_RESTORE=map` maps; anything else copies. Copying is the
+    /// default since session 17: in the rig, restored two-vCPU guests on
+    /// mapped RAM failed 5 of 304 runs (and two L1 kernels panicked in
+    /// those runs) against 1 of 300 on copied RAM and 1 of ~480 QEMU-KVM
+    /// restores (`cargo xtask stress --warm`, `runner/NOTES.md`).
+    pub fn from_env() -> RestoreRam {
+        if std::env::var_os("KESTREL_RESTORE").is_some_and(|v| v == "map") {
+            RestoreRam::Map
+        } else {
+            RestoreRam::Copy
+        }
+    }
+}
+
+/// Guest RAM of `memory_bytes` with a snapshot's contents, filled as
+/// [`RestoreRam::from_env`] says.
 pub fn from_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
 ) -> Result<GuestMemory, MemoryError> {
-    if std::env::var_os("KESTREL_RESTORE").is_some_and(|v| v == "copy") {
-        return copy_snapshot(loaded, memory_bytes);
+    from_snapshot_as(loaded, memory_bytes, RestoreRam::from_env())
+}
+
+/// [`from_snapshot`], filled as `how` says.
+pub fn from_snapshot_as(
+    loaded: &crate::snapshot::Loaded,
+    memory_bytes: u64,
+    how: RestoreRam,
+) -> Result<GuestMemory, MemoryError> {
+    match how {
+        RestoreRam::Copy => copy_snapshot(loaded, memory_bytes),
+        RestoreRam::Map => map_snapshot(loaded, memory_bytes),
     }
-    map_snapshot(loaded, memory_bytes)
 }
 
 /// [`from_snapshot`] by copying, with two threads (each with its own open

@@ -26,15 +26,18 @@
 //! restored is the UARTs', because a snapshot is refused while any virtio
 //! device is past reset.
 //!
-//! Map or copy (`memory::from_snapshot`): a private file mapping has 4 KiB
-//! pages, so every page the guest touches is a nested-paging fault, while
-//! copying the ~67 MiB of non-zero extents into fresh huge-page RAM costs
-//! 220–450 ms up front in the rig. Measured side by side there (6.1):
-//! the boot bench's warm `/bin/true` took ~1.0 s mapped against ~1.3 s
-//! copied, and the 21-scenario suite 51.7 s against 59.2 s; so the file
-//! is mapped (`KESTREL_RESTORE=copy` copies). With the file on L1's
-//! virtio-fs share instead of a local file system, mapping was much
-//! slower (every fault a FUSE read): the rig keeps snapshots in L1's tmpfs.
+//! Copy or map (`memory::RestoreRam`): copying the ~67 MiB of non-zero
+//! extents into fresh huge-page RAM costs 220–450 ms up front in the rig;
+//! a private file mapping has 4 KiB pages, so every page the guest touches
+//! is a nested-paging fault and its first write a copy-on-write break.
+//! Session 7 measured mapping faster (warm `/bin/true` ~1.0 s against
+//! ~1.3 s, the suite 51.7 s against 59.2 s), but session 17's side-by-side
+//! `cargo xtask stress --warm` (2 vCPUs, beside QEMU-KVM's own restores)
+//! lost 5 of 304 mapped restores and two L1 kernels, against 1 of 300
+//! copied — and the copied runs were no slower there — so RAM is copied
+//! (`KESTREL_RESTORE=map` maps). Mapping a file on L1's virtio-fs share
+//! was much slower still (every fault a FUSE read): the rig keeps
+//! snapshots in L1's tmpfs.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -696,28 +699,34 @@ mod tests {
                 },
             ]
         );
-        let ram = crate::memory::from_snapshot(&loaded, 64 << 20).unwrap();
-        assert_eq!(
-            ram.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
-            0x1234_5678
-        );
-        assert_eq!(
-            ram.read_obj::<u16>(GuestAddress((64 << 20) - 2)).unwrap(),
-            0xabcd
-        );
-        assert_eq!(
-            ram.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(),
-            0,
-            "a hole"
-        );
-        // The guest's writes never reach the file.
-        ram.write_obj(0u32, GuestAddress(0x10_0000)).unwrap();
-        let again = open(&path, 7, 64 << 20).unwrap().unwrap();
-        let ram2 = crate::memory::from_snapshot(&again, 64 << 20).unwrap();
-        assert_eq!(
-            ram2.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
-            0x1234_5678
-        );
+        use crate::memory::{from_snapshot_as, RestoreRam};
+        for how in [RestoreRam::Copy, RestoreRam::Map] {
+            let ram = from_snapshot_as(&loaded, 64 << 20, how).unwrap();
+            assert_eq!(
+                ram.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+                0x1234_5678,
+                "{how:?}"
+            );
+            assert_eq!(
+                ram.read_obj::<u16>(GuestAddress((64 << 20) - 2)).unwrap(),
+                0xabcd,
+                "{how:?}"
+            );
+            assert_eq!(
+                ram.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(),
+                0,
+                "a hole ({how:?})"
+            );
+            // The guest's writes never reach the file.
+            ram.write_obj(0u32, GuestAddress(0x10_0000)).unwrap();
+            let again = open(&path, 7, 64 << 20).unwrap().unwrap();
+            let ram2 = from_snapshot_as(&again, 64 << 20, how).unwrap();
+            assert_eq!(
+                ram2.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+                0x1234_5678,
+                "{how:?}"
+            );
+        }
     }
 
     #[test]

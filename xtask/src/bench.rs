@@ -493,6 +493,7 @@ fn run_qemu(qemu: &Qemu, machine: Machine, kernel: &Path, initrd: &Path) -> Resu
         ports: None,
         echo_console: false,
         kill_on_lockup: false,
+        snapshot: None,
         timeout: Duration::from_secs(60),
         silence: Duration::from_secs(30),
     };

@@ -390,6 +390,7 @@ fn run_qemu(
         ports: Some((Sink::Capture, Sink::Capture)),
         echo_console: false,
         kill_on_lockup: false,
+        snapshot: None,
         timeout: Duration::from_secs(900),
         silence: Duration::from_secs(600),
     };

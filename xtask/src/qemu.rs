@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kestrel_initramfs::job::{PhaseMark, Status};
+use kestrel_initramfs::job::{PhaseMark, Status, READY_LINE};
 
 use crate::tools::Qemu;
 
@@ -91,6 +91,26 @@ pub struct Guest {
     /// [`LOCKUP_FATAL_SECS`] or more (the rig: an L1 whose emulated SVM hung
     /// keeps printing lockup reports, so silence never comes).
     pub kill_on_lockup: bool,
+    /// Save the VM once its init waits for a job, or start from a saved VM
+    /// (QEMU's own migration stream; `cargo xtask stress --warm`).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// QEMU's counterpart of `kestrel run --warm`: a VM saved where kestrel's
+/// init waits for its job (`KESTREL-READY` on COM2) and restored with the
+/// job sent on COM2, so kestrel's and QEMU-KVM's restored guests can be
+/// compared in the same rig.
+#[derive(Debug, Clone)]
+pub enum Snapshot {
+    /// When the init writes `KESTREL-READY` on COM2, migrate the running VM
+    /// into this file (QMP `migrate` to `file:`; QEMU stops the VM at the
+    /// end) and quit. The init must find no job in its initramfs.
+    SaveAt(PathBuf),
+    /// Start from this file (`-incoming file:`) and write `job` on COM2
+    /// (the init's job header and spec) once QMP says the VM runs: bytes
+    /// that reached the UART while the stream still loaded would be
+    /// overwritten by the loaded UART state.
+    Restore { from: PathBuf, job: Vec<u8> },
 }
 
 /// A soft lockup at least this long ends a guest run with `kill_on_lockup`;
@@ -128,6 +148,10 @@ pub struct Outcome {
     pub marks: Vec<(PhaseMark, Duration)>,
     /// From QEMU's start to the status line's arrival.
     pub status_at: Option<Duration>,
+    /// With [`Snapshot::SaveAt`]: the VM was saved; with
+    /// [`Snapshot::Restore`]: the restored VM ran and got its job (`Err`:
+    /// why not).
+    pub snapshot: Option<Result<(), String>>,
 }
 
 impl Outcome {
@@ -169,6 +193,8 @@ enum Event {
     Activity,
     /// The kernel log reported a soft lockup this many seconds long.
     Lockup(u64),
+    /// The init wrote `KESTREL-READY` on the status channel.
+    Ready,
     Exited(ExitStatus),
 }
 
@@ -207,16 +233,27 @@ fn listen(
     echo: bool,
     events: &Sender<Event>,
 ) -> Result<Channel> {
-    listen_scanned(dir, name, sink, echo, false, events)
+    listen_scanned(dir, name, sink, echo, Talk::default(), events)
 }
 
-/// [`listen`], and with `scan` report soft lockups in what arrives.
+/// What a channel's reader does besides reading.
+#[derive(Default)]
+struct Talk {
+    /// Report soft lockups in what arrives.
+    scan: bool,
+    /// Hand a clone of the connection back here as soon as QEMU connects.
+    hand_back: Option<Sender<UnixStream>>,
+    /// Report [`Event::Ready`] when a `KESTREL-READY` line arrives.
+    watch_ready: bool,
+}
+
+/// [`listen`], with a [`Talk`].
 fn listen_scanned(
     dir: &Path,
     name: &str,
     sink: Sink,
     echo: bool,
-    scan: bool,
+    talk: Talk,
     events: &Sender<Event>,
 ) -> Result<Channel> {
     let path = dir.join(name);
@@ -225,7 +262,7 @@ fn listen_scanned(
     let events = events.clone();
     let reader = std::thread::Builder::new()
         .name(format!("qemu-{name}"))
-        .spawn(move || read_channel(listener, sink, echo, scan, &events))
+        .spawn(move || read_channel(listener, sink, echo, talk, &events))
         .context("could not start a reader thread")?;
     Ok(Channel { path, reader })
 }
@@ -234,14 +271,24 @@ fn read_channel(
     listener: UnixListener,
     sink: Sink,
     echo: bool,
-    scan: bool,
+    talk: Talk,
     events: &Sender<Event>,
 ) -> Received {
+    let Talk {
+        scan,
+        hand_back,
+        watch_ready,
+    } = talk;
     let mut kept = Received::default();
     let mut line = Vec::new();
     let Ok((mut stream, _)) = listener.accept() else {
         return kept;
     };
+    if let (Some(hand_back), Ok(clone)) = (hand_back, stream.try_clone()) {
+        let _ = hand_back.send(clone);
+    }
+    let ready_line = format!("{READY_LINE}\n");
+    let mut ready_seen = !watch_ready;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match stream.read(&mut buf) {
@@ -273,6 +320,10 @@ fn read_channel(
             let _ = std::io::stderr().lock().write_all(bytes);
         }
         let _ = events.send(Event::Activity);
+        if !ready_seen && contains(&kept.bytes, ready_line.as_bytes()) {
+            ready_seen = true;
+            let _ = events.send(Event::Ready);
+        }
         if scan {
             for &b in bytes {
                 if b != b'\n' {
@@ -331,10 +382,47 @@ impl Guest {
             "console.sock",
             Sink::Capture,
             self.echo_console,
-            self.kill_on_lockup,
+            Talk {
+                scan: self.kill_on_lockup,
+                ..Talk::default()
+            },
             &tx,
         )?;
-        let status = listen(dir.path(), "status.sock", Sink::Capture, false, &tx)?;
+        let (status_back, status_stream) = match self.snapshot {
+            Some(Snapshot::Restore { .. }) => {
+                let (tx, rx) = channel();
+                (Some(tx), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let status = listen_scanned(
+            dir.path(),
+            "status.sock",
+            Sink::Capture,
+            false,
+            Talk {
+                hand_back: status_back,
+                watch_ready: matches!(self.snapshot, Some(Snapshot::SaveAt(_))),
+                ..Talk::default()
+            },
+            &tx,
+        )?;
+        // The QMP monitor, for a save or a restore: QEMU connects at start,
+        // long before the init is ready or the stream is loaded.
+        let mut qmp = match &self.snapshot {
+            Some(_) => {
+                let path = dir.path().join("qmp.sock");
+                let listener = UnixListener::bind(&path)
+                    .with_context(|| format!("could not listen on {}", path.display()))?;
+                let accept = std::thread::Builder::new()
+                    .name("qemu-qmp".into())
+                    .spawn(move || listener.accept().map(|(s, _)| s).ok())
+                    .context("could not start the QMP thread")?;
+                Some((path, accept))
+            }
+            _ => None,
+        };
+        let mut snapshot_result = None;
         let ports = match self.ports {
             Some((out, err)) => Some((
                 listen(dir.path(), "stdout.sock", out, false, &tx)?,
@@ -351,10 +439,17 @@ impl Guest {
             &console.path,
             &status.path,
             ports.as_ref().map(|(o, e)| (&o.path, &e.path)),
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(qemu_log);
+        ));
+        if let Some((path, _)) = &qmp {
+            let chardev = format!("socket,id=qmp,path={}", path.display());
+            cmd.args(["-chardev", &chardev, "-mon", "chardev=qmp,mode=control"]);
+        }
+        if let Some(Snapshot::Restore { from, .. }) = &self.snapshot {
+            cmd.arg("-incoming").arg(format!("file:{}", from.display()));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(qemu_log);
         let start = Instant::now();
         let mut child = cmd
             .spawn()
@@ -372,6 +467,36 @@ impl Guest {
         drop(tx);
 
         let deadline = start + self.timeout;
+        // A restore: wait for the VM to run, then send the job.
+        let mut restore = None;
+        let restore_parts = match &self.snapshot {
+            Some(Snapshot::Restore { job, .. }) => qmp
+                .take()
+                .zip(status_stream)
+                .map(|(qmp, status)| (job.clone(), qmp, status)),
+            _ => None,
+        };
+        if let Some((job, (path, accept), status_stream)) = restore_parts {
+            let thread = std::thread::Builder::new()
+                .name("qemu-restore".into())
+                .spawn(move || -> Result<(), String> {
+                    let stream = accept
+                        .join()
+                        .ok()
+                        .flatten()
+                        .ok_or("QEMU never connected to its QMP socket")?;
+                    wait_running(stream, deadline).map_err(|e| format!("{e:#}"))?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let mut status = status_stream
+                        .recv_timeout(left)
+                        .map_err(|_| "QEMU never connected its COM2")?;
+                    status
+                        .write_all(&job)
+                        .map_err(|e| format!("could not send the job on COM2: {e}"))
+                })
+                .context("could not start the restore thread")?;
+            restore = Some((path, thread));
+        }
         let mut last_activity = Instant::now();
         let end = loop {
             let now = Instant::now();
@@ -388,19 +513,55 @@ impl Guest {
                     break End::Lockup(secs)
                 }
                 Ok(Event::Lockup(_)) => last_activity = Instant::now(),
+                Ok(Event::Ready) => {
+                    if let (Some(Snapshot::SaveAt(file)), Some((_, accept))) =
+                        (&self.snapshot, qmp.take())
+                    {
+                        let result = match accept.join().ok().flatten() {
+                            Some(stream) => {
+                                save_and_quit(stream, file, deadline).map_err(|e| format!("{e:#}"))
+                            }
+                            None => Err("QEMU never connected to its QMP socket".into()),
+                        };
+                        let failed = result.is_err();
+                        snapshot_result = Some(result);
+                        if failed {
+                            break End::Exited(None);
+                        }
+                    }
+                    last_activity = Instant::now();
+                }
                 Ok(Event::Exited(status)) => break End::Exited(status.code()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break End::Exited(None),
             }
         };
-        if !matches!(end, End::Exited(_)) {
+        if !matches!(end, End::Exited(_)) || matches!(snapshot_result, Some(Err(_))) {
             kill(pid);
         }
         let _ = waiter.join();
+        if let Some((path, accept)) = qmp {
+            // QEMU never got as far as connecting: wake the accept.
+            if !accept.is_finished() {
+                let _ = UnixStream::connect(&path);
+            }
+            let _ = accept.join();
+        }
         let wall = start.elapsed();
 
         let console = console.finish();
         let received = status.finish_timed();
+        if let Some((path, thread)) = restore {
+            // QEMU never got as far as its monitor: wake the accept.
+            if !thread.is_finished() {
+                let _ = UnixStream::connect(&path);
+            }
+            snapshot_result = Some(
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err("the restore thread panicked".into())),
+            );
+        }
         let mut marks = Vec::new();
         let mut status_at = None;
         for (line, at) in received.lines() {
@@ -425,6 +586,7 @@ impl Guest {
             wall,
             marks,
             status_at,
+            snapshot: snapshot_result,
         })
     }
 
@@ -502,6 +664,132 @@ impl Guest {
     }
 }
 
+/// Over QMP: migrates the running VM into `file` (QEMU stops it when the
+/// stream is complete), then quits QEMU.
+fn save_and_quit(stream: UnixStream, file: &Path, deadline: Instant) -> Result<()> {
+    let mut qmp = Qmp::new(stream, deadline)?;
+    qmp.execute(r#"{"execute":"qmp_capabilities"}"#)?;
+    qmp.execute(
+        r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}"#,
+    )?;
+    let uri = json_string(&format!("file:{}", file.display()));
+    qmp.execute(&format!(
+        r#"{{"execute":"migrate","arguments":{{"uri":{uri}}}}}"#
+    ))?;
+    loop {
+        let line = qmp.line()?;
+        if !line.contains(r#""event":"MIGRATION""#) {
+            continue;
+        }
+        if line.contains(r#""status":"completed""#) {
+            break;
+        }
+        if line.contains(r#""status":"failed""#) || line.contains(r#""status":"cancelled""#) {
+            anyhow::bail!("QEMU's migration to {} failed: {line}", file.display());
+        }
+    }
+    qmp.execute(r#"{"execute":"quit"}"#)?;
+    Ok(())
+}
+
+/// Over QMP: waits until an incoming VM runs (QEMU starts it by itself
+/// once the stream is loaded, as the saved VM was running).
+fn wait_running(stream: UnixStream, deadline: Instant) -> Result<()> {
+    let mut qmp = Qmp::new(stream, deadline)?;
+    qmp.execute(r#"{"execute":"qmp_capabilities"}"#)?;
+    // Events come only after the capabilities: ask first, then wait.
+    let status = qmp.query(r#"{"execute":"query-status"}"#)?;
+    if status.contains(r#""status":"running""#) {
+        return Ok(());
+    }
+    loop {
+        let line = qmp.line()?;
+        if line.contains(r#""event":"RESUME""#) {
+            return Ok(());
+        }
+    }
+}
+
+/// A QMP connection: one JSON object per line each way.
+struct Qmp {
+    reader: std::io::BufReader<UnixStream>,
+    writer: UnixStream,
+    deadline: Instant,
+}
+
+impl Qmp {
+    /// Takes the greeting.
+    fn new(stream: UnixStream, deadline: Instant) -> Result<Qmp> {
+        let writer = stream
+            .try_clone()
+            .context("could not clone the QMP socket")?;
+        let mut qmp = Qmp {
+            reader: std::io::BufReader::new(stream),
+            writer,
+            deadline,
+        };
+        let greeting = qmp.line()?;
+        anyhow::ensure!(
+            greeting.contains(r#""QMP""#),
+            "QEMU's QMP greeting was {greeting:?}"
+        );
+        Ok(qmp)
+    }
+
+    /// The next line, with the spaces outside strings' contents dropped
+    /// well enough for `contains` checks (QMP writes `"key": value`).
+    fn line(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(!left.is_zero(), "QMP: out of time");
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(left))
+            .context("QMP: set a read timeout")?;
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).context("QMP: read")?;
+        anyhow::ensure!(n > 0, "QMP: QEMU closed the monitor");
+        Ok(line.trim_end().replace(": ", ":").replace(", ", ","))
+    }
+
+    /// Sends one command and waits for its answer (events on the way are
+    /// skipped); an `error` answer is an error.
+    fn execute(&mut self, command: &str) -> Result<()> {
+        self.query(command).map(drop)
+    }
+
+    /// [`Qmp::execute`], returning the answer's line.
+    fn query(&mut self, command: &str) -> Result<String> {
+        self.writer
+            .write_all(format!("{command}\n").as_bytes())
+            .context("QMP: write")?;
+        loop {
+            let line = self.line()?;
+            if line.starts_with(r#"{"return""#) {
+                return Ok(line);
+            }
+            if line.starts_with(r#"{"error""#) {
+                anyhow::bail!("QMP {command} failed: {line}");
+            }
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 fn kill(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
@@ -517,6 +805,12 @@ fn kill(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("file:/tmp/a b"), r#""file:/tmp/a b""#);
+        assert_eq!(json_string("a\"b\\c\n"), r#""a\"b\\c\u000a""#);
+    }
 
     #[test]
     fn soft_lockup_reports_are_read() {

@@ -187,6 +187,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         ports: Some((Sink::Stdout, Sink::Stderr)),
         echo_console: args.console,
         kill_on_lockup: true,
+        snapshot: None,
         timeout: Duration::from_secs(args.timeout),
         silence: Duration::from_secs(args.silence),
     };

@@ -174,6 +174,7 @@ pub fn run(args: &SelftestArgs) -> Result<usize> {
                 ports: Some((Sink::Capture, Sink::Capture)),
                 echo_console: false,
                 kill_on_lockup: false,
+                snapshot: None,
                 timeout: Duration::from_secs(180),
                 silence: Duration::from_secs(120),
             };

@@ -11,16 +11,22 @@
 //! A failed boot's stderr (kestrel: the verdict and, for a triple fault,
 //! the vCPU report) or console tail (QEMU) is kept under
 //! `target/kestrel/stress/`.
+//!
+//! With `--warm` every counted run is a restore: one boot of each VMM
+//! first saves the VM where the init waits for its job (kestrel: `kestrel
+//! run --warm`'s snapshot; QEMU: its own migration stream, written over
+//! QMP), and each run then starts from that file with the job sent on
+//! COM2 — so restored guests of both VMMs are compared, not only boots.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kestrel_initramfs::job::{Dest, Root, Spec, Status};
+use kestrel_initramfs::job::{Dest, JobHeader, Root, Spec, Status, SEED_BYTES};
 
 use crate::guest;
-use crate::qemu::{Accel, Guest, Machine, VhostUserFs};
+use crate::qemu::{Accel, Guest, Machine, Snapshot, VhostUserFs};
 use crate::tools::{self, Qemu};
 use crate::{bench, bench_fs, paths};
 
@@ -64,6 +70,12 @@ pub struct StressArgs {
     /// 7.2, so that QEMU is used).
     #[arg(long, default_value = "virtiofs-lite")]
     pub fs_server: String,
+    /// Compare restored guests: one saving boot of each VMM first (not
+    /// counted), then every run restores it and gets its job over COM2
+    /// (kestrel `--warm`; QEMU `-incoming` from its own migration file).
+    /// Needs `--root initramfs`.
+    #[arg(long)]
+    pub warm: bool,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
     #[arg(long)]
     pub here: bool,
@@ -87,12 +99,17 @@ pub fn run(args: &StressArgs) -> Result<()> {
         "host" => true,
         other => bail!("--root {other}: use initramfs or host"),
     };
+    if args.warm && host_root {
+        bail!("--warm restores a guest whose programs are in its initramfs: drop --root host");
+    }
     let kestrel = guest::build_kestrel()?;
     let kernel = guest::kernel(&args.kernel)?;
     if !args.here && !guest::hardware_kvm(&kestrel) {
-        return bench::in_rig(vec![
-            "stress".into(),
-            "--here".into(),
+        let mut rig_args: Vec<String> = vec!["stress".into(), "--here".into()];
+        if args.warm {
+            rig_args.push("--warm".into());
+        }
+        rig_args.extend([
             "--kernel".into(),
             args.kernel.clone(),
             "--cpus".into(),
@@ -111,6 +128,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
             "--fs-server".into(),
             args.fs_server.clone(),
         ]);
+        return bench::in_rig(rig_args);
     }
     let virtiofsd = match args.fs_server.as_str() {
         "virtiofs-lite" => false,
@@ -126,6 +144,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
     let lite;
+    let mut warm_base = None;
     let host_fs = if host_root {
         let base = guest::base_initramfs(&guest::BaseSpec {
             name: "stress-host-root",
@@ -144,6 +163,15 @@ pub fn run(args: &StressArgs) -> Result<()> {
             lite = guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?;
             bench_fs::Server::Lite(&lite)
         })
+    } else if args.warm {
+        // The base archive alone: the init waits for its job on COM2.
+        warm_base = Some(guest::base_initramfs(&guest::BaseSpec {
+            name: "stress-execs",
+            kernel: &kernel,
+            modules: &[],
+            executables: &[PathBuf::from("/bin/true"), PathBuf::from("/bin/sh")],
+        })?);
+        None
     } else if args.execs == 0 {
         bench::write_true_initrd(&bench::true_base(&kernel)?, &initrd)?;
         None
@@ -158,7 +186,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
         None
     };
     tools::step(format!(
-        "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}{}{}{}",
+        "stress: {} boots each of kestrel and QEMU-KVM ({}, {}), {} vCPUs, {} at a time, {}{}{}{}{}",
         args.boots,
         args.qemu_machine,
         qemu.version,
@@ -178,6 +206,11 @@ pub fn run(args: &StressArgs) -> Result<()> {
         } else {
             format!(", {} starts of /bin/true per boot", args.execs)
         },
+        if args.warm {
+            ", every run restored from a snapshot (the job over COM2)"
+        } else {
+            ""
+        },
         match &host_fs {
             None => "",
             Some(bench_fs::Server::Lite(_)) =>
@@ -193,6 +226,21 @@ pub fn run(args: &StressArgs) -> Result<()> {
         .prefix("kestrel-stress-")
         .tempdir()
         .context("could not create a temporary directory")?;
+    let job = execs_job(args.execs.max(1));
+    let warm = match &warm_base {
+        Some(base) => {
+            let job_spec = dir.join("warm-job.spec");
+            std::fs::write(&job_spec, job.render())
+                .with_context(|| format!("could not write {}", job_spec.display()))?;
+            Some(Warm {
+                base,
+                job_spec,
+                job: job.render(),
+                qemu_file: sockets.path().join("qemu-vm.mig"),
+            })
+        }
+        None => None,
+    };
     let setup = Setup {
         kestrel: &kestrel,
         qemu: &qemu,
@@ -205,7 +253,11 @@ pub fn run(args: &StressArgs) -> Result<()> {
         execs: args.execs.max(1),
         kernel_spec: &args.kernel,
         sockets: sockets.path(),
+        warm: warm.as_ref(),
     };
+    if warm.is_some() {
+        prime(&setup, machine)?;
+    }
     let vmms = [Vmm::Kestrel, Vmm::Qemu(machine)];
     let mut tally = [Tally::default(), Tally::default()];
     let started = Instant::now();
@@ -299,6 +351,74 @@ struct Setup<'a> {
     kernel_spec: &'a str,
     /// Where QEMU's vhost-user sockets go.
     sockets: &'a Path,
+    /// With `--warm`: what the runs restore.
+    warm: Option<&'a Warm<'a>>,
+}
+
+/// What `--warm` runs restore and send.
+struct Warm<'a> {
+    /// The base archive (no job: the init waits on COM2).
+    base: &'a Path,
+    /// The job, as a file for `kestrel run --job-spec`.
+    job_spec: PathBuf,
+    /// The job spec's text, for QEMU's guests.
+    job: String,
+    /// QEMU's saved VM.
+    qemu_file: PathBuf,
+}
+
+/// How many tries each VMM gets to save its snapshot.
+const SAVE_TRIES: usize = 3;
+
+/// The one saving boot of each VMM (`--warm`), not counted: a failure is
+/// printed and tried again, up to [`SAVE_TRIES`] times.
+fn prime(setup: &Setup, machine: Machine) -> Result<()> {
+    for vmm in [Vmm::Kestrel, Vmm::Qemu(machine)] {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match vmm.boot_as(setup, Role::Save) {
+                Ok(()) => break,
+                Err(why) if tries < SAVE_TRIES => {
+                    println!("{} saving boot {tries}: FAILED: {why}", vmm.name());
+                }
+                Err(why) => bail!(
+                    "{}'s saving boot failed {SAVE_TRIES} times, the last: {why}",
+                    vmm.name()
+                ),
+            }
+        }
+        println!("{}: snapshot saved ({tries} boot(s))", vmm.name());
+    }
+    Ok(())
+}
+
+/// What a run of a `--warm` stress is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Boot and save the snapshot (the job still runs, for kestrel).
+    Save,
+    /// Start from the snapshot (or, without `--warm`, a plain boot).
+    Run,
+}
+
+/// The job header and spec QEMU's restored guest gets on COM2: the host's
+/// time now and a fresh seed, as kestrel sends them.
+fn job_bytes(spec: &str) -> Result<Vec<u8>, String> {
+    let mut seed = [0u8; SEED_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .map_err(|e| format!("could not read /dev/urandom: {e}"))?;
+    let realtime_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let len = u32::try_from(spec.len()).map_err(|_| "the job spec is too long".to_string())?;
+    let header = JobHeader {
+        len,
+        realtime_ns,
+        seed,
+    };
+    Ok([header.line().as_bytes(), spec.as_bytes()].concat())
 }
 
 enum Vmm {
@@ -314,8 +434,14 @@ impl Vmm {
         }
     }
 
-    /// One boot; `Err` says how it failed (its log is kept in `dir`).
+    /// One counted run.
     fn boot(&self, setup: &Setup) -> Result<(), String> {
+        self.boot_as(setup, Role::Run)
+    }
+
+    /// One boot or restore; `Err` says how it failed (its log is kept in
+    /// `dir`).
+    fn boot_as(&self, setup: &Setup, role: Role) -> Result<(), String> {
         let Setup {
             kestrel,
             qemu,
@@ -328,6 +454,7 @@ impl Vmm {
             execs,
             kernel_spec,
             sockets,
+            warm,
         } = *setup;
         // Unique per boot: two jobs start in the same clock tick (L1's clock
         // under TCG is coarse: two QEMU-KVM boots once shared one name, so
@@ -345,7 +472,15 @@ impl Vmm {
             Vmm::Kestrel => {
                 let mut cmd = Command::new(kestrel);
                 cmd.arg("run").arg("--kernel");
-                if host_fs.is_none() {
+                if let Some(w) = warm {
+                    cmd.arg(kernel)
+                        .arg("--initrd")
+                        .arg(w.base)
+                        .arg("--warm")
+                        .arg("--job-spec")
+                        .arg(&w.job_spec)
+                        .arg("--timings");
+                } else if host_fs.is_none() {
                     cmd.arg(kernel).arg("--initrd").arg(initrd);
                 } else {
                     cmd.arg(kernel_spec);
@@ -370,15 +505,38 @@ impl Vmm {
                     .stdin(Stdio::null())
                     .output()
                     .map_err(|e| format!("could not start kestrel: {e}"))?;
-                if out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                // `--timings` names how a warm run started: a counted run
+                // that booted instead of restoring is not what it claims.
+                let started_warm = warm.is_none()
+                    || match role {
+                        Role::Save => stderr.contains("snapshot-saved"),
+                        Role::Run => stderr.contains("snapshot-restored"),
+                    };
+                if out.status.success() && started_warm {
                     let _ = std::fs::remove_file(&log);
                     return Ok(());
                 }
-                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                if out.status.success() {
+                    let _ = append(&log, &format!("\n--- kestrel's stderr\n{stderr}"));
+                    return Err(format!(
+                        "kestrel passed but did not {} a snapshot (log: {})",
+                        if role == Role::Save {
+                            "save"
+                        } else {
+                            "restore"
+                        },
+                        log.display()
+                    ));
+                }
                 let _ = append(&log, &format!("\n--- kestrel's stderr\n{stderr}"));
                 let why = stderr
                     .lines()
-                    .find(|l| l.starts_with("kestrel: ") && !l.contains("last console lines"))
+                    .find(|l| {
+                        l.starts_with("kestrel: ")
+                            && !l.starts_with("kestrel: phase ")
+                            && !l.contains("last console lines")
+                    })
                     .unwrap_or("no verdict line")
                     .to_string();
                 Err(format!("{why} (log: {})", log.display()))
@@ -405,7 +563,7 @@ impl Vmm {
                     cpus,
                     memory_mib: MEMORY_MIB,
                     kernel: kernel.to_path_buf(),
-                    initrd: initrd.to_path_buf(),
+                    initrd: warm.map_or_else(|| initrd.to_path_buf(), |w| w.base.to_path_buf()),
                     append: bench::QEMU_APPEND.into(),
                     shared_memory: host_fs.is_some(),
                     fs: host_fs.map(|_| VhostUserFs {
@@ -415,6 +573,14 @@ impl Vmm {
                     ports: None,
                     echo_console: false,
                     kill_on_lockup: false,
+                    snapshot: match (warm, role) {
+                        (None, _) => None,
+                        (Some(w), Role::Save) => Some(Snapshot::SaveAt(w.qemu_file.clone())),
+                        (Some(w), Role::Run) => Some(Snapshot::Restore {
+                            from: w.qemu_file.clone(),
+                            job: job_bytes(&w.job)?,
+                        }),
+                    },
                     timeout: BOOT_LIMIT,
                     silence: Duration::from_secs(60),
                 };
@@ -425,6 +591,17 @@ impl Vmm {
                     let _ = std::fs::remove_file(&socket);
                 }
                 let outcome = outcome.map_err(|e| format!("{e:#}"))?;
+                match &outcome.snapshot {
+                    Some(Ok(())) if role == Role::Save => return Ok(()),
+                    Some(Err(why)) => {
+                        let _ = std::fs::write(
+                            &log,
+                            [outcome.console.as_slice(), outcome.qemu_log.as_bytes()].concat(),
+                        );
+                        return Err(format!("{why} (log: {})", log.display()));
+                    }
+                    _ => {}
+                }
                 if outcome.status == Some(Status::Exit(0)) {
                     return Ok(());
                 }
@@ -499,6 +676,28 @@ mod tests {
             .status()
             .unwrap();
         assert_eq!(bad.code(), Some(1));
+    }
+
+    #[test]
+    fn a_restored_qemu_guest_gets_a_header_the_init_parses_then_the_spec() {
+        let spec = execs_job(3).render();
+        let bytes = job_bytes(&spec).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let (line, rest) = text.split_once('\n').unwrap();
+        let header = JobHeader::parse(line).unwrap();
+        assert_eq!(header.len as usize, spec.len());
+        assert_eq!(rest, spec);
+        assert!(header.realtime_ns > 0);
+        // A fresh seed each time (equal twice in a row: 2^-256).
+        let again = JobHeader::parse(
+            String::from_utf8(job_bytes(&spec).unwrap())
+                .unwrap()
+                .split_once('\n')
+                .unwrap()
+                .0,
+        )
+        .unwrap();
+        assert_ne!(header.seed, again.seed);
     }
 
     #[test]
