@@ -51,11 +51,15 @@ pub struct MatrixArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// Start each cell from a snapshot of its kernel booted to where the
-    /// init waits for its job (`kestrel run --warm`; the first cell of each
-    /// kernel, vCPU count, memory and device count boots cold and saves
-    /// it). Not the default yet: under sustained warm load the rig's L1
-    /// kernel crashed (runner/NOTES.md, "Warm starts").
+    /// Boot every cell (cold) instead of starting it from a snapshot.
+    /// By default each cell starts from a snapshot of its kernel booted
+    /// to where the init waits for its job (`kestrel run --warm`; the
+    /// first cell of each kernel, vCPU count, memory and device count
+    /// boots cold and saves it).
+    #[arg(long, conflicts_with = "warm")]
+    pub cold: bool,
+    /// Start cells from snapshots (the default; kept for scripts that
+    /// name it).
     #[arg(long)]
     pub warm: bool,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
@@ -115,7 +119,7 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
-        warm: args.warm,
+        cold: args.cold,
     }
     .rig_args()?;
     let code = rig::run_retrying(&rig_args, 2, &|| false)?;
@@ -138,7 +142,7 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
     }
     options.update = args.update;
     options.retries = args.retries;
-    let backend = crate::test::backend(kestrel, args.warm);
+    let backend = crate::test::backend(kestrel, !args.cold);
     let dir = report_dir();
     let matrix = run_matrix(MatrixRun {
         options,

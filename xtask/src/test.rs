@@ -43,11 +43,15 @@ pub struct TestArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// Start each case from a snapshot of its kernel booted to where the
-    /// init waits for its job (`kestrel run --warm`; the first case of each
-    /// kernel, vCPU count, memory and device count boots cold and saves
-    /// it). Not the default yet: under sustained warm load the rig's L1
-    /// kernel crashed (runner/NOTES.md, "Warm starts").
+    /// Boot every case (cold) instead of starting it from a snapshot.
+    /// By default each case starts from a snapshot of its kernel booted
+    /// to where the init waits for its job (`kestrel run --warm`; the
+    /// first case of each kernel, vCPU count, memory and device count
+    /// boots cold and saves it).
+    #[arg(long, conflicts_with = "warm")]
+    pub cold: bool,
+    /// Start cases from snapshots (the default; kept for scripts that
+    /// name it).
     #[arg(long)]
     pub warm: bool,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
@@ -85,7 +89,7 @@ pub fn run(args: &TestArgs) -> Result<bool> {
     options.retries = args.retries;
     options.per_kernel_snapshots = args.per_kernel;
     options.junit = args.junit.clone();
-    let summary = run_suite(&options, &backend(kestrel, args.warm))?;
+    let summary = run_suite(&options, &backend(kestrel, !args.cold))?;
     eprint!("{}", summary.table);
     eprintln!("{}", summary.totals_line());
     Ok(summary.passed())
@@ -136,7 +140,8 @@ pub struct HereCmd<'a> {
     pub jobs: Option<usize>,
     pub retries: u32,
     pub update: bool,
-    pub warm: bool,
+    /// `--cold`: every case boots.
+    pub cold: bool,
 }
 
 impl HereCmd<'_> {
@@ -173,8 +178,8 @@ impl HereCmd<'_> {
         if self.update {
             cmd.push("--update".into());
         }
-        if self.warm {
-            cmd.push("--warm".into());
+        if self.cold {
+            cmd.push("--cold".into());
         }
         Ok(cmd)
     }
@@ -190,7 +195,7 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
-        warm: args.warm,
+        cold: args.cold,
     }
     .rig_args()?;
     if args.per_kernel {
