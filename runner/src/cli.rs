@@ -501,6 +501,26 @@ mod tests {
     }
 
     #[test]
+    fn suites_start_cases_warm_unless_told_cold() {
+        let suite = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Test(t)) => Ok(t.suite),
+            Ok(Command::Matrix(m)) => Ok(m.suite),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        for cmd in ["test", "matrix"] {
+            let s = suite(&[cmd, "--scenarios", "d"]).unwrap();
+            assert!(!s.cold && !s.warm, "{cmd}: warm by default");
+            let warm = s.backend("/k".into()).extra_args;
+            assert_eq!(warm, ["--warm"], "{cmd}");
+            let cold = suite(&[cmd, "--scenarios", "d", "--cold"]).unwrap();
+            assert!(cold.backend("/k".into()).extra_args.is_empty(), "{cmd}");
+            assert!(suite(&[cmd, "--scenarios", "d", "--warm"]).unwrap().warm);
+            assert!(suite(&[cmd, "--scenarios", "d", "--cold", "--warm"]).is_err());
+        }
+    }
+
+    #[test]
     fn defaults() {
         let a = run_args(&["run", "--kernel", "debian:6.1"]);
         assert_eq!((a.cpus, a.memory, a.timeout), (1, 512, None));

@@ -17,7 +17,8 @@ use kestrel_kernels::Cache;
 use kestrel_scenarios::{run_suite, KestrelBinary, SuiteOptions};
 
 /// What `kestrel test` and `kestrel matrix` share: which scenarios, how
-/// many at once, whether to accept their output, warm or cold.
+/// many at once, whether to accept their output, warm (the default) or
+/// cold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     /// A directory of scenario files (repeatable): snapshots in
@@ -38,7 +39,13 @@ pub struct SuiteArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// Start each case from a VM snapshot (`kestrel run --warm`).
+    /// Boot every case (cold). By default each case starts from a VM
+    /// snapshot (`kestrel run --warm`: the first case of each kernel, vCPU
+    /// count, memory and device count boots and saves it).
+    #[arg(long, conflicts_with = "warm")]
+    pub cold: bool,
+    /// Start cases from VM snapshots (the default; kept for scripts that
+    /// name it).
     #[arg(long)]
     pub warm: bool,
 }
@@ -64,11 +71,17 @@ impl SuiteArgs {
         options.update = self.update;
         options.retries = self.retries;
         let exe = std::env::current_exe().context("cannot find the kestrel binary itself")?;
+        Ok((options, self.backend(exe)))
+    }
+
+    /// `exe` as the suite's backend: every case `kestrel run --warm`
+    /// unless `--cold`.
+    pub fn backend(&self, exe: PathBuf) -> KestrelBinary {
         let mut backend = KestrelBinary::new(exe);
-        if self.warm {
+        if !self.cold {
             backend.extra_args.push("--warm".into());
         }
-        Ok((options, backend))
+        backend
     }
 }
 
