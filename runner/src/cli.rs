@@ -501,21 +501,27 @@ mod tests {
     }
 
     #[test]
-    fn suites_start_cases_warm_unless_told_cold() {
+    fn test_starts_cases_warm_and_matrix_cold_unless_told() {
         let suite = |args: &[&str]| match parse(args).map(|c| c.command) {
             Ok(Command::Test(t)) => Ok(t.suite),
             Ok(Command::Matrix(m)) => Ok(m.suite),
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e),
         };
-        for cmd in ["test", "matrix"] {
-            let s = suite(&[cmd, "--scenarios", "d"]).unwrap();
-            assert!(!s.cold && !s.warm, "{cmd}: warm by default");
-            let warm = s.backend("/k".into()).extra_args;
-            assert_eq!(warm, ["--warm"], "{cmd}");
-            let cold = suite(&[cmd, "--scenarios", "d", "--cold"]).unwrap();
-            assert!(cold.backend("/k".into()).extra_args.is_empty(), "{cmd}");
-            assert!(suite(&[cmd, "--scenarios", "d", "--warm"]).unwrap().warm);
+        // `kestrel test` starts warm by default, `kestrel matrix` cold.
+        for (cmd, by_default) in [("test", true), ("matrix", false)] {
+            let warm = |flags: &[&str]| {
+                let args: Vec<&str> = [cmd, "--scenarios", "d"]
+                    .iter()
+                    .chain(flags)
+                    .copied()
+                    .collect();
+                let s = suite(&args).unwrap();
+                s.backend("/k".into(), by_default).extra_args == ["--warm"]
+            };
+            assert_eq!(warm(&[]), by_default, "{cmd}");
+            assert!(warm(&["--warm"]), "{cmd}");
+            assert!(!warm(&["--cold"]), "{cmd}");
             assert!(suite(&[cmd, "--scenarios", "d", "--cold", "--warm"]).is_err());
         }
     }

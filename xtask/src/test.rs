@@ -140,8 +140,9 @@ pub struct HereCmd<'a> {
     pub jobs: Option<usize>,
     pub retries: u32,
     pub update: bool,
-    /// `--cold`: every case boots.
-    pub cold: bool,
+    /// Cases start from snapshots (`--warm`) or boot (`--cold`); passed on
+    /// explicitly, as the two subcommands' defaults differ.
+    pub warm: bool,
 }
 
 impl HereCmd<'_> {
@@ -178,9 +179,7 @@ impl HereCmd<'_> {
         if self.update {
             cmd.push("--update".into());
         }
-        if self.cold {
-            cmd.push("--cold".into());
-        }
+        cmd.push(if self.warm { "--warm" } else { "--cold" }.into());
         Ok(cmd)
     }
 }
@@ -195,7 +194,7 @@ fn in_rig(args: &TestArgs) -> Result<bool> {
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
-        cold: args.cold,
+        warm: !args.cold,
     }
     .rig_args()?;
     if args.per_kernel {

@@ -17,8 +17,8 @@ use kestrel_kernels::Cache;
 use kestrel_scenarios::{run_suite, KestrelBinary, SuiteOptions};
 
 /// What `kestrel test` and `kestrel matrix` share: which scenarios, how
-/// many at once, whether to accept their output, warm (the default) or
-/// cold.
+/// many at once, whether to accept their output, warm or cold (`kestrel
+/// test` starts cases warm by default, `kestrel matrix` boots them).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     /// A directory of scenario files (repeatable): snapshots in
@@ -39,13 +39,12 @@ pub struct SuiteArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// Boot every case (cold). By default each case starts from a VM
-    /// snapshot (`kestrel run --warm`: the first case of each kernel, vCPU
-    /// count, memory and device count boots and saves it).
+    /// Boot every case (the default of `kestrel matrix`).
     #[arg(long, conflicts_with = "warm")]
     pub cold: bool,
-    /// Start cases from VM snapshots (the default; kept for scripts that
-    /// name it).
+    /// Start each case from a VM snapshot (`kestrel run --warm`: the first
+    /// case of each kernel, vCPU count, memory and device count boots and
+    /// saves it; the default of `kestrel test`).
     #[arg(long)]
     pub warm: bool,
 }
@@ -54,7 +53,9 @@ impl SuiteArgs {
     /// Checks the arguments and that KVM boots kernels here, then the
     /// suite options (artifacts in the cache's `runs/`) and this binary
     /// as the backend.
-    pub fn prepare(&self) -> Result<(SuiteOptions, KestrelBinary)> {
+    /// `warm_by_default`: whether cases start from snapshots when neither
+    /// `--warm` nor `--cold` is given.
+    pub fn prepare(&self, warm_by_default: bool) -> Result<(SuiteOptions, KestrelBinary)> {
         let dirs = kestrel_scenarios::scenario::resolve_dirs(&self.scenarios)?;
         if self.jobs == Some(0) {
             bail!("--jobs must be at least 1");
@@ -71,14 +72,14 @@ impl SuiteArgs {
         options.update = self.update;
         options.retries = self.retries;
         let exe = std::env::current_exe().context("cannot find the kestrel binary itself")?;
-        Ok((options, self.backend(exe)))
+        Ok((options, self.backend(exe, warm_by_default)))
     }
 
-    /// `exe` as the suite's backend: every case `kestrel run --warm`
-    /// unless `--cold`.
-    pub fn backend(&self, exe: PathBuf) -> KestrelBinary {
+    /// `exe` as the suite's backend: every case `kestrel run --warm` with
+    /// `--warm`, or with neither flag when `warm_by_default`.
+    pub fn backend(&self, exe: PathBuf, warm_by_default: bool) -> KestrelBinary {
         let mut backend = KestrelBinary::new(exe);
-        if !self.cold {
+        if self.warm || (warm_by_default && !self.cold) {
             backend.extra_args.push("--warm".into());
         }
         backend
@@ -100,7 +101,7 @@ pub struct TestArgs {
 
 /// `kestrel test`.
 pub fn run(args: TestArgs) -> Result<u8> {
-    let (mut options, backend) = args.suite.prepare()?;
+    let (mut options, backend) = args.suite.prepare(true)?;
     for spec in &args.kernel {
         super::ensure_kernel(spec)?;
     }
