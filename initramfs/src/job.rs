@@ -31,6 +31,20 @@
 //! digits) that the init mixes into the kernel's random pool: every warm
 //! start restores the same kernel state, CRNG included, so without it
 //! every run would draw the same random numbers.
+//!
+//! The job window: kestrel reserves [`JOB_WINDOW_LEN`] bytes of guest RAM
+//! at [`JOB_WINDOW_ADDR`] (an e820 "reserved" range, so the kernel never
+//! uses it and `/dev/mem` may read it) and writes [`JOB_WINDOW_MAGIC`] at
+//! its start before the guest runs. An init that finds the magic through
+//! `/dev/mem` writes [`JOB_WINDOW_ACK`] right after it, before the ready
+//! line; a host that finds both (in the restored RAM) writes the spec at
+//! [`JOB_WINDOW_DATA`] inside the window and sends the header alone, with
+//! the flag [`JOB_WINDOW_FLAG`]:
+//! ```text
+//! host → guest   KESTREL-JOB <len> <realtime_ns> <seed> window\n
+//! ```
+//! so the spec does not cross the UART a byte (two port exits) at a time.
+//! Any other host (QEMU in the benches) sends the spec on the channel.
 
 use std::fmt;
 
@@ -73,12 +87,30 @@ pub const MAX_JOB_BYTES: u32 = 1 << 20;
 /// How many random bytes a [`JobHeader`] carries for the guest kernel.
 pub const SEED_BYTES: usize = 32;
 
+/// Guest-physical start of the job window (see the module docs): below
+/// 1 MiB, clear of kestrel's boot data (page tables end at 0xc000, the
+/// command line is 0x20000..0x30000) and of the EBDA.
+pub const JOB_WINDOW_ADDR: u64 = 0x4_0000;
+/// Length of the job window.
+pub const JOB_WINDOW_LEN: u64 = 0x4_0000;
+/// Where the spec starts inside the window.
+pub const JOB_WINDOW_DATA: u64 = 0x1000;
+/// What the host writes at the window's start.
+pub const JOB_WINDOW_MAGIC: &[u8; 16] = b"KESTREL-JOBWIN1\n";
+/// What an init that can read the window writes right after the magic.
+pub const JOB_WINDOW_ACK: &[u8; 16] = b"KESTREL-JOBACK1\n";
+/// The header's fourth field when the spec is in the window.
+pub const JOB_WINDOW_FLAG: &str = "window";
+/// The largest spec the window holds.
+pub const JOB_WINDOW_MAX: u32 = (JOB_WINDOW_LEN - JOB_WINDOW_DATA) as u32;
+
 /// The header line before a job spec sent on the status channel.
 ///
 /// Wire form: `KESTREL-JOB <len> <realtime_ns> <seed>\n`, both numbers in
 /// decimal (ASCII digits only), the seed as exactly `2 * SEED_BYTES`
 /// lowercase hex digits. Exactly `len` bytes of spec text follow the
-/// newline.
+/// newline — or, with a fourth field `window`, nothing follows and the
+/// spec is in the job window (at most [`JOB_WINDOW_MAX`] bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobHeader {
     /// Bytes of spec text after the header line, `1..=MAX_JOB_BYTES`.
@@ -90,16 +122,23 @@ pub struct JobHeader {
     /// kernel's random pool (a restored snapshot's pool is the same in
     /// every run).
     pub seed: [u8; SEED_BYTES],
+    /// The spec is in the job window, not after the header line.
+    pub in_window: bool,
 }
 
 impl JobHeader {
     /// The header line, newline included.
     pub fn line(&self) -> String {
         format!(
-            "{JOB_HEADER_PREFIX}{} {} {}\n",
+            "{JOB_HEADER_PREFIX}{} {} {}{}\n",
             self.len,
             self.realtime_ns,
-            hex(&self.seed)
+            hex(&self.seed),
+            if self.in_window {
+                format!(" {JOB_WINDOW_FLAG}")
+            } else {
+                String::new()
+            }
         )
     }
 
@@ -111,11 +150,18 @@ impl JobHeader {
             format!("job header {line:?} does not start with {JOB_HEADER_PREFIX:?}")
         })?;
         let fields: Vec<&str> = rest.split(' ').collect();
-        let [len, realtime_ns, seed] = fields.as_slice() else {
-            return Err(format!(
-                "job header {line:?} has {} fields instead of a length, a time and a seed",
-                fields.len()
-            ));
+        let (len, realtime_ns, seed, in_window) = match fields.as_slice() {
+            [len, realtime_ns, seed] => (len, realtime_ns, seed, false),
+            [len, realtime_ns, seed, flag] if *flag == JOB_WINDOW_FLAG => {
+                (len, realtime_ns, seed, true)
+            }
+            _ => {
+                return Err(format!(
+                    "job header {line:?} has {} fields instead of a length, a time, a seed \
+                     and maybe `{JOB_WINDOW_FLAG}`",
+                    fields.len()
+                ))
+            }
         };
         let len = decimal::<u32>(len)
             .ok_or_else(|| format!("job header {line:?} has a bad length {len:?}"))?;
@@ -127,15 +173,21 @@ impl JobHeader {
                 2 * SEED_BYTES
             )
         })?;
-        if len == 0 || len > MAX_JOB_BYTES {
+        let max = if in_window {
+            JOB_WINDOW_MAX
+        } else {
+            MAX_JOB_BYTES
+        };
+        if len == 0 || len > max {
             return Err(format!(
-                "job header {line:?} announces {len} bytes, not 1 to {MAX_JOB_BYTES}"
+                "job header {line:?} announces {len} bytes, not 1 to {max}"
             ));
         }
         Ok(JobHeader {
             len,
             realtime_ns,
             seed,
+            in_window,
         })
     }
 }
@@ -767,16 +819,25 @@ mod tests {
                 len: 1,
                 realtime_ns: 0,
                 seed: [0; SEED_BYTES],
+                in_window: false,
             },
             JobHeader {
                 len: 321,
                 realtime_ns: 1_700_000_000_123_456_789,
                 seed: seed(),
+                in_window: true,
             },
             JobHeader {
                 len: MAX_JOB_BYTES,
                 realtime_ns: u64::MAX,
                 seed: [0xff; SEED_BYTES],
+                in_window: false,
+            },
+            JobHeader {
+                len: JOB_WINDOW_MAX,
+                realtime_ns: 5,
+                seed: seed(),
+                in_window: true,
             },
         ] {
             let line = header.line();
@@ -790,9 +851,20 @@ mod tests {
                 len: 12,
                 realtime_ns: 34,
                 seed: seed(),
+                in_window: false,
             }
             .line(),
             format!("KESTREL-JOB 12 34 {SEED_HEX}\n")
+        );
+        assert_eq!(
+            JobHeader {
+                len: 12,
+                realtime_ns: 34,
+                seed: seed(),
+                in_window: true,
+            }
+            .line(),
+            format!("KESTREL-JOB 12 34 {SEED_HEX} window\n")
         );
     }
 
@@ -806,6 +878,7 @@ mod tests {
                 len: 1,
                 realtime_ns: 1,
                 seed,
+                in_window: false,
             };
             let line = header.line();
             let field = line.trim_end().rsplit(' ').next().unwrap();
@@ -878,7 +951,7 @@ mod tests {
         }
         let e = JobHeader::parse("KESTREL-JOB 12 34\n").unwrap_err();
         assert!(
-            e.ends_with("has 2 fields instead of a length, a time and a seed"),
+            e.ends_with("has 2 fields instead of a length, a time, a seed and maybe `window`"),
             "{e}"
         );
     }

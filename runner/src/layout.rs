@@ -47,6 +47,13 @@ pub const RAW_GUEST_ENTRY: u64 = 0x1000;
 /// Largest hand-written guest image.
 pub const RAW_GUEST_MAX: usize = 0x4000;
 
+/// The job window (`kestrel_initramfs::job`'s module docs): reserved in
+/// the memory map, its magic written at every boot; a warm start's job
+/// spec goes here instead of over COM2 when the init acknowledged it.
+pub const JOB_WINDOW: u64 = kestrel_initramfs::job::JOB_WINDOW_ADDR;
+/// Length of [`JOB_WINDOW`].
+pub const JOB_WINDOW_LEN: u64 = kestrel_initramfs::job::JOB_WINDOW_LEN;
+
 /// Start of the extended BIOS data area; RAM below it is usable.
 pub const EBDA_START: u64 = 0x9fc00;
 /// RSDP (inside the BIOS area, where a legacy scan would also find it).

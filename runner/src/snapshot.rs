@@ -19,7 +19,8 @@
 //! ```
 //! Invariants: a file whose magic, format, checksum, key or length does
 //! not match is never restored (the caller boots cold and rewrites it);
-//! a restore maps the file's RAM private (copy-on-write), so every restore
+//! a restore copies the file's RAM into fresh memory (or, with
+//! `KESTREL_RESTORE=map`, maps it private, copy-on-write), so every restore
 //! starts from the identical state and nothing writes the file back (a
 //! file is only ever replaced by rename or unlinked, never truncated in
 //! place, so a mapping never loses its pages); the only device state
@@ -55,7 +56,7 @@ use crate::memory::GuestMemory;
 /// First bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"KSTRLSNP";
 /// Bumped whenever the state layout or its meaning changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// Fixed header size; the state follows it.
 const HEADER_LEN: u64 = 64;
 /// Guest RAM starts at a multiple of this in the file.

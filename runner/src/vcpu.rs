@@ -621,6 +621,21 @@ impl VcpuThread {
         self.replies.recv_timeout(limit).ok()
     }
 
+    /// Waits up to `limit` for the thread to exit: its end of the reply
+    /// channel is dropped as it does, which wakes this wait at once.
+    /// Replies still queued are dropped. Whether the thread has exited.
+    pub fn wait_finished(&self, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.replies.recv_timeout(left) {
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return self.finished(),
+            }
+        }
+    }
+
     /// Whether the thread has exited.
     pub fn finished(&self) -> bool {
         self.join.as_ref().is_none_or(|j| j.is_finished())

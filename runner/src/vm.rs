@@ -927,10 +927,15 @@ impl Vm {
         ));
         // Not when a vCPU thread was abandoned: it may hold a device lock.
         if self.vm.is_some() {
+            let devices = Instant::now();
             for transport in &self.virtio {
                 let mut t = transport.lock().unwrap_or_else(PoisonError::into_inner);
                 t.shutdown();
             }
+            log::debug(format_args!(
+                "virtio devices shut down in {} ms",
+                devices.elapsed().as_millis()
+            ));
         }
 
         {
@@ -1080,14 +1085,24 @@ impl Vm {
         let realtime_ns = std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let in_window =
+            job_window_acknowledged(&self.mem) && write_job_window(&self.mem, warm.job.as_bytes());
         let header = JobHeader {
             len: warm.job.len() as u32,
             realtime_ns,
             seed: host_seed(),
+            in_window,
         };
-        log::debug(format_args!("job: {} bytes over COM2", warm.job.len()));
         let mut bytes = header.line().into_bytes();
-        bytes.extend_from_slice(warm.job.as_bytes());
+        if in_window {
+            log::debug(format_args!(
+                "job: {} bytes in the job window, its header over COM2",
+                warm.job.len()
+            ));
+        } else {
+            log::debug(format_args!("job: {} bytes over COM2", warm.job.len()));
+            bytes.extend_from_slice(warm.job.as_bytes());
+        }
         self.com2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1184,24 +1199,26 @@ impl Vm {
     fn stop_vcpus(&mut self) {
         let limit = Instant::now() + STOP_LIMIT;
         loop {
-            let mut running = 0;
-            for vcpu in &self.vcpus {
-                if !vcpu.finished() {
-                    vcpu.request_stop();
-                    running += 1;
-                }
-            }
-            if running == 0 {
+            let running: Vec<&VcpuThread> = self.vcpus.iter().filter(|v| !v.finished()).collect();
+            if running.is_empty() {
                 break;
             }
             if Instant::now() >= limit {
                 log::warn(format_args!(
-                    "{running} vCPU thread(s) did not stop within {STOP_LIMIT:?}; abandoning them"
+                    "{} vCPU thread(s) did not stop within {STOP_LIMIT:?}; abandoning them",
+                    running.len()
                 ));
                 std::mem::forget(self.vm.take());
                 return;
             }
-            std::thread::sleep(KICK_INTERVAL);
+            for vcpu in &running {
+                vcpu.request_stop();
+            }
+            // Each wait ends the moment its thread exits; a thread still
+            // in `KVM_RUN` after a kick interval is kicked again.
+            for vcpu in &running {
+                vcpu.wait_finished(KICK_INTERVAL);
+            }
         }
         for vcpu in &mut self.vcpus {
             vcpu.join();
@@ -1210,6 +1227,28 @@ impl Vm {
             log::debug(format_args!("raw guest stopped"));
         }
     }
+}
+
+/// Whether the guest's init acknowledged the job window: kestrel's magic
+/// and the init's ack stand at its start (the init writes the ack before
+/// it says it is ready, so a snapshot holds both).
+fn job_window_acknowledged(mem: &GuestMemory) -> bool {
+    use kestrel_initramfs::job::{JOB_WINDOW_ACK, JOB_WINDOW_MAGIC};
+    use vm_memory::{Bytes as _, GuestAddress};
+    let mut head = [0u8; 32];
+    mem.read_slice(&mut head, GuestAddress(layout::JOB_WINDOW))
+        .is_ok_and(|()| head[..16] == JOB_WINDOW_MAGIC[..] && head[16..] == JOB_WINDOW_ACK[..])
+}
+
+/// Writes `job` into the job window; false (nothing written) when it does
+/// not fit or guest RAM refuses it, and the job then goes over COM2.
+fn write_job_window(mem: &GuestMemory, job: &[u8]) -> bool {
+    use kestrel_initramfs::job::{JOB_WINDOW_DATA, JOB_WINDOW_MAX};
+    use vm_memory::{Bytes as _, GuestAddress};
+    u32::try_from(job.len()).is_ok_and(|len| len <= JOB_WINDOW_MAX)
+        && mem
+            .write_slice(job, GuestAddress(layout::JOB_WINDOW + JOB_WINDOW_DATA))
+            .is_ok()
 }
 
 /// Tells gdb (if any) how the VM ended; `verdict` unchanged.
@@ -1260,6 +1299,48 @@ fn host_seed() -> [u8; kestrel_initramfs::job::SEED_BYTES] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_job_goes_in_the_window_only_behind_magic_and_ack() {
+        use kestrel_initramfs::job::{
+            JOB_WINDOW_ACK, JOB_WINDOW_DATA, JOB_WINDOW_MAGIC, JOB_WINDOW_MAX,
+        };
+        use vm_memory::{Bytes as _, GuestAddress};
+        let mem = memory::create(64 << 20).unwrap();
+        let at = |off: u64| GuestAddress(layout::JOB_WINDOW + off);
+        // A fresh guest, and one whose init did not answer the magic.
+        assert!(!job_window_acknowledged(&mem));
+        mem.write_slice(JOB_WINDOW_MAGIC, at(0)).unwrap();
+        assert!(!job_window_acknowledged(&mem));
+        // An ack without kestrel's magic in front is not one either.
+        let other = memory::create(64 << 20).unwrap();
+        other.write_slice(JOB_WINDOW_ACK, at(16)).unwrap();
+        assert!(!job_window_acknowledged(&other));
+
+        mem.write_slice(JOB_WINDOW_ACK, at(16)).unwrap();
+        assert!(job_window_acknowledged(&mem));
+        assert!(write_job_window(&mem, b"kestrel-spec 1\n"));
+        let mut back = [0u8; 15];
+        mem.read_slice(&mut back, at(JOB_WINDOW_DATA)).unwrap();
+        assert_eq!(&back, b"kestrel-spec 1\n");
+        // The largest spec fits; one byte more goes over COM2 instead.
+        let max = vec![b'x'; JOB_WINDOW_MAX as usize];
+        assert!(write_job_window(&mem, &max));
+        let mut last = [0u8; 1];
+        mem.read_slice(
+            &mut last,
+            at(JOB_WINDOW_DATA + u64::from(JOB_WINDOW_MAX) - 1),
+        )
+        .unwrap();
+        assert_eq!(last, [b'x']);
+        assert_eq!(
+            layout::JOB_WINDOW + JOB_WINDOW_DATA + u64::from(JOB_WINDOW_MAX),
+            layout::JOB_WINDOW + layout::JOB_WINDOW_LEN
+        );
+        assert!(!write_job_window(&mem, &vec![b'y'; max.len() + 1]));
+        mem.read_slice(&mut last, at(JOB_WINDOW_DATA)).unwrap();
+        assert_eq!(last, [b'x'], "a spec too big for the window writes nothing");
+    }
 
     fn config() -> Config {
         Config {

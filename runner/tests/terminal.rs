@@ -282,7 +282,7 @@ fn a_warm_start_gives_the_terminal_too() {
         return;
     }
     // The first run saves a snapshot (or finds one), the second restores
-    // it: the job, with its terminal, arrives over COM2 either way.
+    // it: the job, with its terminal, arrives after the restore either way.
     for run in ["first", "second"] {
         let mut s = Session::start(&[
             "--warm",

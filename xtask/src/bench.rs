@@ -275,7 +275,8 @@ pub fn write_true_initrd(base: &Path, out: &Path) -> Result<()> {
     guest::initrd_with_job(base, &true_job(), out)
 }
 
-/// A warm kestrel boot: the base archive alone, the job handed over COM2.
+/// A warm kestrel boot: the base archive alone, the job handed over after
+/// the restore (in kestrel's job window, its header on COM2).
 struct Warm<'a> {
     base: &'a Path,
     job_spec: &'a Path,

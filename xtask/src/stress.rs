@@ -71,8 +71,9 @@ pub struct StressArgs {
     #[arg(long, default_value = "virtiofs-lite")]
     pub fs_server: String,
     /// Compare restored guests: one saving boot of each VMM first (not
-    /// counted), then every run restores it and gets its job over COM2
-    /// (kestrel `--warm`; QEMU `-incoming` from its own migration file).
+    /// counted), then every run restores it and gets its job (kestrel
+    /// `--warm`: the spec in its job window, the header over COM2; QEMU
+    /// `-incoming` from its own migration file, the job over COM2).
     /// Needs `--root initramfs` and `--qemu-machine pc`.
     #[arg(long)]
     pub warm: bool,
@@ -210,7 +211,7 @@ pub fn run(args: &StressArgs) -> Result<()> {
             format!(", {} starts of /bin/true per boot", args.execs)
         },
         if args.warm {
-            ", every run restored from a snapshot (the job over COM2)"
+            ", every run restored from a snapshot (its job handed over after the restore)"
         } else {
             ""
         },
@@ -420,6 +421,7 @@ fn job_bytes(spec: &str) -> Result<Vec<u8>, String> {
         len,
         realtime_ns,
         seed,
+        in_window: false,
     };
     Ok([header.line().as_bytes(), spec.as_bytes()].concat())
 }

@@ -13,6 +13,11 @@
 //! (`main.rs` does not open it again); when it names another, the marks up
 //! to that switch (`init`, `job`, maybe `modules`) have gone out here.
 //!
+//! When kestrel's job window is there (its magic read through `/dev/mem`,
+//! see `kestrel_initramfs::job`), the init acknowledges it before the
+//! ready line and a header flagged `window` is followed by nothing: the
+//! spec is read from the window, not from the UART.
+//!
 //! Invariants: the tty never echoes (the host must not read its own bytes
 //! back); no byte after the header's newline is read as part of the header,
 //! and nothing after the spec's last byte is read at all; the wait has no
@@ -24,9 +29,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use kestrel_initramfs::job::{JobHeader, Phase, Spec, READY_LINE, SEED_BYTES};
+use kestrel_initramfs::job::{
+    JobHeader, Phase, Spec, JOB_WINDOW_ACK, JOB_WINDOW_ADDR, JOB_WINDOW_DATA, JOB_WINDOW_MAGIC,
+    READY_LINE, SEED_BYTES,
+};
 
 use crate::error::InitError;
 use crate::report::FALLBACK_PATH;
@@ -36,6 +44,30 @@ use crate::{kmsg, report, sys};
 pub const MAX_HEADER_BYTES: usize = 128;
 /// The random device the init feeds the header's seed to.
 pub const URANDOM_PATH: &str = "/dev/urandom";
+/// Where the init reads the job window (physical memory).
+pub const DEVMEM_PATH: &str = "/dev/mem";
+
+/// Opens the job window through `path` (physical memory, addressed by
+/// offset): `Some` when kestrel's magic stands at its start, after writing
+/// the ack right behind it; `None` when there is no such device, the
+/// kernel refuses it (lockdown, `STRICT_DEVMEM` on RAM) or the magic is
+/// not there (another host), and the job then comes on the UART.
+pub fn open_window(path: &str) -> Option<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let mut magic = [0u8; JOB_WINDOW_MAGIC.len()];
+    file.read_exact_at(&mut magic, JOB_WINDOW_ADDR).ok()?;
+    if &magic != JOB_WINDOW_MAGIC {
+        return None;
+    }
+    let ack_at = JOB_WINDOW_ADDR + JOB_WINDOW_MAGIC.len() as u64;
+    file.write_all_at(JOB_WINDOW_ACK, ack_at).ok()?;
+    Some(file)
+}
 
 /// Waits on the status UART for the job and merges it into `spec` (which
 /// holds the base spec); sets the clock to the host's. Returns the tty
@@ -56,14 +88,21 @@ pub fn receive_on_uart(spec: &mut Spec) -> Result<File, InitError> {
     // The pending `init` mark goes out now, before the ready line.
     report::set_channel(Some(status));
 
+    let window = open_window(DEVMEM_PATH);
     kmsg::info(&format!(
-        "no job in the initramfs; waiting on {FALLBACK_PATH}"
+        "no job in the initramfs; waiting on {FALLBACK_PATH}{}",
+        if window.is_some() {
+            " (the spec may come in the job window)"
+        } else {
+            ""
+        }
     ));
     sys::write_all(fd, format!("{READY_LINE}\n").as_bytes())
         .and_then(|()| sys::tcdrain(fd))
         .map_err(|e| InitError::os(format!("write ready line on {FALLBACK_PATH}"), &e))?;
 
-    let header = receive(&mut &tty, FALLBACK_PATH, spec)?;
+    let header = receive(&mut &tty, FALLBACK_PATH, window.as_ref(), spec)?;
+    drop(window);
     if let Err(e) = sys::set_realtime_ns(header.realtime_ns) {
         let how = crate::error::describe(&e);
         kmsg::error(&format!(
@@ -117,11 +156,14 @@ fn reseed_kernel_rng(seed: &[u8; SEED_BYTES]) {
     kmsg::info("random pool seeded from the host and CRNG reseeded");
 }
 
-/// Reads a header line and the job spec it announces from `channel`
-/// (called `name` in errors) and merges the spec into `spec`.
+/// Reads a header line from `channel` (called `name` in errors) and the
+/// job spec it announces — after it on `channel`, or in `window` (what
+/// [`open_window`] opened) when the header says so — and merges the spec
+/// into `spec`.
 pub fn receive(
     channel: &mut impl Read,
     name: &str,
+    window: Option<&File>,
     spec: &mut Spec,
 ) -> Result<JobHeader, InitError> {
     let line = read_header_line(channel, name)?;
@@ -129,12 +171,28 @@ pub fn receive(
         .map_err(|e| InitError::msg(format!("{e} (on {name})")))?;
     let len = usize::try_from(header.len).unwrap_or(usize::MAX);
     let mut text = vec![0; len];
-    let got = read_full(channel, &mut text)
-        .map_err(|e| InitError::os(format!("read job spec from {name}"), &e))?;
-    if got < len {
-        return Err(InitError::msg(format!(
-            "read job spec from {name}: end of file after {got} of {len} bytes"
-        )));
+    if header.in_window {
+        let window = window.ok_or_else(|| {
+            InitError::msg(format!(
+                "the job header on {name} puts the spec in the job window, which this init could not open"
+            ))
+        })?;
+        window
+            .read_exact_at(&mut text, JOB_WINDOW_ADDR + JOB_WINDOW_DATA)
+            .map_err(|e| {
+                InitError::os(
+                    format!("read job spec from the job window ({DEVMEM_PATH})"),
+                    &e,
+                )
+            })?;
+    } else {
+        let got = read_full(channel, &mut text)
+            .map_err(|e| InitError::os(format!("read job spec from {name}"), &e))?;
+        if got < len {
+            return Err(InitError::msg(format!(
+                "read job spec from {name}: end of file after {got} of {len} bytes"
+            )));
+        }
     }
     let text = String::from_utf8(text)
         .map_err(|_| InitError::msg(format!("parse job spec from {name}: not UTF-8")))?;
@@ -240,6 +298,7 @@ mod tests {
             len: u32::try_from(text.len()).unwrap(),
             realtime_ns,
             seed: seed(),
+            in_window: false,
         };
         let mut bytes = header.line().into_bytes();
         bytes.extend_from_slice(text.as_bytes());
@@ -248,8 +307,8 @@ mod tests {
 
     fn receive_bytes(bytes: &[u8]) -> Result<(Spec, JobHeader), String> {
         let mut spec = base();
-        let header =
-            receive(&mut Cursor::new(bytes), "ttyS1", &mut spec).map_err(|e| e.to_string())?;
+        let header = receive(&mut Cursor::new(bytes), "ttyS1", None, &mut spec)
+            .map_err(|e| e.to_string())?;
         Ok((spec, header))
     }
 
@@ -260,7 +319,7 @@ mod tests {
         bytes.extend_from_slice(b"KESTREL-JOB trailing bytes stay unread");
         let mut cursor = Cursor::new(&bytes[..]);
         let mut spec = base();
-        let header = receive(&mut cursor, "ttyS1", &mut spec).unwrap();
+        let header = receive(&mut cursor, "ttyS1", None, &mut spec).unwrap();
         assert_eq!(header.realtime_ns, 1_700_000_000_000_000_001);
         assert_eq!(header.seed, seed());
         assert_eq!(cursor.position(), u64::try_from(sent).unwrap());
@@ -283,7 +342,7 @@ mod tests {
                 chunk,
                 interrupt: false,
             };
-            let header = receive(&mut channel, "ttyS1", &mut spec).unwrap();
+            let header = receive(&mut channel, "ttyS1", None, &mut spec).unwrap();
             assert_eq!(header.realtime_ns, 5);
             assert_eq!(spec.argv, job().argv, "chunk {chunk}");
             assert!(channel.data.is_empty());
@@ -336,7 +395,18 @@ mod tests {
             len: MAX_JOB_BYTES,
             realtime_ns: u64::MAX,
             seed: [0xff; SEED_BYTES],
+            in_window: false,
         };
+        let flagged = JobHeader {
+            len: kestrel_initramfs::job::JOB_WINDOW_MAX,
+            in_window: true,
+            ..longest
+        };
+        assert!(
+            flagged.line().len() <= MAX_HEADER_BYTES,
+            "{}",
+            flagged.line()
+        );
         let line = longest.line();
         assert!(line.len() <= MAX_HEADER_BYTES, "{} bytes", line.len());
         let mut bytes = line.into_bytes();
@@ -356,7 +426,7 @@ mod tests {
         let mut endless = b"KESTREL-JOB 1".to_vec();
         endless.resize(10 * MAX_HEADER_BYTES, b'0');
         let mut cursor = Cursor::new(&endless[..]);
-        let e = receive(&mut cursor, "ttyS1", &mut base())
+        let e = receive(&mut cursor, "ttyS1", None, &mut base())
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -439,7 +509,7 @@ mod tests {
         sent.extend_from_slice(b"after");
         host.write_all(&sent).unwrap();
         let mut spec = base();
-        let header = receive(&mut &guest, "pty", &mut spec).unwrap();
+        let header = receive(&mut &guest, "pty", None, &mut spec).unwrap();
         assert_eq!(header.realtime_ns, 9);
         assert_eq!(spec.argv, job().argv);
         // The rest is still there, unread.
@@ -466,7 +536,86 @@ mod tests {
                 Err(io::Error::from_raw_os_error(libc::EIO))
             }
         }
-        let e = receive(&mut Broken, "ttyS1", &mut base()).unwrap_err();
+        let e = receive(&mut Broken, "ttyS1", None, &mut base()).unwrap_err();
         assert_eq!(e.to_string(), "read job header from ttyS1: EIO");
+    }
+
+    /// A stand-in for `/dev/mem`: a sparse file with the window's magic.
+    fn fake_devmem(dir: &std::path::Path, magic: &[u8]) -> std::path::PathBuf {
+        let path = dir.join("mem");
+        let file = File::create(&path).unwrap();
+        file.write_all_at(magic, JOB_WINDOW_ADDR).unwrap();
+        path
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("kestrel-jobwait-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_window_is_acknowledged_only_behind_the_magic() {
+        let dir = scratch("ack");
+        let path = fake_devmem(&dir, JOB_WINDOW_MAGIC);
+        let window = open_window(path.to_str().unwrap()).expect("the magic is there");
+        let mut ack = [0u8; 16];
+        window
+            .read_exact_at(&mut ack, JOB_WINDOW_ADDR + JOB_WINDOW_MAGIC.len() as u64)
+            .unwrap();
+        assert_eq!(&ack, JOB_WINDOW_ACK);
+
+        // Another host's RAM (or a kernel showing zeros): no ack written.
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let path = fake_devmem(&other, &[0u8; 16]);
+        assert!(open_window(path.to_str().unwrap()).is_none());
+        let mut ack = [0xffu8; 16];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut ack, JOB_WINDOW_ADDR + 16)
+            .unwrap_or_default();
+        assert_ne!(&ack, JOB_WINDOW_ACK);
+        assert!(open_window(dir.join("missing").to_str().unwrap()).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_flagged_header_takes_the_spec_from_the_window() {
+        let dir = scratch("window");
+        let path = fake_devmem(&dir, JOB_WINDOW_MAGIC);
+        let window = open_window(path.to_str().unwrap()).unwrap();
+        let text = job().render();
+        window
+            .write_all_at(text.as_bytes(), JOB_WINDOW_ADDR + JOB_WINDOW_DATA)
+            .unwrap();
+        let header = JobHeader {
+            len: u32::try_from(text.len()).unwrap(),
+            realtime_ns: 7,
+            seed: seed(),
+            in_window: true,
+        };
+        // What follows the header on the channel is not the init's to read.
+        let mut bytes = header.line().into_bytes();
+        bytes.extend_from_slice(b"KESTREL-");
+        let mut cursor = Cursor::new(bytes);
+        let mut spec = base();
+        let got = receive(&mut cursor, "ttyS1", Some(&window), &mut spec).unwrap();
+        assert_eq!(got, header);
+        assert_eq!(spec.argv, job().argv);
+        assert_eq!(spec.modules, base().modules);
+        assert_eq!(cursor.position(), header.line().len() as u64);
+
+        // The same header without a window is an error, not a hang.
+        let mut cursor = Cursor::new(header.line().into_bytes());
+        let e = receive(&mut cursor, "ttyS1", None, &mut base()).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("job window, which this init could not open"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,8 +2,9 @@
 //! zero page, the same entries for the PVH memory map).
 //!
 //! Invariant: entries are sorted, do not overlap, RAM entries cover exactly
-//! the RAM given to KVM minus the legacy BIOS area, and the BIOS area
-//! (which holds the ACPI tables) is reserved.
+//! the RAM given to KVM minus the job window and the legacy BIOS area, and
+//! both are reserved (the BIOS area holds the ACPI tables; the job window,
+//! `layout::JOB_WINDOW`, is never the kernel's and `/dev/mem` may read it).
 
 use crate::layout;
 
@@ -31,10 +32,21 @@ pub struct Entry {
 /// The memory map for `memory_bytes` of RAM laid out by
 /// [`layout::ram_ranges`].
 pub fn map(memory_bytes: u64) -> Vec<Entry> {
+    let window_end = layout::JOB_WINDOW + layout::JOB_WINDOW_LEN;
     let mut entries = vec![
         Entry {
             addr: 0,
-            size: layout::EBDA_START,
+            size: layout::JOB_WINDOW,
+            kind: Kind::Ram,
+        },
+        Entry {
+            addr: layout::JOB_WINDOW,
+            size: layout::JOB_WINDOW_LEN,
+            kind: Kind::Reserved,
+        },
+        Entry {
+            addr: window_end,
+            size: layout::EBDA_START - window_end,
             kind: Kind::Ram,
         },
         Entry {
@@ -76,7 +88,15 @@ mod tests {
             .filter(|e| e.kind == Kind::Ram)
             .map(|e| e.size)
             .sum();
-        assert_eq!(ram, memory - (layout::HIMEM_START - layout::EBDA_START));
+        assert_eq!(
+            ram,
+            memory - (layout::HIMEM_START - layout::EBDA_START) - layout::JOB_WINDOW_LEN
+        );
+        let window = map.iter().find(|e| e.addr == layout::JOB_WINDOW).unwrap();
+        assert_eq!(
+            (window.size, window.kind),
+            (layout::JOB_WINDOW_LEN, Kind::Reserved)
+        );
         let acpi = map
             .iter()
             .find(|e| e.addr <= layout::ACPI_RSDP && layout::ACPI_RSDP < e.addr + e.size)
