@@ -548,18 +548,11 @@ mod tests {
         path
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("kestrel-jobwait-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn the_window_is_acknowledged_only_behind_the_magic() {
-        let dir = scratch("ack");
-        let path = fake_devmem(&dir, JOB_WINDOW_MAGIC);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let path = fake_devmem(dir, JOB_WINDOW_MAGIC);
         let window = open_window(path.to_str().unwrap()).expect("the magic is there");
         let mut ack = [0u8; 16];
         window
@@ -579,13 +572,12 @@ mod tests {
             .unwrap_or_default();
         assert_ne!(&ack, JOB_WINDOW_ACK);
         assert!(open_window(dir.join("missing").to_str().unwrap()).is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_flagged_header_takes_the_spec_from_the_window() {
-        let dir = scratch("window");
-        let path = fake_devmem(&dir, JOB_WINDOW_MAGIC);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = fake_devmem(tmp.path(), JOB_WINDOW_MAGIC);
         let window = open_window(path.to_str().unwrap()).unwrap();
         let text = job().render();
         window
@@ -616,6 +608,5 @@ mod tests {
             e.contains("job window, which this init could not open"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
