@@ -99,6 +99,8 @@ pub const JOB_WINDOW_DATA: u64 = 0x1000;
 pub const JOB_WINDOW_MAGIC: &[u8; 16] = b"KESTREL-JOBWIN1\n";
 /// What an init that can read the window writes right after the magic.
 pub const JOB_WINDOW_ACK: &[u8; 16] = b"KESTREL-JOBACK1\n";
+/// Where [`JOB_WINDOW_ACK`] goes inside the window.
+pub const JOB_WINDOW_ACK_AT: u64 = JOB_WINDOW_MAGIC.len() as u64;
 /// The header's fourth field when the spec is in the window.
 pub const JOB_WINDOW_FLAG: &str = "window";
 /// The largest spec the window holds.

@@ -165,6 +165,8 @@ mod tests {
             ("pdpt", PDPT..PDPT + PAGE_SIZE),
             ("pd", PD..PD + PAGE_SIZE),
             ("cmdline", CMDLINE..CMDLINE + CMDLINE_MAX as u64),
+            ("job window", JOB_WINDOW..JOB_WINDOW + JOB_WINDOW_LEN),
+            ("ebda", EBDA_START..ACPI_RSDP),
             ("acpi", ACPI_RSDP..HIMEM_START),
         ];
         fixed.sort_by_key(|(_, r)| r.start);

@@ -1233,11 +1233,18 @@ impl Vm {
 /// and the init's ack stand at its start (the init writes the ack before
 /// it says it is ready, so a snapshot holds both).
 fn job_window_acknowledged(mem: &GuestMemory) -> bool {
-    use kestrel_initramfs::job::{JOB_WINDOW_ACK, JOB_WINDOW_MAGIC};
+    use kestrel_initramfs::job::{JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_MAGIC};
     use vm_memory::{Bytes as _, GuestAddress};
-    let mut head = [0u8; 32];
-    mem.read_slice(&mut head, GuestAddress(layout::JOB_WINDOW))
-        .is_ok_and(|()| head[..16] == JOB_WINDOW_MAGIC[..] && head[16..] == JOB_WINDOW_ACK[..])
+    let mut magic = [0u8; JOB_WINDOW_MAGIC.len()];
+    let mut ack = [0u8; JOB_WINDOW_ACK.len()];
+    mem.read_slice(&mut magic, GuestAddress(layout::JOB_WINDOW))
+        .and_then(|()| {
+            mem.read_slice(
+                &mut ack,
+                GuestAddress(layout::JOB_WINDOW + JOB_WINDOW_ACK_AT),
+            )
+        })
+        .is_ok_and(|()| &magic == JOB_WINDOW_MAGIC && &ack == JOB_WINDOW_ACK)
 }
 
 /// Writes `job` into the job window; false (nothing written) when it does
@@ -1303,7 +1310,7 @@ mod tests {
     #[test]
     fn the_job_goes_in_the_window_only_behind_magic_and_ack() {
         use kestrel_initramfs::job::{
-            JOB_WINDOW_ACK, JOB_WINDOW_DATA, JOB_WINDOW_MAGIC, JOB_WINDOW_MAX,
+            JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_DATA, JOB_WINDOW_MAGIC, JOB_WINDOW_MAX,
         };
         use vm_memory::{Bytes as _, GuestAddress};
         let mem = memory::create(64 << 20).unwrap();
@@ -1314,10 +1321,13 @@ mod tests {
         assert!(!job_window_acknowledged(&mem));
         // An ack without kestrel's magic in front is not one either.
         let other = memory::create(64 << 20).unwrap();
-        other.write_slice(JOB_WINDOW_ACK, at(16)).unwrap();
+        other
+            .write_slice(JOB_WINDOW_ACK, at(JOB_WINDOW_ACK_AT))
+            .unwrap();
         assert!(!job_window_acknowledged(&other));
 
-        mem.write_slice(JOB_WINDOW_ACK, at(16)).unwrap();
+        mem.write_slice(JOB_WINDOW_ACK, at(JOB_WINDOW_ACK_AT))
+            .unwrap();
         assert!(job_window_acknowledged(&mem));
         assert!(write_job_window(&mem, b"kestrel-spec 1\n"));
         let mut back = [0u8; 15];

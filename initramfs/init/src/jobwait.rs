@@ -32,8 +32,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use kestrel_initramfs::job::{
-    JobHeader, Phase, Spec, JOB_WINDOW_ACK, JOB_WINDOW_ADDR, JOB_WINDOW_DATA, JOB_WINDOW_MAGIC,
-    READY_LINE, SEED_BYTES,
+    JobHeader, Phase, Spec, JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_ADDR, JOB_WINDOW_DATA,
+    JOB_WINDOW_MAGIC, READY_LINE, SEED_BYTES,
 };
 
 use crate::error::InitError;
@@ -64,8 +64,8 @@ pub fn open_window(path: &str) -> Option<File> {
     if &magic != JOB_WINDOW_MAGIC {
         return None;
     }
-    let ack_at = JOB_WINDOW_ADDR + JOB_WINDOW_MAGIC.len() as u64;
-    file.write_all_at(JOB_WINDOW_ACK, ack_at).ok()?;
+    file.write_all_at(JOB_WINDOW_ACK, JOB_WINDOW_ADDR + JOB_WINDOW_ACK_AT)
+        .ok()?;
     Some(file)
 }
 
@@ -556,7 +556,7 @@ mod tests {
         let window = open_window(path.to_str().unwrap()).expect("the magic is there");
         let mut ack = [0u8; 16];
         window
-            .read_exact_at(&mut ack, JOB_WINDOW_ADDR + JOB_WINDOW_MAGIC.len() as u64)
+            .read_exact_at(&mut ack, JOB_WINDOW_ADDR + JOB_WINDOW_ACK_AT)
             .unwrap();
         assert_eq!(&ack, JOB_WINDOW_ACK);
 
@@ -568,7 +568,7 @@ mod tests {
         let mut ack = [0xffu8; 16];
         File::open(&path)
             .unwrap()
-            .read_exact_at(&mut ack, JOB_WINDOW_ADDR + 16)
+            .read_exact_at(&mut ack, JOB_WINDOW_ADDR + JOB_WINDOW_ACK_AT)
             .unwrap_or_default();
         assert_ne!(&ack, JOB_WINDOW_ACK);
         assert!(open_window(dir.join("missing").to_str().unwrap()).is_none());

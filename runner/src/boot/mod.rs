@@ -213,7 +213,7 @@ pub fn load(mem: &GuestMemory, spec: &BootSpec<'_>) -> Result<Entry, BootError> 
     let initrd = spec.initrd.map(Initrd::read).transpose()?;
     gdt::write_tables(mem)?;
     gdt::write_page_tables(mem)?;
-    write_job_window(mem)?;
+    mark_job_window(mem)?;
     match kind {
         KernelKind::BzImage => linux::load(mem, &mut kernel, initrd.as_deref(), spec),
         KernelKind::Elf => pvh::load(mem, &mut kernel, initrd.as_deref(), spec),
@@ -223,7 +223,7 @@ pub fn load(mem: &GuestMemory, spec: &BootSpec<'_>) -> Result<Entry, BootError> 
 /// Marks the job window (reserved in the memory map) with its magic, so an
 /// init waiting for a warm start's job can tell kestrel's window from any
 /// other host's RAM.
-fn write_job_window(mem: &GuestMemory) -> Result<(), BootError> {
+fn mark_job_window(mem: &GuestMemory) -> Result<(), BootError> {
     mem.write_slice(
         kestrel_initramfs::job::JOB_WINDOW_MAGIC,
         GuestAddress(layout::JOB_WINDOW),
