@@ -259,15 +259,20 @@ fn a_damaged_unpacked_kernel_falls_back_to_the_bzimage() {
 /// Warm starts (issue 12): the first `--warm` run boots cold and saves a
 /// snapshot where the init waits for its job, later runs restore it (one
 /// snapshot per vCPU count); a restored guest gets fresh randomness and the
-/// host's time; a truncated or damaged snapshot means a cold boot that
-/// saves a new one, never a failed run.
+/// host's time; its job spec comes through the job window (the init can
+/// read `/dev/mem` on Debian's kernels); a truncated or damaged snapshot
+/// means a cold boot that saves a new one, never a failed run.
 #[test]
 fn warm_starts_restore_a_snapshot_and_survive_damage() {
     if prerequisites("6.1").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let env = [("KESTREL_SNAPSHOT_DIR", dir.path())];
+    // Debug lines say how the job went over.
+    let env = [
+        ("KESTREL_SNAPSHOT_DIR", dir.path()),
+        ("KESTREL_LOG", std::path::Path::new("debug")),
+    ];
     let script = "head -c 16 /dev/urandom | od -An -tx1; date +%s; exit 3";
     let warm = |label: &str, cpus: &str, script: &str| {
         let run = kestrel_run_env(
@@ -305,6 +310,15 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
     assert!(saved(&first), "the first warm run saves:\n{}", first.stderr);
     let second = warm("second", "1", script);
     assert!(restored(&second), "the second restores:\n{}", second.stderr);
+    let in_window = |run: &Run| {
+        run.stderr
+            .contains("bytes in the job window, its header over COM2")
+    };
+    assert!(
+        in_window(&first) && in_window(&second),
+        "the spec goes through the job window:\n{}",
+        second.stderr
+    );
     let third = warm("third", "1", script);
     assert!(restored(&third));
     let random = |run: &Run| run.stdout.lines().next().unwrap_or_default().to_string();
