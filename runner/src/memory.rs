@@ -74,7 +74,8 @@ pub fn create(memory_bytes: u64) -> Result<GuestMemory, MemoryError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoreRam {
     /// The non-zero extents copied into fresh RAM as [`create`] makes it
-    /// (anonymous, huge pages where the kernel gives them): the default.
+    /// (anonymous, huge pages where the kernel gives them), but for the
+    /// kernel's read-only image, mapped private from the file: the default.
     Copy,
     /// The file's RAM mapped private (copy-on-write; 4 KiB pages, the
     /// guest's writes stay in this process): `KESTREL_RESTORE=map`.
@@ -118,14 +119,22 @@ pub fn from_snapshot_as(
 }
 
 /// [`from_snapshot`] by copying, with two threads (each with its own open
-/// file description, so their offsets do not mix).
+/// file description, so their offsets do not mix) — but for the snapshot's
+/// read-only ranges (the kernel's text and rodata), which are mapped
+/// private from the file over fresh RAM: the guest never writes them, so
+/// they stay the file's page-cache pages (shared by every VM restored from
+/// it; in the rig their TCG translations outlive the run).
 fn copy_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
 ) -> Result<GuestMemory, MemoryError> {
     let fail = MemoryError::for_bytes(memory_bytes);
     let memory = create(memory_bytes)?;
-    let extents = &loaded.state.extents;
+    let read_only = &loaded.state.read_only;
+    for r in read_only {
+        map_from_file(&memory, loaded, r).map_err(&fail)?;
+    }
+    let extents = &without(&loaded.state.extents, read_only);
     let total: u64 = extents.iter().map(|e| e.len).sum();
     // The first extents up to half the bytes, and the rest.
     let mut sum = 0;
@@ -160,6 +169,83 @@ fn copy_snapshot(
     })
     .map_err(fail)?;
     Ok(memory)
+}
+
+/// Maps the snapshot's `range` (whole pages inside one region of
+/// `memory`, as [`crate::snapshot`] checked on opening) private from the
+/// file over that part of `memory`.
+fn map_from_file(
+    memory: &GuestMemory,
+    loaded: &crate::snapshot::Loaded,
+    range: &crate::snapshot::Extent,
+) -> Result<(), String> {
+    let fits = memory
+        .find_region(GuestAddress(range.gpa))
+        .is_some_and(|r| range.gpa + range.len <= r.start_addr().0 + r.len());
+    let host = memory
+        .get_host_address(GuestAddress(range.gpa))
+        .ok()
+        .filter(|_| fits)
+        .ok_or("a read-only range lies outside guest RAM")?;
+    let offset = libc::off_t::try_from(loaded.mem_offset + range.offset)
+        .map_err(|_| "a read-only range lies past any file offset")?;
+    // SAFETY: `host..host+len` lies inside one region of `memory`, an
+    // anonymous mapping this process made in `create` and has shared with
+    // no one yet (no vCPU, device or KVM memory slot exists); MAP_FIXED
+    // replaces exactly those pages, and the region's owner later unmaps its
+    // whole range, this part included. The file stays open while mapped.
+    let mapped = unsafe {
+        libc::mmap(
+            host.cast(),
+            range.len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            std::os::fd::AsRawFd::as_raw_fd(&loaded.file),
+            offset,
+        )
+    };
+    if mapped == libc::MAP_FAILED || mapped != host.cast() {
+        return Err(format!(
+            "cannot map the snapshot's read-only RAM: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// `extents` with every byte inside one of `holes` left out.
+fn without(
+    extents: &[crate::snapshot::Extent],
+    holes: &[crate::snapshot::Extent],
+) -> Vec<crate::snapshot::Extent> {
+    let mut out = Vec::with_capacity(extents.len());
+    for e in extents {
+        let mut pieces = vec![*e];
+        for h in holes {
+            let (lo, hi) = (h.gpa, h.gpa + h.len);
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| {
+                    let end = p.gpa + p.len;
+                    let before = (p.gpa < lo).then(|| crate::snapshot::Extent {
+                        len: end.min(lo) - p.gpa,
+                        ..p
+                    });
+                    let after = (end > hi).then(|| {
+                        let from = p.gpa.max(hi);
+                        crate::snapshot::Extent {
+                            gpa: from,
+                            offset: p.offset + (from - p.gpa),
+                            len: end - from,
+                        }
+                    });
+                    before.into_iter().chain(after)
+                })
+                .collect();
+        }
+        out.extend(pieces);
+    }
+    out
 }
 
 /// [`from_snapshot`] by mapping: each region of [`layout::ram_ranges`] from
@@ -235,6 +321,33 @@ fn aligned_mapping(len: usize) -> Result<MmapRegion<()>, MmapRegionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_ranges_are_cut_out_of_the_copied_extents() {
+        use crate::snapshot::Extent;
+        let e = |gpa, offset, len| Extent { gpa, offset, len };
+        let extents = [
+            e(0x1000, 0x1000, 0x4000),
+            e(0x8000, 0x8000, 0x1000),
+            e(0x1_0000, 0x9000, 0x3000),
+        ];
+        let holes = [
+            e(0x2000, 0x2000, 0x1000),
+            e(0x7000, 0x7000, 0x2000),
+            e(0x1_1000, 0xa000, 0x1000),
+        ];
+        assert_eq!(
+            without(&extents, &holes),
+            [
+                e(0x1000, 0x1000, 0x1000),
+                e(0x3000, 0x3000, 0x2000),
+                // 0x8000 lies wholly in a hole.
+                e(0x1_0000, 0x9000, 0x1000),
+                e(0x1_2000, 0xb000, 0x1000),
+            ]
+        );
+        assert_eq!(without(&extents, &[]), extents);
+    }
 
     #[test]
     fn ram_is_laid_out_and_aligned_for_huge_pages() {

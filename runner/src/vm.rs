@@ -359,6 +359,8 @@ struct SavePlan {
     msrs: Arc<Vec<u32>>,
     xcrs: bool,
     tsc_khz: u32,
+    /// The kernel's read-only image (guest ranges), for restores to map.
+    read_only: Vec<std::ops::Range<u64>>,
 }
 
 /// Why no snapshot was saved.
@@ -571,9 +573,11 @@ fn build(
         Begin::Restore(loaded) => {
             let began = Instant::now();
             let mem = memory::from_snapshot(loaded, memory_bytes)?;
+            let mib = |list: &[snapshot::Extent]| list.iter().map(|e| e.len).sum::<u64>() >> 20;
             log::debug(format_args!(
-                "snapshot RAM ({} MiB of data) ready in {} ms",
-                loaded.state.extents.iter().map(|e| e.len).sum::<u64>() >> 20,
+                "snapshot RAM ({} MiB of data, {} MiB of it read-only kernel image mapped from the file) ready in {} ms",
+                mib(&loaded.state.extents),
+                mib(&loaded.state.read_only),
                 began.elapsed().as_millis()
             ));
             mem
@@ -728,6 +732,7 @@ fn build(
     });
 
     steps.mark("vm and devices");
+    let mut read_only = Vec::new();
     let entry = match &config.boot {
         // The snapshot's RAM holds the kernel, initrd and ACPI tables.
         Boot::Kernel { .. } if restore.is_some() => None,
@@ -772,6 +777,9 @@ fn build(
                 }
                 (Err(e), _) => return Err(e.into()),
             };
+            if matches!(begin, Begin::Save { .. }) {
+                read_only = boot::read_only_ranges(spec.kernel);
+            }
             steps.mark("kernel, initrd, boot data");
             acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
             steps.mark("ACPI");
@@ -830,6 +838,7 @@ fn build(
                         msrs: Arc::new(kvm.msr_index_list()?),
                         xcrs,
                         tsc_khz,
+                        read_only,
                     }),
                     None => None,
                 },
@@ -958,7 +967,7 @@ impl Vm {
             let c = self.console.lock().unwrap_or_else(PoisonError::into_inner);
             (c.panicked(), c.panic_line().map(str::to_string), c.tail())
         };
-        Outcome {
+        let outcome = Outcome {
             start: self.start,
             snapshot_at: self.snapshot_at,
             verdict: gdb_told(gdb, Verdict::decide(status, &ending, panicked)),
@@ -972,7 +981,14 @@ impl Vm {
             total: self.created.elapsed(),
             console_tail,
             panic_line,
-        }
+        };
+        let teardown = Instant::now();
+        drop(self);
+        log::debug(format_args!(
+            "VM torn down in {} ms",
+            teardown.elapsed().as_millis()
+        ));
+        outcome
     }
 
     fn wait_for_end(&mut self, since: Instant, gdb: Option<&gdb::GdbServer>) -> Ending {
@@ -1191,7 +1207,9 @@ impl Vm {
                 .state(),
             vcpus,
             extents: Vec::new(),
+            read_only: Vec::new(),
         };
+        state.read_only = snapshot::file_extents(state.memory_bytes, &plan.read_only);
         snapshot::write(&plan.path, &mut state, &self.mem).map_err(|e| e.to_string())
     }
 

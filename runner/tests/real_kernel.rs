@@ -260,7 +260,8 @@ fn a_damaged_unpacked_kernel_falls_back_to_the_bzimage() {
 /// snapshot where the init waits for its job, later runs restore it (one
 /// snapshot per vCPU count); a restored guest gets fresh randomness and the
 /// host's time; its job spec comes through the job window (the init can
-/// read `/dev/mem` on Debian's kernels); a truncated or damaged snapshot
+/// read `/dev/mem` on Debian's kernels) and its kernel's read-only image
+/// is mapped from the file; a truncated or damaged snapshot
 /// means a cold boot that saves a new one, never a failed run.
 #[test]
 fn warm_starts_restore_a_snapshot_and_survive_damage() {
@@ -317,6 +318,20 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
     assert!(
         in_window(&first) && in_window(&second),
         "the spec goes through the job window:\n{}",
+        second.stderr
+    );
+    // The kernel's text and rodata come mapped from the file, not copied.
+    let mapped = |run: &Run| {
+        run.stderr
+            .split("MiB of it read-only kernel image mapped from the file")
+            .next()
+            .and_then(|before| before.rsplit(", ").next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|mib| mib > 0)
+    };
+    assert!(
+        mapped(&second),
+        "a restore maps the kernel's read-only image:\n{}",
         second.stderr
     );
     let third = warm("third", "1", script);

@@ -12,6 +12,9 @@ pub mod e820;
 pub mod gdt;
 mod linux;
 mod pvh;
+mod read_only;
+
+pub use read_only::read_only_ranges;
 
 use std::fs::File;
 use std::io::Read;
