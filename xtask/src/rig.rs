@@ -28,7 +28,9 @@ use crate::guest::{self, BaseSpec};
 use crate::qemu::{Accel, End, Guest, Machine, Sink, VhostUserFs};
 use crate::{paths, tools};
 
-/// The kernel L1 runs (design.md §1: measured with Debian's 6.1 cloud kernel).
+/// The kernel L1 runs (design.md §1: measured with Debian's 6.1 cloud
+/// kernel). `KESTREL_RIG_L1_KERNEL` names another for an experiment
+/// (RELIABILITY.md, session 19: Debian 6.12 in L1 panicked the same way).
 pub const L1_KERNEL: &str = "debian:6.1";
 /// The virtio-fs tag of the host's root inside L1.
 const ROOT_TAG: &str = "kestrel-root";
@@ -132,7 +134,9 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
     }
     let qemu = tools::ensure_qemu()?;
     let fs_server_bin = guest::build_release_bin("virtiofs-lite", "virtiofs-lite")?;
-    let kernel = guest::kernel(L1_KERNEL)?;
+    // An A/B lever for the rig's own kernel (issue 13: the L1 panics).
+    let l1_kernel = std::env::var("KESTREL_RIG_L1_KERNEL").unwrap_or_else(|_| L1_KERNEL.into());
+    let kernel = guest::kernel(&l1_kernel)?;
     let base = guest::base_initramfs(&BaseSpec {
         name: "rig-l1",
         kernel: &kernel,
