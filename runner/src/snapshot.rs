@@ -262,6 +262,14 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    fn extent(&mut self) -> Result<Extent, String> {
+        Ok(Extent {
+            gpa: self.u64()?,
+            offset: self.u64()?,
+            len: self.u64()?,
+        })
+    }
+
     fn pod<T: FromBytes>(&mut self, what: &str) -> Result<T, String> {
         let b = self.bytes()?;
         T::read_from_bytes(b).map_err(|_| format!("{what} has {} bytes", b.len()))
@@ -385,11 +393,7 @@ impl State {
         let count = r.u32()?;
         let mut extents = Vec::new();
         for _ in 0..count {
-            let e = Extent {
-                gpa: r.u64()?,
-                offset: r.u64()?,
-                len: r.u64()?,
-            };
+            let e = r.extent()?;
             if e.offset
                 .checked_add(e.len)
                 .is_none_or(|end| end > memory_bytes)
@@ -405,11 +409,7 @@ impl State {
         }
         let mut read_only = Vec::new();
         for _ in 0..count {
-            let e = Extent {
-                gpa: r.u64()?,
-                offset: r.u64()?,
-                len: r.u64()?,
-            };
+            let e = r.extent()?;
             let range = e.gpa..e.gpa.saturating_add(e.len);
             if !file_extents(memory_bytes, std::slice::from_ref(&range)).contains(&e)
                 || e.len == 0
