@@ -130,11 +130,13 @@ fn copy_snapshot(
 ) -> Result<GuestMemory, MemoryError> {
     let fail = MemoryError::for_bytes(memory_bytes);
     let memory = create(memory_bytes)?;
-    let read_only = &loaded.state.read_only;
-    for r in read_only {
-        map_from_file(&memory, loaded, r).map_err(&fail)?;
+    let mut mapped = Vec::new();
+    for r in &loaded.state.read_only {
+        if map_from_file(&memory, loaded, r).map_err(&fail)? {
+            mapped.push(*r);
+        }
     }
-    let extents = &without(&loaded.state.extents, read_only);
+    let extents = &without(&loaded.state.extents, &mapped);
     let total: u64 = extents.iter().map(|e| e.len).sum();
     // The first extents up to half the bytes, and the rest.
     let mut sum = 0;
@@ -173,11 +175,32 @@ fn copy_snapshot(
 
 /// Maps the snapshot's `range` (whole pages inside one region of
 /// `memory`, as [`crate::snapshot`] checked on opening) private from the
-/// file over that part of `memory`.
+/// file over that part of `memory`; where the file cannot be mapped (a
+/// file system without `mmap`), fresh anonymous memory again, and false:
+/// the caller then copies the range.
 fn map_from_file(
     memory: &GuestMemory,
     loaded: &crate::snapshot::Loaded,
     range: &crate::snapshot::Extent,
+) -> Result<bool, String> {
+    let offset = libc::off_t::try_from(loaded.mem_offset + range.offset)
+        .map_err(|_| "a read-only range lies past any file offset")?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&loaded.file);
+    match map_over(memory, range, Some((fd, offset))) {
+        Ok(()) => Ok(true),
+        Err(why) => {
+            log::debug(format_args!("{why}; copying it instead"));
+            map_over(memory, range, None).map(|()| false)
+        }
+    }
+}
+
+/// Replaces the pages of `memory` under `range` by a private mapping of
+/// `file` (descriptor, offset), or of fresh anonymous memory.
+fn map_over(
+    memory: &GuestMemory,
+    range: &crate::snapshot::Extent,
+    file: Option<(std::os::fd::RawFd, libc::off_t)>,
 ) -> Result<(), String> {
     let fits = memory
         .find_region(GuestAddress(range.gpa))
@@ -187,20 +210,23 @@ fn map_from_file(
         .ok()
         .filter(|_| fits)
         .ok_or("a read-only range lies outside guest RAM")?;
-    let offset = libc::off_t::try_from(loaded.mem_offset + range.offset)
-        .map_err(|_| "a read-only range lies past any file offset")?;
+    let (flags, fd, offset) = match file {
+        Some((fd, offset)) => (libc::MAP_PRIVATE, fd, offset),
+        None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
+    };
     // SAFETY: `host..host+len` lies inside one region of `memory`, an
     // anonymous mapping this process made in `create` and has shared with
     // no one yet (no vCPU, device or KVM memory slot exists); MAP_FIXED
     // replaces exactly those pages, and the region's owner later unmaps its
-    // whole range, this part included. The file stays open while mapped.
+    // whole range, this part included. The mapping holds its own reference
+    // to the file, which is only ever replaced by rename, never truncated.
     let mapped = unsafe {
         libc::mmap(
             host.cast(),
             range.len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            std::os::fd::AsRawFd::as_raw_fd(&loaded.file),
+            flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            fd,
             offset,
         )
     };

@@ -820,6 +820,30 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_range_the_file_cannot_map_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), 7);
+        let mut saved = state(7);
+        saved.read_only = file_extents(64 << 20, std::slice::from_ref(&(0x10_0000..0x10_1000)));
+        write(&path, &mut saved, &memory()).unwrap();
+        let mut loaded = open(&path, 7, 64 << 20).unwrap().unwrap();
+        // Write-only: mmap refuses it (EACCES), a reopen for reading works.
+        loaded.file = File::options().write(true).open(&path).unwrap();
+        let ram =
+            crate::memory::from_snapshot_as(&loaded, 64 << 20, crate::memory::RestoreRam::Copy)
+                .unwrap();
+        assert_eq!(
+            ram.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+            0x1234_5678
+        );
+        ram.write_obj(7u32, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(
+            ram.read_obj::<u16>(GuestAddress((64 << 20) - 2)).unwrap(),
+            0xabcd
+        );
+    }
+
+    #[test]
     fn read_only_ranges_are_whole_pages_placed_region_by_region() {
         let gap = crate::layout::MMIO_GAP_START;
         let high = crate::layout::MMIO_GAP_END;
