@@ -741,14 +741,21 @@ mod tests {
         mem
     }
 
+    /// [`memory`] saved under key 7 in `dir` with `read_only` as its one
+    /// read-only range: the file and the RAM bytes written.
+    fn saved_with(dir: &Path, read_only: std::ops::Range<u64>) -> (PathBuf, u64) {
+        let path = path_for(dir, 7);
+        let mut saved = state(7);
+        saved.read_only = file_extents(64 << 20, std::slice::from_ref(&read_only));
+        let written = write(&path, &mut saved, &memory()).unwrap();
+        (path, written)
+    }
+
     #[test]
     fn a_snapshot_round_trips_and_ram_is_sparse() {
         let dir = tempfile::tempdir().unwrap();
-        let path = path_for(dir.path(), 7);
         // A read-only range over the first non-zero page and a zero one.
-        let mut saved = state(7);
-        saved.read_only = file_extents(64 << 20, std::slice::from_ref(&(0x10_0000..0x10_2000)));
-        let written = write(&path, &mut saved, &memory()).unwrap();
+        let (path, written) = saved_with(dir.path(), 0x10_0000..0x10_2000);
         assert_eq!(written, 2 * PAGE as u64, "only the two non-zero pages");
         let loaded = open(&path, 7, 64 << 20).unwrap().unwrap();
         let s = &loaded.state;
@@ -822,10 +829,7 @@ mod tests {
     #[test]
     fn a_read_only_range_the_file_cannot_map_is_copied() {
         let dir = tempfile::tempdir().unwrap();
-        let path = path_for(dir.path(), 7);
-        let mut saved = state(7);
-        saved.read_only = file_extents(64 << 20, std::slice::from_ref(&(0x10_0000..0x10_1000)));
-        write(&path, &mut saved, &memory()).unwrap();
+        let (path, _) = saved_with(dir.path(), 0x10_0000..0x10_1000);
         let mut loaded = open(&path, 7, 64 << 20).unwrap().unwrap();
         // Write-only: mmap refuses it (EACCES), a reopen for reading works.
         loaded.file = File::options().write(true).open(&path).unwrap();
