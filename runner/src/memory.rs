@@ -97,12 +97,21 @@ impl RestoreRam {
     }
 }
 
+/// Guest RAM filled from a snapshot.
+pub struct Restored {
+    /// The RAM.
+    pub memory: GuestMemory,
+    /// Bytes of the snapshot's read-only ranges that are mapped from the
+    /// file (the rest of them, if any, were copied).
+    pub read_only_mapped: u64,
+}
+
 /// Guest RAM of `memory_bytes` with a snapshot's contents, filled as
 /// [`RestoreRam::from_env`] says.
 pub fn from_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
-) -> Result<GuestMemory, MemoryError> {
+) -> Result<Restored, MemoryError> {
     from_snapshot_as(loaded, memory_bytes, RestoreRam::from_env())
 }
 
@@ -111,10 +120,13 @@ pub fn from_snapshot_as(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
     how: RestoreRam,
-) -> Result<GuestMemory, MemoryError> {
+) -> Result<Restored, MemoryError> {
     match how {
         RestoreRam::Copy => copy_snapshot(loaded, memory_bytes),
-        RestoreRam::Map => map_snapshot(loaded, memory_bytes),
+        RestoreRam::Map => Ok(Restored {
+            memory: map_snapshot(loaded, memory_bytes)?,
+            read_only_mapped: loaded.state.read_only.iter().map(|r| r.len).sum(),
+        }),
     }
 }
 
@@ -127,7 +139,7 @@ pub fn from_snapshot_as(
 fn copy_snapshot(
     loaded: &crate::snapshot::Loaded,
     memory_bytes: u64,
-) -> Result<GuestMemory, MemoryError> {
+) -> Result<Restored, MemoryError> {
     let fail = MemoryError::for_bytes(memory_bytes);
     let memory = create(memory_bytes)?;
     let mut mapped = Vec::new();
@@ -170,7 +182,10 @@ fn copy_snapshot(
         mine.and(theirs)
     })
     .map_err(fail)?;
-    Ok(memory)
+    Ok(Restored {
+        memory,
+        read_only_mapped: mapped.iter().map(|r| r.len).sum(),
+    })
 }
 
 /// Maps the snapshot's `range` (whole pages inside one region of

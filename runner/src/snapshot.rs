@@ -793,7 +793,9 @@ mod tests {
         );
         use crate::memory::{from_snapshot_as, RestoreRam};
         for how in [RestoreRam::Copy, RestoreRam::Map] {
-            let ram = from_snapshot_as(&loaded, 64 << 20, how).unwrap();
+            let restored = from_snapshot_as(&loaded, 64 << 20, how).unwrap();
+            assert_eq!(restored.read_only_mapped, 2 * PAGE as u64, "{how:?}");
+            let ram = restored.memory;
             assert_eq!(
                 ram.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
                 0x1234_5678,
@@ -817,7 +819,7 @@ mod tests {
             // The guest's writes never reach the file.
             ram.write_obj(0u32, GuestAddress(0x10_0000)).unwrap();
             let again = open(&path, 7, 64 << 20).unwrap().unwrap();
-            let ram2 = from_snapshot_as(&again, 64 << 20, how).unwrap();
+            let ram2 = from_snapshot_as(&again, 64 << 20, how).unwrap().memory;
             assert_eq!(
                 ram2.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
                 0x1234_5678,
@@ -833,9 +835,11 @@ mod tests {
         let mut loaded = open(&path, 7, 64 << 20).unwrap().unwrap();
         // Write-only: mmap refuses it (EACCES), a reopen for reading works.
         loaded.file = File::options().write(true).open(&path).unwrap();
-        let ram =
+        let restored =
             crate::memory::from_snapshot_as(&loaded, 64 << 20, crate::memory::RestoreRam::Copy)
                 .unwrap();
+        assert_eq!(restored.read_only_mapped, 0, "copied, not mapped");
+        let ram = restored.memory;
         assert_eq!(
             ram.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
             0x1234_5678

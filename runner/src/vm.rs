@@ -359,8 +359,9 @@ struct SavePlan {
     msrs: Arc<Vec<u32>>,
     xcrs: bool,
     tsc_khz: u32,
-    /// The kernel's read-only image (guest ranges), for restores to map.
-    read_only: Vec<std::ops::Range<u64>>,
+    /// The kernel's read-only image in the snapshot's RAM, for restores
+    /// to map.
+    read_only: Vec<snapshot::Extent>,
 }
 
 /// Why no snapshot was saved.
@@ -572,15 +573,14 @@ fn build(
     let mem = match &begin {
         Begin::Restore(loaded) => {
             let began = Instant::now();
-            let mem = memory::from_snapshot(loaded, memory_bytes)?;
-            let mib = |list: &[snapshot::Extent]| list.iter().map(|e| e.len).sum::<u64>() >> 20;
+            let restored = memory::from_snapshot(loaded, memory_bytes)?;
             log::debug(format_args!(
                 "snapshot RAM ({} MiB of data, {} MiB of it read-only kernel image mapped from the file) ready in {} ms",
-                mib(&loaded.state.extents),
-                mib(&loaded.state.read_only),
+                loaded.state.extents.iter().map(|e| e.len).sum::<u64>() >> 20,
+                restored.read_only_mapped >> 20,
                 began.elapsed().as_millis()
             ));
-            mem
+            restored.memory
         }
         _ => memory::create(memory_bytes)?,
     };
@@ -778,7 +778,8 @@ fn build(
                 (Err(e), _) => return Err(e.into()),
             };
             if matches!(begin, Begin::Save { .. }) {
-                read_only = boot::read_only_ranges(spec.kernel);
+                read_only =
+                    snapshot::file_extents(memory_bytes, &boot::read_only_ranges(spec.kernel));
             }
             steps.mark("kernel, initrd, boot data");
             acpi::write(&mem, &acpi::build(cpus, &virtio_slots)?)?;
@@ -1207,9 +1208,8 @@ impl Vm {
                 .state(),
             vcpus,
             extents: Vec::new(),
-            read_only: Vec::new(),
+            read_only: plan.read_only.clone(),
         };
-        state.read_only = snapshot::file_extents(state.memory_bytes, &plan.read_only);
         snapshot::write(&plan.path, &mut state, &self.mem).map_err(|e| e.to_string())
     }
 
