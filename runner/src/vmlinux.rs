@@ -215,7 +215,7 @@ pub fn pvh_entry(elf: &[u8]) -> Option<u32> {
 }
 
 /// `N` bytes of `data` at `at`, if they are all there.
-fn le<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
+pub(crate) fn le<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
     data.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 

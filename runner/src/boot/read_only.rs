@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::layout::PAGE_SIZE;
+use crate::vmlinux::le;
 
 const PT_LOAD: u32 = 1;
 const PF_W: u32 = 2;
@@ -39,6 +40,7 @@ pub fn read_only_ranges(path: &Path) -> Vec<Range<u64>> {
 
 /// A program header's fields that matter here.
 struct Segment {
+    kind: u32,
     flags: u32,
     vaddr: u64,
     paddr: u64,
@@ -54,48 +56,55 @@ struct Section {
 }
 
 fn parse(file: &impl FileExt) -> Option<Vec<Range<u64>>> {
+    let u16_at = |b: &[u8], at| le::<2>(b, at).map(u16::from_le_bytes);
+    let u32_at = |b: &[u8], at| le::<4>(b, at).map(u32::from_le_bytes);
+    let u64_at = |b: &[u8], at| le::<8>(b, at).map(u64::from_le_bytes);
     let mut head = [0u8; 64];
     file.read_exact_at(&mut head, 0).ok()?;
-    if &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 || u16_at(&head, 0x12) != 62 {
+    if &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 || u16_at(&head, 0x12)? != 62 {
         return None;
     }
-    let phoff = u64_at(&head, 0x20);
-    let shoff = u64_at(&head, 0x28);
+    let phoff = u64_at(&head, 0x20)?;
+    let shoff = u64_at(&head, 0x28)?;
     let (phentsize, phnum) = (
-        usize::from(u16_at(&head, 0x36)),
-        usize::from(u16_at(&head, 0x38)),
+        usize::from(u16_at(&head, 0x36)?),
+        usize::from(u16_at(&head, 0x38)?),
     );
     let (shentsize, shnum) = (
-        usize::from(u16_at(&head, 0x3a)),
-        usize::from(u16_at(&head, 0x3c)),
+        usize::from(u16_at(&head, 0x3a)?),
+        usize::from(u16_at(&head, 0x3c)?),
     );
-    let segments: Vec<Segment> = table(file, phoff, phentsize, phnum, 56)?
+    let segments = table(file, phoff, phentsize, phnum, 56)?
         .chunks_exact(phentsize)
-        .filter(|p| u32_at(p, 0) == PT_LOAD)
-        .map(|p| Segment {
-            flags: u32_at(p, 4),
-            vaddr: u64_at(p, 16),
-            paddr: u64_at(p, 24),
-            memsz: u64_at(p, 40),
+        .map(|p| {
+            Some(Segment {
+                kind: u32_at(p, 0)?,
+                flags: u32_at(p, 4)?,
+                vaddr: u64_at(p, 16)?,
+                paddr: u64_at(p, 24)?,
+                memsz: u64_at(p, 40)?,
+            })
         })
-        .collect();
-    let sections: Vec<Section> = if shoff == 0 || shnum == 0 {
+        .collect::<Option<Vec<Segment>>>()?;
+    let sections = if shoff == 0 || shnum == 0 {
         Vec::new()
     } else {
         table(file, shoff, shentsize, shnum, 64)?
             .chunks_exact(shentsize)
-            .map(|s| Section {
-                kind: u32_at(s, 4),
-                flags: u64_at(s, 8),
-                addr: u64_at(s, 16),
-                size: u64_at(s, 32),
+            .map(|s| {
+                Some(Section {
+                    kind: u32_at(s, 4)?,
+                    flags: u64_at(s, 8)?,
+                    addr: u64_at(s, 16)?,
+                    size: u64_at(s, 32)?,
+                })
             })
-            .collect()
+            .collect::<Option<Vec<Section>>>()?
     };
     let mut ranges = Vec::new();
     for seg in segments
         .iter()
-        .filter(|s| s.flags & PF_W == 0 && s.memsz > 0)
+        .filter(|s| s.kind == PT_LOAD && s.flags & PF_W == 0 && s.memsz > 0)
     {
         let seg_end = seg.vaddr.checked_add(seg.memsz)?;
         let to_phys = |v: u64| seg.paddr.checked_add(v - seg.vaddr);
@@ -151,22 +160,6 @@ fn table(
     let mut bytes = vec![0u8; size * count];
     file.read_exact_at(&mut bytes, offset).ok()?;
     Some(bytes)
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    v.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(v)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
 }
 
 #[cfg(test)]
