@@ -38,13 +38,19 @@
 //! its start before the guest runs. An init that finds the magic through
 //! `/dev/mem` writes [`JOB_WINDOW_ACK`] right after it, before the ready
 //! line; a host that finds both (in the restored RAM) writes the spec at
-//! [`JOB_WINDOW_DATA`] inside the window and sends the header alone, with
-//! the flag [`JOB_WINDOW_FLAG`]:
+//! [`JOB_WINDOW_DATA`] inside the window, the header line, with the flag
+//! [`JOB_WINDOW_FLAG`], at [`JOB_WINDOW_HEADER`], and then sends one byte,
+//! [`JOB_WINDOW_BELL`], on the channel:
 //! ```text
-//! host → guest   KESTREL-JOB <len> <realtime_ns> <seed> window\n
+//! window         +0x100: KESTREL-JOB <len> <realtime_ns> <seed> window\n
+//!                +0x1000: <len bytes of spec>
+//! host → guest   \x07
 //! ```
-//! so the spec does not cross the UART a byte (two port exits) at a time.
-//! Any other host (QEMU in the benches) sends the spec on the channel.
+//! so neither the spec nor its header crosses the UART a byte (an
+//! interrupt and a few port exits) at a time: the guest receives one byte.
+//! Any other host (QEMU in the benches) sends header and spec on the
+//! channel; an init reading the channel tells the two apart by the first
+//! byte (a header starts with `K`).
 
 use std::fmt;
 
@@ -97,14 +103,30 @@ pub const JOB_WINDOW_LEN: u64 = 0x4_0000;
 pub const JOB_WINDOW_DATA: u64 = 0x1000;
 /// What the host writes at the window's start.
 pub const JOB_WINDOW_MAGIC: &[u8; 16] = b"KESTREL-JOBWIN1\n";
-/// What an init that can read the window writes right after the magic.
-pub const JOB_WINDOW_ACK: &[u8; 16] = b"KESTREL-JOBACK1\n";
+/// What an init that can read the window writes right after the magic
+/// (version 2: it takes the header from the window on [`JOB_WINDOW_BELL`];
+/// version 1's init took only the spec from there).
+pub const JOB_WINDOW_ACK: &[u8; 16] = b"KESTREL-JOBACK2\n";
 /// Where [`JOB_WINDOW_ACK`] goes inside the window.
 pub const JOB_WINDOW_ACK_AT: u64 = JOB_WINDOW_MAGIC.len() as u64;
+/// Where the header line goes inside the window (at most
+/// [`JOB_WINDOW_HEADER_MAX`] bytes, newline included).
+pub const JOB_WINDOW_HEADER: u64 = 0x100;
+/// The room for the header line in the window.
+pub const JOB_WINDOW_HEADER_MAX: usize = 128;
+/// The one byte the host sends on the channel once header and spec stand
+/// in the window (ASCII BEL; never the first byte of a header line).
+pub const JOB_WINDOW_BELL: u8 = 0x07;
 /// The header's fourth field when the spec is in the window.
 pub const JOB_WINDOW_FLAG: &str = "window";
 /// The largest spec the window holds.
 pub const JOB_WINDOW_MAX: u32 = (JOB_WINDOW_LEN - JOB_WINDOW_DATA) as u32;
+
+// The window's parts do not overlap: magic, ack, header, spec.
+const _: () = assert!(
+    JOB_WINDOW_ACK_AT + JOB_WINDOW_ACK.len() as u64 <= JOB_WINDOW_HEADER
+        && JOB_WINDOW_HEADER + JOB_WINDOW_HEADER_MAX as u64 <= JOB_WINDOW_DATA
+);
 
 /// The header line before a job spec sent on the status channel.
 ///
@@ -847,6 +869,10 @@ mod tests {
             assert_eq!(line.matches('\n').count(), 1);
             assert_eq!(JobHeader::parse(&line), Ok(header));
             assert_eq!(JobHeader::parse(line.trim_end_matches('\n')), Ok(header));
+            if header.in_window {
+                // The longest flagged line fits its room in the window.
+                assert!(line.len() <= JOB_WINDOW_HEADER_MAX, "{line:?}");
+            }
         }
         assert_eq!(
             JobHeader {

@@ -1102,24 +1102,27 @@ impl Vm {
         let realtime_ns = std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let in_window =
-            job_window_acknowledged(&self.mem) && write_job_window(&self.mem, warm.job.as_bytes());
-        let header = JobHeader {
+        let mut header = JobHeader {
             len: warm.job.len() as u32,
             realtime_ns,
             seed: host_seed(),
-            in_window,
+            in_window: true,
         };
-        let mut bytes = header.line().into_bytes();
-        if in_window {
+        let bytes = if job_window_acknowledged(&self.mem)
+            && write_job_window(&self.mem, &header.line(), warm.job.as_bytes())
+        {
             log::debug(format_args!(
-                "job: {} bytes in the job window, its header over COM2",
+                "job: {} bytes and its header in the job window, the bell over COM2",
                 warm.job.len()
             ));
+            vec![kestrel_initramfs::job::JOB_WINDOW_BELL]
         } else {
             log::debug(format_args!("job: {} bytes over COM2", warm.job.len()));
+            header.in_window = false;
+            let mut bytes = header.line().into_bytes();
             bytes.extend_from_slice(warm.job.as_bytes());
-        }
+            bytes
+        };
         self.com2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1265,14 +1268,24 @@ fn job_window_acknowledged(mem: &GuestMemory) -> bool {
         .is_ok_and(|()| &magic == JOB_WINDOW_MAGIC && &ack == JOB_WINDOW_ACK)
 }
 
-/// Writes `job` into the job window; false (nothing written) when it does
-/// not fit or guest RAM refuses it, and the job then goes over COM2.
-fn write_job_window(mem: &GuestMemory, job: &[u8]) -> bool {
-    use kestrel_initramfs::job::{JOB_WINDOW_DATA, JOB_WINDOW_MAX};
+/// Writes `job` and then its `header` line (flagged `window`) into the
+/// job window; false (nothing written) when either does not fit, and
+/// false when guest RAM refuses it: the job then goes over COM2.
+fn write_job_window(mem: &GuestMemory, header: &str, job: &[u8]) -> bool {
+    use kestrel_initramfs::job::{
+        JOB_WINDOW_DATA, JOB_WINDOW_HEADER, JOB_WINDOW_HEADER_MAX, JOB_WINDOW_MAX,
+    };
     use vm_memory::{Bytes as _, GuestAddress};
-    u32::try_from(job.len()).is_ok_and(|len| len <= JOB_WINDOW_MAX)
+    header.len() <= JOB_WINDOW_HEADER_MAX
+        && u32::try_from(job.len()).is_ok_and(|len| len <= JOB_WINDOW_MAX)
         && mem
             .write_slice(job, GuestAddress(layout::JOB_WINDOW + JOB_WINDOW_DATA))
+            .is_ok()
+        && mem
+            .write_slice(
+                header.as_bytes(),
+                GuestAddress(layout::JOB_WINDOW + JOB_WINDOW_HEADER),
+            )
             .is_ok()
 }
 
@@ -1328,7 +1341,8 @@ mod tests {
     #[test]
     fn the_job_goes_in_the_window_only_behind_magic_and_ack() {
         use kestrel_initramfs::job::{
-            JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_DATA, JOB_WINDOW_MAGIC, JOB_WINDOW_MAX,
+            JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_DATA, JOB_WINDOW_HEADER,
+            JOB_WINDOW_HEADER_MAX, JOB_WINDOW_MAGIC, JOB_WINDOW_MAX,
         };
         use vm_memory::{Bytes as _, GuestAddress};
         let mem = memory::create(64 << 20).unwrap();
@@ -1347,13 +1361,22 @@ mod tests {
         mem.write_slice(JOB_WINDOW_ACK, at(JOB_WINDOW_ACK_AT))
             .unwrap();
         assert!(job_window_acknowledged(&mem));
-        assert!(write_job_window(&mem, b"kestrel-spec 1\n"));
+        let header = "KESTREL-JOB 15 1 00 window\n";
+        assert!(write_job_window(&mem, header, b"kestrel-spec 1\n"));
         let mut back = [0u8; 15];
+        mem.read_slice(&mut back, at(JOB_WINDOW_DATA)).unwrap();
+        assert_eq!(&back, b"kestrel-spec 1\n");
+        let mut line = vec![0u8; header.len()];
+        mem.read_slice(&mut line, at(JOB_WINDOW_HEADER)).unwrap();
+        assert_eq!(line, header.as_bytes());
+        // A header line too long for its room writes nothing.
+        let long = "K".repeat(JOB_WINDOW_HEADER_MAX + 1);
+        assert!(!write_job_window(&mem, &long, b"kestrel-spec 2\n"));
         mem.read_slice(&mut back, at(JOB_WINDOW_DATA)).unwrap();
         assert_eq!(&back, b"kestrel-spec 1\n");
         // The largest spec fits; one byte more goes over COM2 instead.
         let max = vec![b'x'; JOB_WINDOW_MAX as usize];
-        assert!(write_job_window(&mem, &max));
+        assert!(write_job_window(&mem, header, &max));
         let mut last = [0u8; 1];
         mem.read_slice(
             &mut last,
@@ -1365,7 +1388,7 @@ mod tests {
             layout::JOB_WINDOW + JOB_WINDOW_DATA + u64::from(JOB_WINDOW_MAX),
             layout::JOB_WINDOW + layout::JOB_WINDOW_LEN
         );
-        assert!(!write_job_window(&mem, &vec![b'y'; max.len() + 1]));
+        assert!(!write_job_window(&mem, header, &vec![b'y'; max.len() + 1]));
         mem.read_slice(&mut last, at(JOB_WINDOW_DATA)).unwrap();
         assert_eq!(last, [b'x'], "a spec too big for the window writes nothing");
     }

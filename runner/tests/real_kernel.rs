@@ -313,11 +313,11 @@ fn warm_starts_restore_a_snapshot_and_survive_damage() {
     assert!(restored(&second), "the second restores:\n{}", second.stderr);
     let in_window = |run: &Run| {
         run.stderr
-            .contains("bytes in the job window, its header over COM2")
+            .contains("bytes and its header in the job window, the bell over COM2")
     };
     assert!(
         in_window(&first) && in_window(&second),
-        "the spec goes through the job window:\n{}",
+        "the job goes through the job window:\n{}",
         second.stderr
     );
     // The kernel's text and rodata come mapped from the file, not copied.

@@ -276,7 +276,7 @@ pub fn write_true_initrd(base: &Path, out: &Path) -> Result<()> {
 }
 
 /// A warm kestrel boot: the base archive alone, the job handed over after
-/// the restore (in kestrel's job window, its header on COM2).
+/// the restore (in kestrel's job window, one byte on COM2 to say so).
 struct Warm<'a> {
     base: &'a Path,
     job_spec: &'a Path,

@@ -72,7 +72,7 @@ pub struct StressArgs {
     pub fs_server: String,
     /// Compare restored guests: one saving boot of each VMM first (not
     /// counted), then every run restores it and gets its job (kestrel
-    /// `--warm`: the spec in its job window, the header over COM2; QEMU
+    /// `--warm`: header and spec in its job window, one byte over COM2; QEMU
     /// `-incoming` from its own migration file, the job over COM2).
     /// Needs `--root initramfs` and `--qemu-machine pc`.
     #[arg(long)]

@@ -15,8 +15,11 @@
 //!
 //! When kestrel's job window is there (its magic read through `/dev/mem`,
 //! see `kestrel_initramfs::job`), the init acknowledges it before the
-//! ready line and a header flagged `window` is followed by nothing: the
-//! spec is read from the window, not from the UART.
+//! ready line; kestrel then puts header and spec in the window and sends
+//! one byte, the bell, on the UART: the init reads the header (which must
+//! be flagged `window`) and the spec from the window. A header that comes
+//! on the UART instead (any other host) is read there, and its spec after
+//! it — or from the window if the header is flagged so.
 //!
 //! Invariants: the tty never echoes (the host must not read its own bytes
 //! back); no byte after the header's newline is read as part of the header,
@@ -32,8 +35,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use kestrel_initramfs::job::{
-    JobHeader, Phase, Spec, JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_ADDR, JOB_WINDOW_DATA,
-    JOB_WINDOW_MAGIC, READY_LINE, SEED_BYTES,
+    JobHeader, Phase, Spec, JOB_WINDOW_ACK, JOB_WINDOW_ACK_AT, JOB_WINDOW_ADDR, JOB_WINDOW_BELL,
+    JOB_WINDOW_DATA, JOB_WINDOW_HEADER, JOB_WINDOW_HEADER_MAX, JOB_WINDOW_MAGIC, READY_LINE,
+    SEED_BYTES,
 };
 
 use crate::error::InitError;
@@ -166,9 +170,26 @@ pub fn receive(
     window: Option<&File>,
     spec: &mut Spec,
 ) -> Result<JobHeader, InitError> {
-    let line = read_header_line(channel, name)?;
-    let header = JobHeader::parse(&String::from_utf8_lossy(&line))
-        .map_err(|e| InitError::msg(format!("{e} (on {name})")))?;
+    let mut first = [0u8];
+    let got = read_full(channel, &mut first)
+        .map_err(|e| InitError::os(format!("read job header from {name}"), &e))?;
+    if got == 0 {
+        return Err(InitError::msg(format!(
+            "read job header from {name}: end of file after 0 bytes"
+        )));
+    }
+    let header = if first[0] == JOB_WINDOW_BELL {
+        let window = window.ok_or_else(|| {
+            InitError::msg(format!(
+                "the host rang the job window's bell on {name}, but this init could not open the window"
+            ))
+        })?;
+        header_from_window(window)?
+    } else {
+        let line = read_header_line(first[0], channel, name)?;
+        JobHeader::parse(&String::from_utf8_lossy(&line))
+            .map_err(|e| InitError::msg(format!("{e} (on {name})")))?
+    };
     let len = usize::try_from(header.len).unwrap_or(usize::MAX);
     let mut text = vec![0; len];
     if header.in_window {
@@ -201,10 +222,42 @@ pub fn receive(
     Ok(header)
 }
 
-/// The header line, newline included, read one byte at a time so not one
-/// byte of the spec after it is consumed.
-fn read_header_line(channel: &mut impl Read, name: &str) -> Result<Vec<u8>, InitError> {
+/// The header line kestrel wrote into the job window before it rang the
+/// bell; it must carry the `window` flag (the spec is there too).
+fn header_from_window(window: &File) -> Result<JobHeader, InitError> {
+    let mut room = [0u8; JOB_WINDOW_HEADER_MAX];
+    window
+        .read_exact_at(&mut room, JOB_WINDOW_ADDR + JOB_WINDOW_HEADER)
+        .map_err(|e| {
+            InitError::os(
+                format!("read job header from the job window ({DEVMEM_PATH})"),
+                &e,
+            )
+        })?;
+    let end = room.iter().position(|&b| b == b'\n').ok_or_else(|| {
+        InitError::msg(format!(
+            "job header in the job window has no newline in its first {JOB_WINDOW_HEADER_MAX} bytes"
+        ))
+    })?;
+    let header = JobHeader::parse(&String::from_utf8_lossy(&room[..=end]))
+        .map_err(|e| InitError::msg(format!("{e} (in the job window)")))?;
+    if !header.in_window {
+        return Err(InitError::msg(
+            "the job header in the job window does not put the spec there",
+        ));
+    }
+    Ok(header)
+}
+
+/// The header line, newline included, that starts with `first` (already
+/// read), read one byte at a time so not one byte of the spec after it is
+/// consumed.
+fn read_header_line(first: u8, channel: &mut impl Read, name: &str) -> Result<Vec<u8>, InitError> {
     let mut line = Vec::with_capacity(MAX_HEADER_BYTES);
+    line.push(first);
+    if first == b'\n' {
+        return Ok(line);
+    }
     while line.len() < MAX_HEADER_BYTES {
         let mut byte = [0u8];
         let got = read_full(channel, &mut byte)
@@ -572,6 +625,81 @@ mod tests {
             .unwrap_or_default();
         assert_ne!(&ack, JOB_WINDOW_ACK);
         assert!(open_window(dir.join("missing").to_str().unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_bell_takes_header_and_spec_from_the_window() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = fake_devmem(tmp.path(), JOB_WINDOW_MAGIC);
+        let window = open_window(path.to_str().unwrap()).unwrap();
+        let text = job().render();
+        window
+            .write_all_at(text.as_bytes(), JOB_WINDOW_ADDR + JOB_WINDOW_DATA)
+            .unwrap();
+        let header = JobHeader {
+            len: u32::try_from(text.len()).unwrap(),
+            realtime_ns: 11,
+            seed: seed(),
+            in_window: true,
+        };
+        let put_header = |line: &[u8]| {
+            let mut room = [0u8; JOB_WINDOW_HEADER_MAX];
+            room[..line.len()].copy_from_slice(line);
+            window
+                .write_all_at(&room, JOB_WINDOW_ADDR + JOB_WINDOW_HEADER)
+                .unwrap();
+        };
+        put_header(header.line().as_bytes());
+        // One byte on the channel; what follows it is not the init's.
+        let mut cursor = Cursor::new(vec![JOB_WINDOW_BELL, b'K', b'E']);
+        let mut spec = base();
+        let got = receive(&mut cursor, "ttyS1", Some(&window), &mut spec).unwrap();
+        assert_eq!(got, header);
+        assert_eq!(cursor.position(), 1);
+        assert_eq!(spec.argv, job().argv);
+        assert_eq!(spec.modules, base().modules);
+
+        let ring = |window: Option<&File>| {
+            receive(
+                &mut Cursor::new(vec![JOB_WINDOW_BELL]),
+                "ttyS1",
+                window,
+                &mut base(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        // A bell without a window is an error, not a hang.
+        let e = ring(None);
+        assert!(
+            e.contains("bell on ttyS1, but this init could not open"),
+            "{e}"
+        );
+        // A header that leaves the spec on the channel is refused there.
+        put_header(
+            JobHeader {
+                in_window: false,
+                ..header
+            }
+            .line()
+            .as_bytes(),
+        );
+        let e = ring(Some(&window));
+        assert_eq!(
+            e,
+            "the job header in the job window does not put the spec there"
+        );
+        // Garbage, and a header without its newline, are refused.
+        put_header(b"KESTREL-JOB x\n");
+        let e = ring(Some(&window));
+        assert!(e.contains("bad length") || e.contains("fields"), "{e}");
+        assert!(e.ends_with("(in the job window)"), "{e}");
+        put_header(&[b'K'; JOB_WINDOW_HEADER_MAX]);
+        let e = ring(Some(&window));
+        assert_eq!(
+            e,
+            format!("job header in the job window has no newline in its first {JOB_WINDOW_HEADER_MAX} bytes")
+        );
     }
 
     #[test]
