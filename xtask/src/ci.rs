@@ -7,7 +7,9 @@
 //!    (`cargo xtask fuzz`);
 //! 4. guest boots under QEMU TCG (no KVM needed): 6.1 and 7.2;
 //! 5. the nested rig: `/dev/kvm` and the exit status through the rig, then
-//!    the real-KVM tier in four L1 boots (each retried on a rig failure):
+//!    the real-KVM tier in four L1 boots (each retried on a rig failure;
+//!    in each, a test binary's failed tests run once more alone, and one
+//!    that passes then is reported flaky, see [`RUN_TESTS`]):
 //!    QEMU-KVM boots L2 guests there and the runner's real-kernel test
 //!    binaries (built here, in release mode) boot every Debian series
 //!    under kestrel; the host root over virtio-fs; the ABI matrix (every
@@ -133,12 +135,12 @@ pub fn run() -> Result<()> {
             .find(|(t, _)| *t == name)
             .with_context(|| format!("no rig test binary {name}"))?;
         let label = if env.is_empty() {
-            format!("==> {name}")
+            name.to_string()
         } else {
-            format!("==> {name} ({})", env.trim())
+            format!("{name} ({})", env.trim())
         };
         Ok(format!(
-            "echo {}; {env}KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {} --test-threads 1 || rc=1\n",
+            "{RUN_TESTS} {} env {env}KESTREL_REAL_KVM_TESTS=1 KESTREL_TEST_KERNEL={} KESTREL_BIN={} {}\n",
             shell_quote(&label),
             shell_quote(&k61.image.to_string_lossy()),
             shell_quote(&kestrel_bin.to_string_lossy()),
@@ -216,7 +218,7 @@ pub fn run() -> Result<()> {
         let body = body.replace(MATRIX_JOBS, if still_building { " --jobs 1" } else { "" });
         let attempts = if name.contains("warm") { 5 } else { 3 };
         timed(name, &mut || {
-            let script = format!("rc=0\n{body}exit $rc\n");
+            let script = rig_script(&body);
             let code = in_rig_attempts(&["sh", "-c", &script], attempts)?;
             if code != 0 {
                 bail!("tests failed in the rig (exit {code}): see above");
@@ -250,7 +252,7 @@ pub fn run() -> Result<()> {
                     )
                 })?;
             tools::step(format!("ci: the background builds took {took:.1} s"));
-            let script = format!("rc=0\n{dev_tools}exit $rc\n");
+            let script = rig_script(&dev_tools);
             let code = in_rig(&["sh", "-c", &script])?;
             if code != 0 {
                 bail!("tests failed in the rig (exit {code}): see above");
@@ -323,6 +325,57 @@ fn dev_tool_builds(
 /// taken as CMD's verdict. The silence limit is long
 /// because some tests print nothing for minutes (the `find /usr` walk
 /// through two virtio-fs hops takes ~6 min).
+/// The shell function a rig step's script runs each test binary with
+/// (`RUN_TESTS LABEL COMMAND...`; the command is the binary, maybe behind
+/// `env`): libtest, one test at a time. When it fails, the tests its
+/// summary names (at most [`MAX_RETRIED`]) run once more, each alone: a
+/// test that passes then is reported as flaky (`==> FLAKY: …` at once and
+/// in the step's last line) and does not fail the step; one that fails
+/// again, more failures than that, or a binary that failed without naming
+/// a test, set `rc=1`. The rig loses a guest now and then (runner/NOTES.md,
+/// "When the guest triple-faults"); a real failure fails twice.
+const RUN_TESTS: &str = "run_tests";
+
+/// At most this many failed tests of one binary are run again.
+const MAX_RETRIED: usize = 2;
+
+/// `body` (lines using [`RUN_TESTS`] and setting `rc`) as a whole script
+/// that exits `rc` and lists the flaky tests last.
+fn rig_script(body: &str) -> String {
+    format!(
+        r#"rc=0
+flaky=''
+{RUN_TESTS}() {{
+  label=$1; shift
+  echo "==> $label"
+  log=$(mktemp)
+  {{ "$@" --test-threads 1 2>&1; echo $? > "$log.rc"; }} | tee "$log"
+  if [ "$(cat "$log.rc")" != 0 ]; then
+    failed=$(awk '/^failures:$/ {{ n = 1; c = 0; next }} n && /^    [^ ]+$/ {{ f[c++] = $1; next }} n && /^$/ {{ n = 0 }} END {{ for (i = 0; i < c; i++) print f[i] }}' "$log")
+    count=$(printf '%s
+' "$failed" | grep -c .)
+    if [ "$count" -eq 0 ] || [ "$count" -gt {MAX_RETRIED} ]; then
+      rc=1
+    else
+      for t in $failed; do
+        echo "==> $label: $t failed; running it once more, alone"
+        if "$@" --exact "$t" --test-threads 1; then
+          echo "==> FLAKY: $label: $t failed, then passed on its retry"
+          flaky="$flaky $label:$t"
+        else
+          rc=1
+        fi
+      done
+    fi
+  fi
+  rm -f "$log" "$log.rc"
+}}
+{body}if [ -n "$flaky" ]; then echo "==> flaky (failed once, passed on a retry):$flaky"; fi
+exit $rc
+"#
+    )
+}
+
 fn in_rig(cmd: &[&str]) -> Result<i32> {
     in_rig_attempts(cmd, 3)
 }
@@ -403,4 +456,97 @@ fn cargo_cmd(args: &[&str]) -> Command {
 
 fn cargo(args: &[&str]) -> Result<()> {
     tools::run(&mut cargo_cmd(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` as a rig step's script does, here; (exit code, output).
+    fn run_script(body: &str) -> (i32, String) {
+        let out = Command::new("sh")
+            .args(["-c", &rig_script(body)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap(), text)
+    }
+
+    /// A stand-in for a libtest binary: tests `a`, `b` and `c`; the ones
+    /// named in `$FAIL` fail, those in `$FLAKY` fail only while their
+    /// mark file in `$STATE` is missing (their first run makes it);
+    /// `--exact NAME` runs one test.
+    const FAKE_TESTS: &str = r#"only=''
+while [ $# -gt 0 ]; do case $1 in --exact) only=$2; shift;; esac; shift; done
+failed=''
+for t in a b c; do
+  [ -n "$only" ] && [ "$only" != "$t" ] && continue
+  bad=0
+  case " $FAIL " in *" $t "*) bad=1;; esac
+  case " $FLAKY " in *" $t "*) [ -e "$STATE/$t" ] || { touch "$STATE/$t"; bad=1; };; esac
+  if [ $bad = 1 ]; then echo "test $t ... FAILED"; failed="$failed $t"; else echo "test $t ... ok"; fi
+done
+if [ -n "$failed" ]; then
+  echo; echo 'failures:'; echo; for t in $failed; do echo "---- $t stdout ----"; echo 'boom'; done
+  echo; echo 'failures:'; for t in $failed; do echo "    $t"; done; echo
+  echo 'test result: FAILED. 1 passed; 1 failed'; exit 101
+fi
+echo 'test result: ok.'
+"#;
+
+    fn fake_run(fail: &str, flaky: &str) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("tests");
+        std::fs::write(&bin, FAKE_TESTS).unwrap();
+        let body = format!(
+            "{RUN_TESTS} fake env FAIL='{fail}' FLAKY='{flaky}' STATE={} sh {}\n",
+            shell_quote(&dir.path().to_string_lossy()),
+            shell_quote(&bin.to_string_lossy())
+        );
+        run_script(&body)
+    }
+
+    #[test]
+    fn a_test_that_passes_alone_on_its_retry_is_flaky_not_failed() {
+        let (code, out) = fake_run("", "b");
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("==> fake: b failed; running it once more, alone"),
+            "{out}"
+        );
+        assert!(
+            out.contains("==> FLAKY: fake: b failed, then passed on its retry"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("==> flaky (failed once, passed on a retry): fake:b\n"),
+            "{out}"
+        );
+        // Only the failed test ran again.
+        assert_eq!(out.matches("test a ... ok").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn a_test_that_fails_twice_fails_the_step() {
+        let (code, out) = fake_run("c", "a");
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("FLAKY: fake: a failed"), "{out}");
+        assert!(!out.contains("FLAKY: fake: c"), "{out}");
+        assert_eq!(out.matches("test c ... FAILED").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn many_failures_or_a_binary_that_names_none_are_not_retried() {
+        let (code, out) = fake_run("a b c", "");
+        assert_eq!(code, 1, "{out}");
+        assert!(!out.contains("running it once more"), "{out}");
+        let (code, out) = run_script(&format!("{RUN_TESTS} crash sh -c 'echo oops; exit 3'\n"));
+        assert_eq!(code, 1, "{out}");
+        assert!(!out.contains("running it once more"), "{out}");
+        // Passing binaries leave rc alone and report nothing.
+        let (code, out) = fake_run("", "");
+        assert_eq!(code, 0, "{out}");
+        assert!(!out.contains("flaky"), "{out}");
+    }
 }
