@@ -14,12 +14,11 @@
 //!    binaries (built here, in release mode) boot every Debian series
 //!    under kestrel; the host root over virtio-fs; the ABI matrix (every
 //!    scenario on the four Debian series, which includes the 6.1 suite
-//!    `xtask test` runs), booted cold (`--cold`) two cells at a time (one
-//!    if the background builds below still run), then, in an L1 of its
-//!    own, the 6.1 suite as `xtask test` runs it by default, each case
-//!    restored from a VM snapshot (`--warm`): both check every case
-//!    against the same stored snapshot, so warm and cold runs must give
-//!    identical outputs and verdicts;
+//!    `xtask test` runs), as `xtask matrix` runs it by default: each cell
+//!    restored from a VM snapshot (`--warm`), then, in an L1 of its own,
+//!    the 6.1 suite with every case booted (`--cold`): both check every
+//!    case against the same stored snapshot, so warm and cold runs must
+//!    give identical outputs and verdicts;
 //!    Meanwhile `kestrel kselftest` and `kestrel kunit` build two selftest
 //!    targets and a KUnit kernel from Debian's 6.1 source on the host
 //!    (`--build-only`, one make job, on the core the rig leaves idle);
@@ -43,10 +42,6 @@ use crate::rig::{self, RigArgs};
 
 use crate::selftest::{self, AccelArg, SelftestArgs};
 use crate::{guest, paths, tools};
-
-/// Stands for the matrix's `--jobs` in its step's script, chosen when the
-/// step starts (see `run`).
-const MATRIX_JOBS: &str = "<matrix-jobs>";
 
 /// Runs every tier; the first failing tier stops the run.
 pub fn run() -> Result<()> {
@@ -150,7 +145,7 @@ pub fn run() -> Result<()> {
     let test_bin = |name: &str| test_bin_env(name, "");
     // `kestrel kselftest` and `kestrel kunit` build on the host (the
     // emulated L1 would take an hour), one make job at a time, while the
-    // rig parts below run: an L2 guest keeps about one of L1's two vCPUs
+    // rig parts below run: the rig's one-vCPU L1 keeps about one host core
     // busy, so the other host core is mostly idle there. Their rig test
     // runs with --no-build after the matrix.
     let source_61 = {
@@ -195,27 +190,21 @@ pub fn run() -> Result<()> {
                 test_bin("own_scenarios")?
             ),
         ),
+        // As `cargo xtask matrix` runs it (warm, one cell at a time in
+        // the rig's one-vCPU L1). A boot failure is retried once.
         (
-            "rig: the ABI matrix (every scenario × Debian 5.10, 6.1, 6.12, 7.2)",
-            format!(
-                "echo '==> matrix (cold)'; {xtask} matrix --here --cold{MATRIX_JOBS} --retries 1 || rc=1\n"
-            ),
+            "rig: the ABI matrix (every scenario × Debian 5.10, 6.1, 6.12, 7.2, warm: cells restored from snapshots)",
+            format!("echo '==> matrix (warm)'; {xtask} matrix --here --warm --retries 1 || rc=1\n"),
         ),
-        // An L1 of its own: warm load has crashed L1 (runner/NOTES.md,
-        // "Warm starts"), and a rig failure retries only its own step.
-        // A boot failure is retried once, as in the matrix.
+        // The 6.1 suite booted cold, against the same stored snapshots as
+        // the matrix's restored cells: warm and cold must agree. In an L1
+        // of its own, so a rig failure retries only its own step.
         (
-            "rig: `xtask test` as it runs by default (warm: every case restored from a snapshot)",
-            format!("echo '==> test --warm'; {xtask} test --here --warm --retries 1 || rc=1\n"),
+            "rig: `xtask test --cold` (every 6.1 case booted)",
+            format!("echo '==> test --cold'; {xtask} test --here --cold --retries 1 || rc=1\n"),
         ),
     ];
     for (name, body) in parts {
-        // The matrix runs two cells at a time, as `cargo xtask matrix`
-        // does in the rig, unless the background builds still need the
-        // core the rig would leave them (they ended long before it in
-        // every ci run so far: ~6 min against ~8 min of rig steps).
-        let still_building = builds.as_ref().is_some_and(|b| !b.is_finished());
-        let body = body.replace(MATRIX_JOBS, if still_building { " --jobs 1" } else { "" });
         let attempts = if name.contains("warm") { 5 } else { 3 };
         timed(name, &mut || {
             let script = rig_script(&body);
@@ -318,13 +307,6 @@ fn dev_tool_builds(
     Ok(())
 }
 
-/// Runs CMD in the rig and returns its exit code. A rig failure (L1 died,
-/// froze or soft-locked: ARCHITECTURE.md, "The nested rig") is retried
-/// twice (four times for the warm sample: warm load crashes L1's kernel
-/// most often, three L1s in a row in one session-10 run); it is never
-/// taken as CMD's verdict. The silence limit is long
-/// because some tests print nothing for minutes (the `find /usr` walk
-/// through two virtio-fs hops takes ~6 min).
 /// The shell function a rig step's script runs each test binary with
 /// (`RUN_TESTS LABEL COMMAND...`; the command is the binary, maybe behind
 /// `env`): libtest, one test at a time. When it fails, the tests its
@@ -376,6 +358,13 @@ exit $rc
     )
 }
 
+/// Runs CMD in the rig and returns its exit code. A rig failure (L1 died,
+/// froze or soft-locked: ARCHITECTURE.md, "The nested rig") is retried
+/// twice (four times for the warm sample: warm load crashes L1's kernel
+/// most often, three L1s in a row in one session-10 run); it is never
+/// taken as CMD's verdict. The silence limit is long
+/// because some tests print nothing for minutes (the `find /usr` walk
+/// through two virtio-fs hops takes ~6 min).
 fn in_rig(cmd: &[&str]) -> Result<i32> {
     in_rig_attempts(cmd, 3)
 }

@@ -54,12 +54,12 @@ pub struct MatrixArgs {
     /// Start each cell from a snapshot of its kernel booted to where the
     /// init waits for its job (`kestrel run --warm`; the first cell of each
     /// kernel, vCPU count, memory and device count boots cold and saves
-    /// it): 102 s instead of 158 s in the rig, but 3 of 336 cells lost
-    /// there against none cold, and L1 crashed once in four runs
-    /// (RELIABILITY.md), so not the default.
+    /// it). The default since session 20, when the rig's L1 went to one
+    /// vCPU: six warm matrices there, 504 of 504 cells, 166–202 s each
+    /// (RELIABILITY.md).
     #[arg(long, conflicts_with = "cold")]
     pub warm: bool,
-    /// Boot every cell (the default).
+    /// Boot every cell instead.
     #[arg(long)]
     pub cold: bool,
     /// Run here even if this host's KVM looks software-based (used inside the rig).
@@ -119,7 +119,7 @@ fn in_rig(args: &MatrixArgs) -> Result<bool> {
         jobs: args.jobs,
         retries: args.retries,
         update: args.update,
-        warm: args.warm,
+        warm: !args.cold,
     }
     .rig_args()?;
     let code = rig::run_retrying(&rig_args, 2, &|| false)?;
@@ -142,7 +142,7 @@ fn run_here(args: &MatrixArgs) -> Result<bool> {
     }
     options.update = args.update;
     options.retries = args.retries;
-    let backend = crate::test::backend(kestrel, args.warm);
+    let backend = crate::test::backend(kestrel, !args.cold);
     let dir = report_dir();
     let matrix = run_matrix(MatrixRun {
         options,

@@ -37,6 +37,9 @@ const ROOT_TAG: &str = "kestrel-root";
 /// What L1 needs: virtio-fs for the host tree, virtio-console for CMD's
 /// output, KVM for the tests.
 const L1_MODULES: &[&str] = &["virtio_pci", "virtiofs", "virtio_console", "kvm_amd"];
+/// L1's vCPUs unless `--cpus` says otherwise (see [`RigArgs::cpus`]).
+pub const L1_CPUS: u32 = 1;
+
 /// The L1 CPU: EPYC with SVM and nested paging (`-cpu max` is 1.5–2× slower).
 const L1_CPU: &str = "EPYC,+svm,+npt";
 /// Exit code for a rig failure (L1 died, froze, or could not run CMD).
@@ -65,8 +68,14 @@ impl RigExit {
 /// `cargo xtask rig` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RigArgs {
-    /// vCPUs of L1 (QEMU runs them on separate host threads).
-    #[arg(long, default_value_t = 2)]
+    /// vCPUs of L1 (QEMU runs them on separate host threads). One by
+    /// default: QEMU's emulated SVM loses L1 itself with two (a
+    /// reschedule IPI taken right after `vmrun`, then an exception storm:
+    /// three L1 panics in seven minutes of warm matrices in session 20,
+    /// and L2 triple faults), never seen with one, which ran the 6.1
+    /// suite as fast (30–32 s warm) — RELIABILITY.md, "Boots that fail in
+    /// the rig".
+    #[arg(long, default_value_t = L1_CPUS)]
     pub cpus: u32,
     /// Memory of L1 in MiB.
     #[arg(long, default_value_t = 4096)]
@@ -94,7 +103,7 @@ impl RigArgs {
     /// allowed silence (tests that print nothing for minutes need more).
     pub fn for_cmd(cmd: Vec<String>, silence: u64) -> RigArgs {
         RigArgs {
-            cpus: 2,
+            cpus: L1_CPUS,
             memory: 4096,
             timeout: 3600,
             silence,
