@@ -40,7 +40,7 @@ pub fn run(args: MatrixArgs) -> Result<u8> {
     if args.kernels.is_empty() {
         bail!("--kernels needs at least one kernel spec");
     }
-    let (options, backend) = args.suite.prepare(false)?;
+    let (options, backend) = args.suite.prepare(true)?;
     for spec in &args.kernels {
         if let Err(e) = super::ensure_kernel(spec) {
             host::step(format!("matrix: {spec}: {e:#}"));

@@ -17,8 +17,8 @@ use kestrel_kernels::Cache;
 use kestrel_scenarios::{run_suite, KestrelBinary, SuiteOptions};
 
 /// What `kestrel test` and `kestrel matrix` share: which scenarios, how
-/// many at once, whether to accept their output, warm or cold (`kestrel
-/// test` starts cases warm by default, `kestrel matrix` boots them).
+/// many at once, whether to accept their output, warm or cold (both start
+/// cases warm by default, `--cold` boots them).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     /// A directory of scenario files (repeatable): snapshots in
@@ -39,12 +39,12 @@ pub struct SuiteArgs {
     /// did not boot; a case that then passes is reported as flaky.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// Boot every case (the default of `kestrel matrix`).
+    /// Boot every case.
     #[arg(long, conflicts_with = "warm")]
     pub cold: bool,
     /// Start each case from a VM snapshot (`kestrel run --warm`: the first
     /// case of each kernel, vCPU count, memory and device count boots and
-    /// saves it; the default of `kestrel test`).
+    /// saves it; the default).
     #[arg(long)]
     pub warm: bool,
 }
