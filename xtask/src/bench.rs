@@ -495,6 +495,7 @@ fn run_qemu(qemu: &Qemu, machine: Machine, kernel: &Path, initrd: &Path) -> Resu
         echo_console: false,
         kill_on_lockup: false,
         snapshot: None,
+        idle: None,
         timeout: Duration::from_secs(60),
         silence: Duration::from_secs(30),
     };

@@ -391,6 +391,7 @@ fn run_qemu(
         echo_console: false,
         kill_on_lockup: false,
         snapshot: None,
+        idle: None,
         timeout: Duration::from_secs(900),
         silence: Duration::from_secs(600),
     };

@@ -94,6 +94,80 @@ pub struct Guest {
     /// Save the VM once its init waits for a job, or start from a saved VM
     /// (QEMU's own migration stream; `cargo xtask stress --warm`).
     pub snapshot: Option<Snapshot>,
+    /// Kill the guest when QEMU used less than [`IDLE_CPU_SHARE`] of one
+    /// host CPU for this long (the rig: an L1 that stalled — idle, silent,
+    /// nothing in its log — while its command had not finished; runner/
+    /// NOTES.md, session 20). `None`: never.
+    pub idle: Option<Duration>,
+}
+
+/// Below this share of one host CPU, QEMU counts as idle for
+/// [`Guest::idle`] (an idle TCG L1 uses ~2–3%, a busy one 50–100%).
+pub const IDLE_CPU_SHARE: f64 = 0.05;
+
+/// Watches a process's CPU time for [`Guest::idle`]: fed samples of its
+/// CPU seconds, says when it has stayed under [`IDLE_CPU_SHARE`] for
+/// `limit`. Samples at least 5 s apart decide; closer ones are kept for
+/// the next decision.
+#[derive(Debug)]
+pub struct IdleWatch {
+    limit: Duration,
+    /// The last sample that decided: (when, CPU seconds).
+    last: Option<(Instant, f64)>,
+    /// Since when the process has been idle.
+    idle_since: Option<Instant>,
+}
+
+impl IdleWatch {
+    pub fn new(limit: Duration) -> IdleWatch {
+        IdleWatch {
+            limit,
+            last: None,
+            idle_since: None,
+        }
+    }
+
+    /// Takes a sample; `true` when the process has been idle for the limit.
+    pub fn sample(&mut self, now: Instant, cpu_secs: f64) -> bool {
+        let Some((then, cpu_then)) = self.last else {
+            self.last = Some((now, cpu_secs));
+            return false;
+        };
+        let wall = now.saturating_duration_since(then).as_secs_f64();
+        if wall < 5.0 {
+            return false;
+        }
+        let busy = (cpu_secs - cpu_then) / wall >= IDLE_CPU_SHARE;
+        if busy {
+            self.idle_since = None;
+        } else if self.idle_since.is_none() {
+            self.idle_since = Some(then);
+        }
+        self.last = Some((now, cpu_secs));
+        self.idle_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.limit)
+    }
+}
+
+/// User plus system CPU seconds of `pid` (from `/proc/PID/stat`).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf has no memory effects; it reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    stat_cpu_ticks(&stat).map(|t| t as f64 / ticks)
+}
+
+/// utime + stime (clock ticks) from a `/proc/PID/stat` line: fields 14
+/// and 15, counted after the command name's closing parenthesis (the
+/// name itself may hold spaces and parentheses).
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// QEMU's counterpart of `kestrel run --warm`: a VM saved where kestrel's
@@ -128,6 +202,8 @@ pub enum End {
     Silent,
     /// We killed it when its kernel reported a CPU stuck for this many seconds.
     Lockup(u64),
+    /// We killed it after QEMU sat idle for this long ([`Guest::idle`]).
+    Idle(Duration),
 }
 
 /// What a guest run produced.
@@ -173,6 +249,11 @@ impl Outcome {
             (Some(status), _) => format!("guest reported {status}"),
             (None, End::Timeout) => "guest timed out without reporting a status".into(),
             (None, End::Silent) => "guest went silent and was killed".into(),
+            (None, End::Idle(for_)) => format!(
+                "guest sat idle (QEMU under {:.0}% of a CPU) for {} s and was killed",
+                IDLE_CPU_SHARE * 100.0,
+                for_.as_secs()
+            ),
             (None, End::Lockup(secs)) => {
                 format!("guest kernel reported a CPU stuck for {secs} s and was killed")
             }
@@ -498,6 +579,7 @@ impl Guest {
             restore = Some((path, thread));
         }
         let mut last_activity = Instant::now();
+        let mut idle = self.idle.map(IdleWatch::new);
         let end = loop {
             let now = Instant::now();
             if now >= deadline {
@@ -507,7 +589,16 @@ impl Guest {
             if silence_left.is_zero() {
                 break End::Silent;
             }
-            match rx.recv_timeout(silence_left.min(deadline - now)) {
+            if let (Some(watch), Some(limit)) = (&mut idle, self.idle) {
+                if cpu_secs(pid).is_some_and(|cpu| watch.sample(now, cpu)) {
+                    break End::Idle(limit);
+                }
+            }
+            let mut wait = silence_left.min(deadline - now);
+            if idle.is_some() {
+                wait = wait.min(Duration::from_secs(10));
+            }
+            match rx.recv_timeout(wait) {
                 Ok(Event::Activity) => last_activity = Instant::now(),
                 Ok(Event::Lockup(secs)) if self.kill_on_lockup && secs >= LOCKUP_FATAL_SECS => {
                     break End::Lockup(secs)
@@ -805,6 +896,40 @@ fn kill(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_come_from_after_the_command_name() {
+        // A name with spaces and a parenthesis; utime 1234, stime 56.
+        let stat = "4242 (qemu (x) 86) S 1 4242 4242 0 -1 4194560 12 0 0 0 1234 56 0 0 20 0 5 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(1290));
+        assert_eq!(stat_cpu_ticks("4242 (qemu) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+        // This process's own line parses.
+        assert!(cpu_secs(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn idle_means_under_the_share_for_the_whole_limit() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut watch = IdleWatch::new(Duration::from_secs(60));
+        assert!(!watch.sample(at(0), 100.0));
+        // Busy (50% of a CPU), then idle (1%): idle counts from the last
+        // busy sample, and only samples 5 s apart decide.
+        assert!(!watch.sample(at(10), 105.0));
+        assert!(!watch.sample(at(20), 105.1));
+        assert!(!watch.sample(at(22), 105.1));
+        assert!(!watch.sample(at(50), 105.3));
+        assert!(!watch.sample(at(65), 105.4));
+        assert!(watch.sample(at(72), 105.5));
+        // A burst of work starts the count again.
+        let mut watch = IdleWatch::new(Duration::from_secs(60));
+        watch.sample(at(0), 0.0);
+        watch.sample(at(40), 0.1);
+        assert!(!watch.sample(at(50), 5.0));
+        assert!(!watch.sample(at(100), 5.1));
+        assert!(watch.sample(at(110), 5.1));
+    }
 
     #[test]
     fn json_strings_are_escaped() {

@@ -37,6 +37,13 @@ const ROOT_TAG: &str = "kestrel-root";
 /// What L1 needs: virtio-fs for the host tree, virtio-console for CMD's
 /// output, KVM for the tests.
 const L1_MODULES: &[&str] = &["virtio_pci", "virtiofs", "virtio_console", "kvm_amd"];
+/// An L1 whose QEMU stays idle this long while its command runs has
+/// stalled (runner/NOTES.md, session 20: idle and silent, nothing in its
+/// log) and is ended as a rig failure, retried like one — instead of
+/// waiting out the silence limit. Nothing the rig runs idles this long:
+/// its commands boot and run guests.
+pub const L1_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// L1's vCPUs unless `--cpus` says otherwise (see [`RigArgs::cpus`]).
 pub const L1_CPUS: u32 = 1;
 
@@ -86,6 +93,10 @@ pub struct RigArgs {
     /// Kill L1 after this many seconds without any output.
     #[arg(long, default_value_t = 600)]
     pub silence: u64,
+    /// End L1 as stalled after this many seconds of its QEMU sitting idle
+    /// while the command runs (0: never; for a command that waits).
+    #[arg(long, default_value_t = L1_IDLE_LIMIT.as_secs())]
+    pub idle: u64,
     /// Show L1's kernel log on stderr while it runs.
     #[arg(long)]
     pub console: bool,
@@ -107,6 +118,7 @@ impl RigArgs {
             memory: 4096,
             timeout: 3600,
             silence,
+            idle: L1_IDLE_LIMIT.as_secs(),
             console: false,
             writable: Vec::new(),
             cmd,
@@ -201,6 +213,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         echo_console: args.console,
         kill_on_lockup: true,
         snapshot: None,
+        idle: (args.idle > 0).then(|| Duration::from_secs(args.idle)),
         timeout: Duration::from_secs(args.timeout),
         silence: Duration::from_secs(args.silence),
     };
@@ -232,6 +245,10 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
                 ),
                 End::Lockup(secs) => format!(
                     "L1's kernel reported a CPU stuck for {secs} s (the emulated SVM hung) and was killed"
+                ),
+                End::Idle(for_) => format!(
+                    "L1 sat idle for {} s while its command ran (a stalled L1) and was killed",
+                    for_.as_secs()
                 ),
                 End::Exited(_) => outcome.describe(),
             };

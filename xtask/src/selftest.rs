@@ -175,6 +175,7 @@ pub fn run(args: &SelftestArgs) -> Result<usize> {
                 echo_console: false,
                 kill_on_lockup: false,
                 snapshot: None,
+                idle: None,
                 timeout: Duration::from_secs(180),
                 silence: Duration::from_secs(120),
             };

@@ -588,6 +588,7 @@ impl Vmm {
                     },
                     timeout: BOOT_LIMIT,
                     silence: Duration::from_secs(60),
+                    idle: None,
                 };
                 let outcome = guest.run(qemu);
                 if let Some(server) = &mut server {
