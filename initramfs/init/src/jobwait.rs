@@ -627,10 +627,10 @@ mod tests {
         assert!(open_window(dir.join("missing").to_str().unwrap()).is_none());
     }
 
-    #[test]
-    fn the_bell_takes_header_and_spec_from_the_window() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = fake_devmem(tmp.path(), JOB_WINDOW_MAGIC);
+    /// An acknowledged stand-in window holding `job()`'s spec, and the
+    /// flagged header that announces it.
+    fn window_with_job(dir: &std::path::Path, realtime_ns: u64) -> (File, JobHeader) {
+        let path = fake_devmem(dir, JOB_WINDOW_MAGIC);
         let window = open_window(path.to_str().unwrap()).unwrap();
         let text = job().render();
         window
@@ -638,10 +638,17 @@ mod tests {
             .unwrap();
         let header = JobHeader {
             len: u32::try_from(text.len()).unwrap(),
-            realtime_ns: 11,
+            realtime_ns,
             seed: seed(),
             in_window: true,
         };
+        (window, header)
+    }
+
+    #[test]
+    fn the_bell_takes_header_and_spec_from_the_window() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (window, header) = window_with_job(tmp.path(), 11);
         let put_header = |line: &[u8]| {
             let mut room = [0u8; JOB_WINDOW_HEADER_MAX];
             room[..line.len()].copy_from_slice(line);
@@ -705,18 +712,7 @@ mod tests {
     #[test]
     fn a_flagged_header_takes_the_spec_from_the_window() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = fake_devmem(tmp.path(), JOB_WINDOW_MAGIC);
-        let window = open_window(path.to_str().unwrap()).unwrap();
-        let text = job().render();
-        window
-            .write_all_at(text.as_bytes(), JOB_WINDOW_ADDR + JOB_WINDOW_DATA)
-            .unwrap();
-        let header = JobHeader {
-            len: u32::try_from(text.len()).unwrap(),
-            realtime_ns: 7,
-            seed: seed(),
-            in_window: true,
-        };
+        let (window, header) = window_with_job(tmp.path(), 7);
         // What follows the header on the channel is not the init's to read.
         let mut bytes = header.line().into_bytes();
         bytes.extend_from_slice(b"KESTREL-");
