@@ -80,8 +80,8 @@ pub struct RigArgs {
     /// reschedule IPI taken right after `vmrun`, then an exception storm:
     /// three L1 panics in seven minutes of warm matrices in session 20,
     /// and L2 triple faults), never seen with one, which ran the 6.1
-    /// suite as fast (30–32 s warm) — RELIABILITY.md, "Boots that fail in
-    /// the rig".
+    /// suite nearly as fast (43 s in a fresh L1, 30–32 s after) —
+    /// RELIABILITY.md, "Boots that fail in the rig".
     #[arg(long, default_value_t = L1_CPUS)]
     pub cpus: u32,
     /// Memory of L1 in MiB.
