@@ -248,7 +248,10 @@ fn an_interactive_shell_with_job_control_and_the_window_size() {
     s.expect("READY2\r\n");
     s.send(b"\x1a");
     s.expect("Stopped");
-    s.send(b"kill %1; echo killed-$((1+1))\r");
+    // `wait`: the job ends (SIGTERM after bash's SIGCONT) only after the
+    // kill returns; an `exit` before bash reaps it meets "There are
+    // stopped jobs" (ci, session 20, in the one-vCPU rig).
+    s.send(b"kill %1; wait %1 2>/dev/null; echo killed-$((1+1))\r");
     s.expect("killed-2");
 
     s.send(b"exit 3\r");
