@@ -170,15 +170,8 @@ pub fn receive(
     window: Option<&File>,
     spec: &mut Spec,
 ) -> Result<JobHeader, InitError> {
-    let mut first = [0u8];
-    let got = read_full(channel, &mut first)
-        .map_err(|e| InitError::os(format!("read job header from {name}"), &e))?;
-    if got == 0 {
-        return Err(InitError::msg(format!(
-            "read job header from {name}: end of file after 0 bytes"
-        )));
-    }
-    let header = if first[0] == JOB_WINDOW_BELL {
+    let first = read_header_byte(channel, name, 0)?;
+    let header = if first == JOB_WINDOW_BELL {
         let window = window.ok_or_else(|| {
             InitError::msg(format!(
                 "the host rang the job window's bell on {name}, but this init could not open the window"
@@ -186,7 +179,7 @@ pub fn receive(
         })?;
         header_from_window(window)?
     } else {
-        let line = read_header_line(first[0], channel, name)?;
+        let line = read_header_line(first, channel, name)?;
         JobHeader::parse(&String::from_utf8_lossy(&line))
             .map_err(|e| InitError::msg(format!("{e} (on {name})")))?
     };
@@ -255,27 +248,28 @@ fn header_from_window(window: &File) -> Result<JobHeader, InitError> {
 fn read_header_line(first: u8, channel: &mut impl Read, name: &str) -> Result<Vec<u8>, InitError> {
     let mut line = Vec::with_capacity(MAX_HEADER_BYTES);
     line.push(first);
-    if first == b'\n' {
-        return Ok(line);
-    }
-    while line.len() < MAX_HEADER_BYTES {
-        let mut byte = [0u8];
-        let got = read_full(channel, &mut byte)
-            .map_err(|e| InitError::os(format!("read job header from {name}"), &e))?;
-        if got == 0 {
+    while line.last() != Some(&b'\n') {
+        if line.len() >= MAX_HEADER_BYTES {
             return Err(InitError::msg(format!(
-                "read job header from {name}: end of file after {} bytes",
-                line.len()
+                "job header on {name} has no newline in its first {MAX_HEADER_BYTES} bytes"
             )));
         }
-        line.push(byte[0]);
-        if byte[0] == b'\n' {
-            return Ok(line);
-        }
+        line.push(read_header_byte(channel, name, line.len())?);
     }
-    Err(InitError::msg(format!(
-        "job header on {name} has no newline in its first {MAX_HEADER_BYTES} bytes"
-    )))
+    Ok(line)
+}
+
+/// One byte of the job header from `channel`, `so_far` bytes of it read.
+fn read_header_byte(channel: &mut impl Read, name: &str, so_far: usize) -> Result<u8, InitError> {
+    let mut byte = [0u8];
+    let got = read_full(channel, &mut byte)
+        .map_err(|e| InitError::os(format!("read job header from {name}"), &e))?;
+    if got == 0 {
+        return Err(InitError::msg(format!(
+            "read job header from {name}: end of file after {so_far} bytes"
+        )));
+    }
+    Ok(byte[0])
 }
 
 /// Fills `buf` from `channel`, across short reads and EINTR; returns how
