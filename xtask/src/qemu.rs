@@ -589,9 +589,9 @@ impl Guest {
             if silence_left.is_zero() {
                 break End::Silent;
             }
-            if let (Some(watch), Some(limit)) = (&mut idle, self.idle) {
+            if let Some(watch) = &mut idle {
                 if cpu_secs(pid).is_some_and(|cpu| watch.sample(now, cpu)) {
-                    break End::Idle(limit);
+                    break End::Idle(watch.limit);
                 }
             }
             let mut wait = silence_left.min(deadline - now);
