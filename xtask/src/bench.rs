@@ -494,6 +494,7 @@ fn run_qemu(qemu: &Qemu, machine: Machine, kernel: &Path, initrd: &Path) -> Resu
         ports: None,
         echo_console: false,
         kill_on_lockup: false,
+        inspect_when_stuck: false,
         snapshot: None,
         idle: None,
         timeout: Duration::from_secs(60),

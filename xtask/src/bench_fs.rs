@@ -390,6 +390,7 @@ fn run_qemu(
         ports: Some((Sink::Capture, Sink::Capture)),
         echo_console: false,
         kill_on_lockup: false,
+        inspect_when_stuck: false,
         snapshot: None,
         idle: None,
         timeout: Duration::from_secs(900),

@@ -6,7 +6,8 @@
 //!    tree for the module-resolution test; every fuzz target for 30 s
 //!    (`cargo xtask fuzz`);
 //! 4. guest boots under QEMU TCG (no KVM needed): 6.1 and 7.2;
-//! 5. the nested rig: `/dev/kvm` and the exit status through the rig, then
+//! 5. the nested rig: `/dev/kvm` and the exit status through the rig, a
+//!    stalled (idle) L1 ended by the idle watchdog, then
 //!    the real-KVM tier in four L1 boots (each retried on a rig failure;
 //!    in each, a test binary's failed tests run once more alone, and one
 //!    that passes then is reported flaky, see [`RUN_TESTS`]):
@@ -38,7 +39,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::rig::{self, RigArgs};
+use crate::rig::{self, RigArgs, RigExit};
 
 use crate::selftest::{self, AccelArg, SelftestArgs};
 use crate::{guest, paths, tools};
@@ -105,13 +106,16 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })?;
-    timed("rig: /dev/kvm in L1 and the exit status", &mut || {
-        let code = in_rig(&["sh", "-c", "test -c /dev/kvm && exit 7"])?;
-        if code != 7 {
-            bail!("`rig -- sh -c 'test -c /dev/kvm && exit 7'` exited {code}, expected 7");
-        }
-        Ok(())
-    })?;
+    timed(
+        "rig: /dev/kvm in L1, the exit status, a stalled L1 ended",
+        &mut || {
+            let code = in_rig(&["sh", "-c", "test -c /dev/kvm && exit 7"])?;
+            if code != 7 {
+                bail!("`rig -- sh -c 'test -c /dev/kvm && exit 7'` exited {code}, expected 7");
+            }
+            stalled_l1_is_ended()
+        },
+    )?;
     // The real-KVM tier, in four L1 boots: a rig failure (ARCHITECTURE.md,
     // "The nested rig")
     // then costs one part again, not the whole tier.
@@ -365,6 +369,42 @@ exit $rc
 /// taken as CMD's verdict. The silence limit is long
 /// because some tests print nothing for minutes (the `find /usr` walk
 /// through two virtio-fs hops takes ~6 min).
+/// The rig's idle watchdog, on a real L1: a command that only sleeps
+/// leaves L1's QEMU idle, which the rig must end as a stalled L1 long
+/// before the silence limit and the command's end, keeping L1's log with
+/// QEMU's monitor's view of its CPUs. Another kind of rig
+/// failure (an L1 panic) gets one more L1, as every rig step does.
+fn stalled_l1_is_ended() -> Result<()> {
+    let mut args = RigArgs::for_cmd(vec!["sleep".into(), "900".into()], 600);
+    args.timeout = 900;
+    args.idle = 10;
+    let mut ended = rig::run(&args)?;
+    if matches!(ended, RigExit::RigFailure(f) if f != rig::Failure::Idle) {
+        tools::step("rig: L1 failed otherwise (not idle); one more L1");
+        ended = rig::run(&args)?;
+    }
+    if ended != RigExit::RigFailure(rig::Failure::Idle) {
+        bail!(
+            "`rig --idle 10 -- sleep 900` ended as {ended:?}, expected the idle watchdog's rig failure (a stalled L1)"
+        );
+    }
+    // The L1 log it kept ends with QEMU's monitor on L1's CPUs.
+    let log = rig::newest_l1_log().context("the stalled L1's log was not kept")?;
+    let text = std::fs::read_to_string(&log)
+        .with_context(|| format!("could not read {}", log.display()))?;
+    let inspection = text
+        .split_once("=== QEMU's monitor on the stuck L1 ===")
+        .map(|(_, after)| after)
+        .with_context(|| format!("{} has no inspection of L1's CPUs", log.display()))?;
+    if !inspection.contains("RIP=") || !inspection.contains("dumping local APIC") {
+        bail!(
+            "{}: the inspection of L1's CPUs lacks their registers or APICs:\n{inspection}",
+            log.display()
+        );
+    }
+    Ok(())
+}
+
 fn in_rig(cmd: &[&str]) -> Result<i32> {
     in_rig_attempts(cmd, 3)
 }

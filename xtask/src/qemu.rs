@@ -99,7 +99,15 @@ pub struct Guest {
     /// nothing in its log — while its command had not finished; runner/
     /// NOTES.md, session 20). `None`: never.
     pub idle: Option<Duration>,
+    /// Before killing a guest that is stuck (timed out, silent, idle or
+    /// locked up), ask QEMU's monitor for its CPUs' registers and local
+    /// APICs, kept in [`Outcome::inspection`] (the rig: what a stalled L1
+    /// was doing — halted waiting for an interrupt, or spinning).
+    pub inspect_when_stuck: bool,
 }
+
+/// The monitor commands a stuck guest's inspection runs.
+const INSPECTION: &[&str] = &["info registers -a", "info lapic", "info pic", "info irq"];
 
 /// Below this share of one host CPU, QEMU counts as idle for
 /// [`Guest::idle`] (an idle TCG L1 uses ~2–3%, a busy one 50–100%).
@@ -228,6 +236,9 @@ pub struct Outcome {
     /// [`Snapshot::Restore`]: the restored VM ran and got its job (`Err`:
     /// why not).
     pub snapshot: Option<Result<(), String>>,
+    /// With [`Guest::inspect_when_stuck`] and a stuck guest: what QEMU's
+    /// monitor said of it (or why it could not be asked).
+    pub inspection: Option<String>,
 }
 
 impl Outcome {
@@ -488,20 +499,20 @@ impl Guest {
             },
             &tx,
         )?;
-        // The QMP monitor, for a save or a restore: QEMU connects at start,
-        // long before the init is ready or the stream is loaded.
-        let mut qmp = match &self.snapshot {
-            Some(_) => {
-                let path = dir.path().join("qmp.sock");
-                let listener = UnixListener::bind(&path)
-                    .with_context(|| format!("could not listen on {}", path.display()))?;
-                let accept = std::thread::Builder::new()
-                    .name("qemu-qmp".into())
-                    .spawn(move || listener.accept().map(|(s, _)| s).ok())
-                    .context("could not start the QMP thread")?;
-                Some((path, accept))
-            }
-            _ => None,
+        // The QMP monitor, for a save, a restore or an inspection: QEMU
+        // connects at start, long before the init is ready or the stream is
+        // loaded.
+        let mut qmp = if self.snapshot.is_some() || self.inspect_when_stuck {
+            let path = dir.path().join("qmp.sock");
+            let listener = UnixListener::bind(&path)
+                .with_context(|| format!("could not listen on {}", path.display()))?;
+            let accept = std::thread::Builder::new()
+                .name("qemu-qmp".into())
+                .spawn(move || listener.accept().map(|(s, _)| s).ok())
+                .context("could not start the QMP thread")?;
+            Some((path, accept))
+        } else {
+            None
         };
         let mut snapshot_result = None;
         let ports = match self.ports {
@@ -627,6 +638,20 @@ impl Guest {
                 Err(RecvTimeoutError::Disconnected) => break End::Exited(None),
             }
         };
+        let mut inspection = None;
+        if self.inspect_when_stuck && !matches!(end, End::Exited(_)) {
+            inspection = Some(match qmp.take() {
+                Some((_, accept)) if accept.is_finished() => match accept.join().ok().flatten() {
+                    Some(stream) => inspect(stream).unwrap_or_else(|e| format!("{e:#}")),
+                    None => "QEMU never connected to its QMP socket".into(),
+                },
+                Some((path, accept)) => {
+                    qmp = Some((path, accept));
+                    "QEMU never connected to its QMP socket".into()
+                }
+                None => "no QMP socket".into(),
+            });
+        }
         if !matches!(end, End::Exited(_)) || matches!(snapshot_result, Some(Err(_))) {
             kill(pid);
         }
@@ -678,6 +703,7 @@ impl Guest {
             marks,
             status_at,
             snapshot: snapshot_result,
+            inspection,
         })
     }
 
@@ -801,6 +827,27 @@ fn wait_running(stream: UnixStream, deadline: Instant) -> Result<()> {
     }
 }
 
+/// Asks a stuck guest's QEMU, over QMP, for the [`INSPECTION`] commands'
+/// output, one section each.
+fn inspect(stream: UnixStream) -> Result<String> {
+    let mut qmp = Qmp::new(stream, Instant::now() + Duration::from_secs(20))?;
+    qmp.execute(r#"{"execute":"qmp_capabilities"}"#)?;
+    let mut out = String::new();
+    for command in INSPECTION {
+        let request = serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": { "command-line": command },
+        });
+        let text = match qmp.query_value(&request.to_string()) {
+            Ok(serde_json::Value::String(text)) => text,
+            Ok(other) => other.to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        out.push_str(&format!("--- {command}\n{}\n", text.trim_end()));
+    }
+    Ok(out)
+}
+
 /// A QMP connection: one JSON object per line each way.
 struct Qmp {
     reader: std::io::BufReader<UnixStream>,
@@ -830,6 +877,11 @@ impl Qmp {
     /// The next line, with the spaces outside strings' contents dropped
     /// well enough for `contains` checks (QMP writes `"key": value`).
     fn line(&mut self) -> Result<String> {
+        Ok(self.raw_line()?.replace(": ", ":").replace(", ", ","))
+    }
+
+    /// The next line as QEMU wrote it, without its line end.
+    fn raw_line(&mut self) -> Result<String> {
         use std::io::BufRead;
         let left = self.deadline.saturating_duration_since(Instant::now());
         anyhow::ensure!(!left.is_zero(), "QMP: out of time");
@@ -840,7 +892,26 @@ impl Qmp {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).context("QMP: read")?;
         anyhow::ensure!(n > 0, "QMP: QEMU closed the monitor");
-        Ok(line.trim_end().replace(": ", ":").replace(", ", ","))
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Sends one command and returns its answer's `return` value (events
+    /// on the way are skipped); an `error` answer is an error.
+    fn query_value(&mut self, command: &str) -> Result<serde_json::Value> {
+        self.writer
+            .write_all(format!("{command}\n").as_bytes())
+            .context("QMP: write")?;
+        loop {
+            let line = self.raw_line()?;
+            let mut answer: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("QMP: not JSON: {line}"))?;
+            if let Some(value) = answer.get_mut("return") {
+                return Ok(value.take());
+            }
+            if answer.get("error").is_some() {
+                anyhow::bail!("QMP {command} failed: {line}");
+            }
+        }
     }
 
     /// Sends one command and waits for its answer (events on the way are

@@ -59,7 +59,24 @@ pub enum RigExit {
     Command(i32),
     /// The rig itself failed: L1 died, froze, or its init could not run CMD.
     /// Not a verdict on CMD.
-    RigFailure,
+    RigFailure(Failure),
+}
+
+/// How the rig itself failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// L1's init could not run CMD.
+    InitError,
+    /// L1 ran past `--timeout`.
+    Timeout,
+    /// L1 printed nothing for `--silence` seconds.
+    Silent,
+    /// L1's kernel reported a stuck CPU.
+    Lockup,
+    /// L1's QEMU sat idle for `--idle` seconds while CMD ran (a stalled L1).
+    Idle,
+    /// L1's QEMU ended without CMD's status (L1 panicked or QEMU died).
+    Ended,
 }
 
 impl RigExit {
@@ -67,7 +84,7 @@ impl RigExit {
     pub fn code(self) -> u8 {
         match self {
             RigExit::Command(code) => u8::try_from(code).unwrap_or(RIG_FAILURE),
-            RigExit::RigFailure => RIG_FAILURE,
+            RigExit::RigFailure(_) => RIG_FAILURE,
         }
     }
 }
@@ -134,11 +151,11 @@ pub fn run_retrying(args: &RigArgs, attempts: u32, interrupted: &dyn Fn() -> boo
     for attempt in 1..=attempts {
         match run(args)? {
             RigExit::Command(code) => return Ok(code),
-            RigExit::RigFailure if attempt < attempts && !interrupted() => tools::step(format!(
+            RigExit::RigFailure(_) if attempt < attempts && !interrupted() => tools::step(format!(
                 "rig: L1 failed (not the command); attempt {} of {attempts}",
                 attempt + 1
             )),
-            RigExit::RigFailure => break,
+            RigExit::RigFailure(_) => break,
         }
     }
     bail!("the rig failed (L1, not the command under test): see the L1 kernel log above")
@@ -212,6 +229,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         ports: Some((Sink::Stdout, Sink::Stderr)),
         echo_console: args.console,
         kill_on_lockup: true,
+        inspect_when_stuck: true,
         snapshot: None,
         idle: (args.idle > 0).then(|| Duration::from_secs(args.idle)),
         timeout: Duration::from_secs(args.timeout),
@@ -234,30 +252,51 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         Some(Status::Signal(sig)) => RigExit::Command(128 + i32::from(*sig)),
         Some(Status::InitError(what)) => {
             eprintln!("rig failure: L1's init could not run the command: {what}");
-            RigExit::RigFailure
+            RigExit::RigFailure(Failure::InitError)
         }
         None => {
-            let why = match outcome.end {
-                End::Timeout => format!("L1 did not finish within {} s (--timeout)", args.timeout),
-                End::Silent => format!(
-                    "L1 printed nothing for {} s and was killed (--silence)",
-                    args.silence
+            let (failure, why) = match outcome.end {
+                End::Timeout => (
+                    Failure::Timeout,
+                    format!("L1 did not finish within {} s (--timeout)", args.timeout),
                 ),
-                End::Lockup(secs) => format!(
-                    "L1's kernel reported a CPU stuck for {secs} s (the emulated SVM hung) and was killed"
+                End::Silent => (
+                    Failure::Silent,
+                    format!(
+                        "L1 printed nothing for {} s and was killed (--silence)",
+                        args.silence
+                    ),
                 ),
-                End::Idle(for_) => format!(
-                    "L1 sat idle for {} s while its command ran (a stalled L1) and was killed",
-                    for_.as_secs()
+                End::Lockup(secs) => (
+                    Failure::Lockup,
+                    format!(
+                        "L1's kernel reported a CPU stuck for {secs} s (the emulated SVM hung) and was killed"
+                    ),
                 ),
-                End::Exited(_) => outcome.describe(),
+                End::Idle(for_) => (
+                    Failure::Idle,
+                    format!(
+                        "L1 sat idle for {} s while its command ran (a stalled L1) and was killed",
+                        for_.as_secs()
+                    ),
+                ),
+                End::Exited(_) => (Failure::Ended, outcome.describe()),
             };
-            let whole = match save_l1_log(&paths::kestrel_dir().join("rig"), &outcome.console) {
+            let mut log = outcome.console.clone();
+            if let Some(inspection) = &outcome.inspection {
+                log.extend_from_slice(b"\n=== QEMU's monitor on the stuck L1 ===\n");
+                log.extend_from_slice(inspection.as_bytes());
+            }
+            let whole = match save_l1_log(&paths::kestrel_dir().join("rig"), &log) {
                 Ok(path) => format!(" (all of it: {})", path.display()),
                 Err(e) => format!(" (could not keep all of it: {e:#})"),
             };
             eprintln!("rig failure: {why}; the last lines of L1's kernel log{whole}:");
             eprintln!("{}", outcome.console_tail(30));
+            if let Some(inspection) = &outcome.inspection {
+                eprintln!("L1's CPUs when it was stopped (QEMU's monitor; all of it in that log):");
+                eprintln!("{}", inspection_summary(inspection));
+            }
             let qemu_errors: Vec<&str> = outcome
                 .qemu_log
                 .lines()
@@ -266,7 +305,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
             if !qemu_errors.is_empty() {
                 eprintln!("QEMU said:\n{}", qemu_errors.join("\n"));
             }
-            RigExit::RigFailure
+            RigExit::RigFailure(failure)
         }
     };
     tools::step(format!(
@@ -274,6 +313,27 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         outcome.wall.as_secs_f64()
     ));
     Ok(exit)
+}
+
+/// The lines of a stuck L1's inspection that say what its CPUs were
+/// doing: each CPU's instruction pointer, flags and halt state (`info
+/// registers`), its local APIC's pending and in-service interrupts and its
+/// timer (`info lapic`); an inspection that failed, as it is.
+fn inspection_summary(inspection: &str) -> String {
+    let wanted = |line: &str| {
+        line.starts_with("CPU#")
+            || line.starts_with("RIP=")
+            || line.starts_with("dumping local APIC")
+            || ["LVTT", "ISR", "IRR"]
+                .iter()
+                .any(|k| line.split_whitespace().next() == Some(k))
+    };
+    let lines: Vec<&str> = inspection.lines().filter(|l| wanted(l)).collect();
+    if lines.is_empty() {
+        inspection.lines().take(5).collect::<Vec<_>>().join("\n")
+    } else {
+        lines.join("\n")
+    }
 }
 
 /// How many L1 kernel logs of failed rigs are kept.
@@ -294,10 +354,15 @@ fn save_l1_log(dir: &Path, console: &[u8]) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Deletes all but the `n` last (by name) `l1-*.log` files in `dir`.
-fn keep_newest(dir: &Path, n: usize) {
+/// The newest kept L1 log of a failed rig, if any.
+pub fn newest_l1_log() -> Option<PathBuf> {
+    l1_logs(&paths::kestrel_dir().join("rig")).pop()
+}
+
+/// The `l1-*.log` files in `dir`, oldest first (their names sort by time).
+fn l1_logs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
     let mut logs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -308,6 +373,12 @@ fn keep_newest(dir: &Path, n: usize) {
         })
         .collect();
     logs.sort();
+    logs
+}
+
+/// Deletes all but the `n` last (by name) `l1-*.log` files in `dir`.
+fn keep_newest(dir: &Path, n: usize) {
+    let logs = l1_logs(dir);
     let extra = logs.len().saturating_sub(n);
     for old in &logs[..extra] {
         let _ = std::fs::remove_file(old);
@@ -409,6 +480,33 @@ mod tests {
         let mut want = want;
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_inspection_is_summed_up_by_its_cpus_and_apics() {
+        let inspection = "--- info registers -a\n\
+            CPU#0\n\
+            RAX=0000000000000000 RBX=ffffffff82a13940 RCX=0000000000000000 RDX=0000000000000000\n\
+            RIP=ffffffff81e0b9a4 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\
+            ES =0000 0000000000000000 ffffffff 00c00000\n\
+            --- info lapic\n\
+            dumping local APIC state for CPU 0\n\
+            \n\
+            LVTT\t 0x000400ec active-hi edge                 tsc-deadline Fixed  (vec 236)\n\
+            ISR\t (none)\n\
+            IRR\t 236\n\
+            --- info pic\n";
+        assert_eq!(
+            inspection_summary(inspection),
+            "CPU#0\n\
+             RIP=ffffffff81e0b9a4 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\
+             dumping local APIC state for CPU 0\n\
+             LVTT\t 0x000400ec active-hi edge                 tsc-deadline Fixed  (vec 236)\n\
+             ISR\t (none)\n\
+             IRR\t 236"
+        );
+        let failed = "QMP: QEMU closed the monitor";
+        assert_eq!(inspection_summary(failed), failed);
     }
 
     #[test]

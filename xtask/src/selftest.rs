@@ -174,6 +174,7 @@ pub fn run(args: &SelftestArgs) -> Result<usize> {
                 ports: Some((Sink::Capture, Sink::Capture)),
                 echo_console: false,
                 kill_on_lockup: false,
+                inspect_when_stuck: false,
                 snapshot: None,
                 idle: None,
                 timeout: Duration::from_secs(180),

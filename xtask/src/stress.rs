@@ -578,6 +578,7 @@ impl Vmm {
                     ports: None,
                     echo_console: false,
                     kill_on_lockup: false,
+                    inspect_when_stuck: false,
                     snapshot: match (warm, role) {
                         (None, _) => None,
                         (Some(w), Role::Save) => Some(Snapshot::SaveAt(w.qemu_file.clone())),
