@@ -220,7 +220,10 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
         memory_mib: args.memory,
         kernel: kernel.image.clone(),
         initrd,
-        append: "console=ttyS0 quiet loglevel=4 panic=-1".into(),
+        // `nokaslr`: the addresses in a stuck L1's inspection are then the
+        // same in every L1 (Debian ships no real System.map; an L1's
+        // /proc/kallsyms names them).
+        append: "console=ttyS0 quiet loglevel=4 panic=-1 nokaslr".into(),
         shared_memory: true,
         fs: Some(VhostUserFs {
             socket: fs_socket,
