@@ -393,7 +393,7 @@ fn stalled_l1_is_ended() -> Result<()> {
     let text = std::fs::read_to_string(&log)
         .with_context(|| format!("could not read {}", log.display()))?;
     let inspection = text
-        .split_once("=== QEMU's monitor on the stuck L1 ===")
+        .split_once(rig::INSPECTION_HEADER)
         .map(|(_, after)| after)
         .with_context(|| format!("{} has no inspection of L1's CPUs", log.display()))?;
     if !inspection.contains("RIP=") || !inspection.contains("dumping local APIC") {

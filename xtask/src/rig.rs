@@ -287,7 +287,7 @@ pub fn run(args: &RigArgs) -> Result<RigExit> {
             };
             let mut log = outcome.console.clone();
             if let Some(inspection) = &outcome.inspection {
-                log.extend_from_slice(b"\n=== QEMU's monitor on the stuck L1 ===\n");
+                log.extend_from_slice(format!("\n{INSPECTION_HEADER}\n").as_bytes());
                 log.extend_from_slice(inspection.as_bytes());
             }
             let whole = match save_l1_log(&paths::kestrel_dir().join("rig"), &log) {
@@ -338,6 +338,10 @@ fn inspection_summary(inspection: &str) -> String {
         lines.join("\n")
     }
 }
+
+/// The line in a kept L1 log after which QEMU's monitor's view of the
+/// stuck L1 follows.
+pub const INSPECTION_HEADER: &str = "=== QEMU's monitor on the stuck L1 ===";
 
 /// How many L1 kernel logs of failed rigs are kept.
 const L1_LOGS_KEPT: usize = 20;
