@@ -362,13 +362,6 @@ exit $rc
     )
 }
 
-/// Runs CMD in the rig and returns its exit code. A rig failure (L1 died,
-/// froze or soft-locked: ARCHITECTURE.md, "The nested rig") is retried
-/// twice (four times for the warm sample: warm load crashes L1's kernel
-/// most often, three L1s in a row in one session-10 run); it is never
-/// taken as CMD's verdict. The silence limit is long
-/// because some tests print nothing for minutes (the `find /usr` walk
-/// through two virtio-fs hops takes ~6 min).
 /// The rig's idle watchdog, on a real L1: a command that only sleeps
 /// leaves L1's QEMU idle, which the rig must end as a stalled L1 long
 /// before the silence limit and the command's end, keeping L1's log with
@@ -405,6 +398,13 @@ fn stalled_l1_is_ended() -> Result<()> {
     Ok(())
 }
 
+/// Runs CMD in the rig and returns its exit code. A rig failure (L1 died,
+/// froze or soft-locked: ARCHITECTURE.md, "The nested rig") is retried
+/// twice (four times for the warm sample: warm load crashes L1's kernel
+/// most often, three L1s in a row in one session-10 run); it is never
+/// taken as CMD's verdict. The silence limit is long
+/// because some tests print nothing for minutes (the `find /usr` walk
+/// through two virtio-fs hops takes ~6 min).
 fn in_rig(cmd: &[&str]) -> Result<i32> {
     in_rig_attempts(cmd, 3)
 }

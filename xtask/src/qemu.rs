@@ -638,20 +638,17 @@ impl Guest {
                 Err(RecvTimeoutError::Disconnected) => break End::Exited(None),
             }
         };
-        let mut inspection = None;
-        if self.inspect_when_stuck && !matches!(end, End::Exited(_)) {
-            inspection = Some(match qmp.take() {
-                Some((_, accept)) if accept.is_finished() => match accept.join().ok().flatten() {
-                    Some(stream) => inspect(stream).unwrap_or_else(|e| format!("{e:#}")),
-                    None => "QEMU never connected to its QMP socket".into(),
-                },
-                Some((path, accept)) => {
-                    qmp = Some((path, accept));
-                    "QEMU never connected to its QMP socket".into()
-                }
-                None => "no QMP socket".into(),
-            });
-        }
+        let inspection = (self.inspect_when_stuck && !matches!(end, End::Exited(_))).then(|| {
+            if qmp.is_none() {
+                return "no QMP socket".to_string();
+            }
+            // An accept still waiting is woken below, with the QMP socket.
+            let connected = qmp.take_if(|(_, accept)| accept.is_finished());
+            match connected.and_then(|(_, accept)| accept.join().ok().flatten()) {
+                Some(stream) => inspect(stream).unwrap_or_else(|e| format!("{e:#}")),
+                None => "QEMU never connected to its QMP socket".into(),
+            }
+        });
         if !matches!(end, End::Exited(_)) || matches!(snapshot_result, Some(Err(_))) {
             kill(pid);
         }
@@ -816,7 +813,7 @@ fn wait_running(stream: UnixStream, deadline: Instant) -> Result<()> {
     qmp.execute(r#"{"execute":"qmp_capabilities"}"#)?;
     // Events come only after the capabilities: ask first, then wait.
     let status = qmp.query(r#"{"execute":"query-status"}"#)?;
-    if status.contains(r#""status":"running""#) {
+    if status.get("status").and_then(serde_json::Value::as_str) == Some("running") {
         return Ok(());
     }
     loop {
@@ -838,7 +835,7 @@ fn inspect(stream: UnixStream) -> Result<String> {
             "execute": "human-monitor-command",
             "arguments": { "command-line": command },
         });
-        let text = match qmp.query_value(&request.to_string()) {
+        let text = match qmp.query(&request.to_string()) {
             Ok(serde_json::Value::String(text)) => text,
             Ok(other) => other.to_string(),
             Err(e) => format!("{e:#}"),
@@ -897,7 +894,7 @@ impl Qmp {
 
     /// Sends one command and returns its answer's `return` value (events
     /// on the way are skipped); an `error` answer is an error.
-    fn query_value(&mut self, command: &str) -> Result<serde_json::Value> {
+    fn query(&mut self, command: &str) -> Result<serde_json::Value> {
         self.writer
             .write_all(format!("{command}\n").as_bytes())
             .context("QMP: write")?;
@@ -918,22 +915,6 @@ impl Qmp {
     /// skipped); an `error` answer is an error.
     fn execute(&mut self, command: &str) -> Result<()> {
         self.query(command).map(drop)
-    }
-
-    /// [`Qmp::execute`], returning the answer's line.
-    fn query(&mut self, command: &str) -> Result<String> {
-        self.writer
-            .write_all(format!("{command}\n").as_bytes())
-            .context("QMP: write")?;
-        loop {
-            let line = self.line()?;
-            if line.starts_with(r#"{"return""#) {
-                return Ok(line);
-            }
-            if line.starts_with(r#"{"error""#) {
-                anyhow::bail!("QMP {command} failed: {line}");
-            }
-        }
     }
 }
 
